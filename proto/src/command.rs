@@ -56,23 +56,26 @@ pub struct RangeCmd {
     pub max_create_revision: i64,
 }
 
-/// The value a [`CompareCmd`] compares against; the variant is the target.
+/// The `target_union` of an etcd `Compare`, exactly as the client sent it.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub enum CompareValue {
+    None,
     Version(i64),
     CreateRevision(i64),
     ModRevision(i64),
     Value(Vec<u8>),
     Lease(i64),
-    /// The request named a target but carried no value for it (etcd then
-    /// compares against the target's zero value).
-    Missing(i32),
 }
 
+/// One compare of a txn. `target` and `value` are kept apart, as on the wire:
+/// etcd reads the union only when its member matches `target`, and compares
+/// against the target's zero value otherwise.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct CompareCmd {
     /// `pb::compare::CompareResult` as its wire value.
     pub result: i32,
+    /// `pb::compare::CompareTarget` as its wire value.
+    pub target: i32,
     pub key: Vec<u8>,
     pub range_end: Vec<u8>,
     pub value: CompareValue,
@@ -187,45 +190,20 @@ impl From<pb::Compare> for CompareCmd {
     fn from(c: pb::Compare) -> Self {
         use pb::compare::TargetUnion;
         let value = match c.target_union {
+            None => CompareValue::None,
             Some(TargetUnion::Version(v)) => CompareValue::Version(v),
             Some(TargetUnion::CreateRevision(v)) => CompareValue::CreateRevision(v),
             Some(TargetUnion::ModRevision(v)) => CompareValue::ModRevision(v),
             Some(TargetUnion::Value(v)) => CompareValue::Value(v.into()),
             Some(TargetUnion::Lease(v)) => CompareValue::Lease(v),
-            None => CompareValue::Missing(c.target),
         };
-        // etcd compares the field named by `target`, reading the value from
-        // whichever union member was set; a mismatch reads as that field's
-        // zero value. Normalise so the apply side sees one target.
-        let value = normalise_compare(c.target, value);
         CompareCmd {
             result: c.result,
+            target: c.target,
             key: c.key.into(),
             range_end: c.range_end.into(),
             value,
         }
-    }
-}
-
-fn normalise_compare(target: i32, value: CompareValue) -> CompareValue {
-    use pb::compare::CompareTarget as T;
-    let as_int = |v: &CompareValue| match v {
-        CompareValue::Version(x)
-        | CompareValue::CreateRevision(x)
-        | CompareValue::ModRevision(x)
-        | CompareValue::Lease(x) => *x,
-        CompareValue::Value(_) | CompareValue::Missing(_) => 0,
-    };
-    match T::try_from(target) {
-        Ok(T::Version) => CompareValue::Version(as_int(&value)),
-        Ok(T::Create) => CompareValue::CreateRevision(as_int(&value)),
-        Ok(T::Mod) => CompareValue::ModRevision(as_int(&value)),
-        Ok(T::Lease) => CompareValue::Lease(as_int(&value)),
-        Ok(T::Value) => match value {
-            CompareValue::Value(v) => CompareValue::Value(v),
-            _ => CompareValue::Value(Vec::new()),
-        },
-        Err(_) => CompareValue::Missing(target),
     }
 }
 
@@ -271,6 +249,7 @@ mod tests {
         let inner = TxnCmd {
             compare: vec![CompareCmd {
                 result: 0,
+                target: 3,
                 key: b"k".to_vec(),
                 range_end: vec![],
                 value: CompareValue::Value(b"v".to_vec()),
@@ -307,7 +286,7 @@ mod tests {
     }
 
     #[test]
-    fn compare_value_follows_target() {
+    fn compare_keeps_target_and_union_apart() {
         let c = pb::Compare {
             result: 0,
             target: pb::compare::CompareTarget::Mod as i32,
@@ -315,6 +294,8 @@ mod tests {
             range_end: Default::default(),
             target_union: Some(pb::compare::TargetUnion::Version(7)),
         };
-        assert_eq!(CompareCmd::from(c).value, CompareValue::ModRevision(7));
+        let cmd = CompareCmd::from(c);
+        assert_eq!(cmd.target, pb::compare::CompareTarget::Mod as i32);
+        assert_eq!(cmd.value, CompareValue::Version(7));
     }
 }

@@ -1,1 +1,33 @@
+//! keel's durable formats and in-memory state, free of I/O scheduling.
+//!
+//! * [`wal`]: the write-ahead log's byte format (segment header, framed and
+//!   checksummed records), the pure segment scanner that tells a torn tail
+//!   from corruption, and start-up recovery with plain blocking reads.
+//! * [`mvcc`]: the multi-version key-value store (key index, revision log,
+//!   compaction), etcd's KV semantics on top of it, and the snapshot format.
+//!
+//! This crate knows nothing of raft, glommio or the network: it deals in byte
+//! buffers, log indexes and revisions. The WAL *writer* (io_uring, O_DIRECT,
+//! group commit) lives in `keel-actors` and uses the encoders here.
 
+pub mod mvcc;
+pub mod wal;
+
+/// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync of
+/// the directory. A crash leaves either the old file or the new one.
+pub fn write_file_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    sync_dir(path.parent().unwrap_or(std::path::Path::new(".")))
+}
+
+/// fsyncs a directory so that renames and unlinks in it are durable.
+pub fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
