@@ -1,0 +1,345 @@
+//! The store: key index and revision log kept in step, current and
+//! compacted revisions, and the write transaction that gives a request its
+//! single revision.
+
+use std::collections::HashSet;
+
+use bytes::Bytes;
+
+use super::key_index::{KeyIndex, KeyRange, KeyVersion};
+use super::revision_log::{Event, LogView, RevisionLog};
+use super::{MvccError, Revision};
+
+/// Estimated bytes of bookkeeping per retained version, beyond key and value.
+const VERSION_OVERHEAD_BYTES: u64 = 96;
+
+#[derive(Debug, Clone)]
+pub struct KvStore {
+    index: KeyIndex,
+    log: RevisionLog,
+    /// Revision of the newest modifying request; 1 for an empty store (etcd's).
+    current_rev: i64,
+    /// Reads below this revision fail with `Compacted`; -1 before any compaction.
+    compact_rev: i64,
+    /// Keys live at `current_rev`.
+    live_keys: u64,
+    /// Estimated bytes held by retained versions.
+    size_bytes: u64,
+}
+
+impl Default for KvStore {
+    fn default() -> Self {
+        KvStore {
+            index: KeyIndex::default(),
+            log: RevisionLog::default(),
+            current_rev: 1,
+            compact_rev: -1,
+            live_keys: 0,
+            size_bytes: 0,
+        }
+    }
+}
+
+fn version_bytes(key: &[u8], v: &KeyVersion) -> u64 {
+    (key.len() + v.value.len()) as u64 + VERSION_OVERHEAD_BYTES
+}
+
+impl KvStore {
+    pub fn current_rev(&self) -> i64 {
+        self.current_rev
+    }
+
+    pub fn compact_rev(&self) -> i64 {
+        self.compact_rev
+    }
+
+    /// Keys live at the current revision (`etcd_debugging_mvcc_keys_total`).
+    pub fn live_keys(&self) -> u64 {
+        self.live_keys
+    }
+
+    /// Estimated bytes of retained data (`etcd_mvcc_db_total_size_in_bytes`).
+    pub fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+
+    pub fn index(&self) -> &KeyIndex {
+        &self.index
+    }
+
+    /// Every retained version in revision order.
+    pub fn events(&self) -> impl Iterator<Item = &Event> {
+        self.log.iter()
+    }
+
+    /// A consistent picture for a background snapshot.
+    pub fn view(&self) -> LogView {
+        self.log.view()
+    }
+
+    /// Checks a read revision against the store's bounds; 0 or less means
+    /// "newest". `newest` is the revision the reader sees as current.
+    pub fn resolve_read_rev(&self, requested: i64, newest: i64) -> Result<i64, MvccError> {
+        if requested > newest {
+            return Err(MvccError::FutureRev);
+        }
+        let rev = if requested <= 0 { newest } else { requested };
+        if rev < self.compact_rev {
+            return Err(MvccError::Compacted);
+        }
+        Ok(rev)
+    }
+
+    pub fn begin_write(&mut self) -> WriteTxn<'_> {
+        let main = self.current_rev + 1;
+        WriteTxn {
+            store: self,
+            main,
+            changes: 0,
+        }
+    }
+
+    /// Compacts history at `rev` (etcd's rules: a revision at or below the
+    /// last compaction is `Compacted`, one above the current is `FutureRev`).
+    pub fn compact(&mut self, rev: i64) -> Result<(), MvccError> {
+        if rev <= self.compact_rev {
+            return Err(MvccError::Compacted);
+        }
+        if rev > self.current_rev {
+            return Err(MvccError::FutureRev);
+        }
+        self.compact_rev = rev;
+        let mut kept = HashSet::new();
+        self.index.compact(rev, &mut kept);
+        let mut freed = 0u64;
+        self.log.retain(|e| {
+            let keep = e.rev().main > rev || kept.contains(&e.rev());
+            if !keep {
+                freed += version_bytes(&e.key, &e.kv);
+            }
+            keep
+        });
+        self.size_bytes -= freed;
+        Ok(())
+    }
+
+    /// Rebuilds a store from a snapshot's parts. `events` must be in
+    /// revision order and respect the compaction (as a view of a store does).
+    pub fn restore(
+        current_rev: i64,
+        compact_rev: i64,
+        events: impl IntoIterator<Item = Event>,
+    ) -> Result<KvStore, String> {
+        let mut s = KvStore {
+            current_rev,
+            compact_rev,
+            ..KvStore::default()
+        };
+        let mut last = Revision::default();
+        for e in events {
+            if e.rev() <= last && last != Revision::default() {
+                return Err(format!("revision {:?} out of order after {last:?}", e.rev()));
+            }
+            if e.rev().main > current_rev {
+                return Err(format!("revision {} beyond current {current_rev}", e.rev().main));
+            }
+            last = e.rev();
+            s.size_bytes += version_bytes(&e.key, &e.kv);
+            let key = s.index.restore(e.key, e.kv.clone());
+            s.log.push(Event { key, kv: e.kv });
+        }
+        s.live_keys = s
+            .index
+            .iter()
+            .filter(|(_, versions)| versions.last().is_some_and(|v| !v.is_tombstone()))
+            .count() as u64;
+        Ok(s)
+    }
+}
+
+/// The changes of one modifying request. All of them get main revision
+/// `current + 1`, with `sub` counting up; reads inside the txn see them.
+/// The store's revision moves only if something changed.
+pub struct WriteTxn<'a> {
+    store: &'a mut KvStore,
+    main: i64,
+    changes: i64,
+}
+
+impl WriteTxn<'_> {
+    /// The revision reads inside this txn see.
+    pub fn read_rev(&self) -> i64 {
+        if self.changes > 0 {
+            self.main
+        } else {
+            self.main - 1
+        }
+    }
+
+    /// The revision the txn gets if it changes anything.
+    pub fn write_rev(&self) -> i64 {
+        self.main
+    }
+
+    pub fn changed(&self) -> bool {
+        self.changes > 0
+    }
+
+    pub fn store(&self) -> &KvStore {
+        self.store
+    }
+
+    fn next_rev(&mut self) -> Revision {
+        let rev = Revision {
+            main: self.main,
+            sub: self.changes,
+        };
+        self.changes += 1;
+        rev
+    }
+
+    fn record(&mut self, key: &[u8], kv: KeyVersion) {
+        self.store.size_bytes += version_bytes(key, &kv);
+        let key = self.store.index.push(key, kv.clone());
+        self.store.log.push(Event { key, kv });
+    }
+
+    /// Puts `key`; returns the txn's revision.
+    pub fn put(&mut self, key: &[u8], value: Bytes, lease: i64) -> i64 {
+        let prev = self
+            .store
+            .index
+            .get(key, self.read_rev())
+            .map(|v| (v.create_revision, v.version));
+        let rev = self.next_rev();
+        let (create_revision, version) = match prev {
+            Some((create, version)) => (create, version + 1),
+            None => {
+                self.store.live_keys += 1;
+                (rev.main, 1)
+            }
+        };
+        self.record(
+            key,
+            KeyVersion {
+                rev,
+                create_revision,
+                version,
+                lease,
+                value,
+            },
+        );
+        rev.main
+    }
+
+    /// Deletes the live keys of `range`; returns how many.
+    pub fn delete_range(&mut self, range: KeyRange<'_>) -> i64 {
+        let read_rev = self.read_rev();
+        let keys: Vec<Bytes> = self
+            .store
+            .index
+            .range(range, read_rev)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &keys {
+            let rev = self.next_rev();
+            self.record(k, KeyVersion::tombstone(rev));
+            self.store.live_keys -= 1;
+        }
+        keys.len() as i64
+    }
+
+    /// Ends the txn; returns the store's revision after it.
+    pub fn end(self) -> i64 {
+        if self.changes > 0 {
+            self.store.current_rev = self.main;
+        }
+        self.store.current_rev
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_txn_is_one_revision() {
+        let mut s = KvStore::default();
+        let mut t = s.begin_write();
+        assert_eq!(t.put(b"a", Bytes::from_static(b"1"), 0), 2);
+        assert_eq!(t.put(b"b", Bytes::from_static(b"2"), 0), 2);
+        assert_eq!(t.read_rev(), 2, "reads inside see the txn's writes");
+        assert_eq!(t.end(), 2);
+        let subs: Vec<_> = s.events().map(|e| (e.rev().main, e.rev().sub)).collect();
+        assert_eq!(subs, vec![(2, 0), (2, 1)]);
+        assert_eq!(s.live_keys(), 2);
+    }
+
+    #[test]
+    fn deleting_nothing_keeps_the_revision() {
+        let mut s = KvStore::default();
+        let mut t = s.begin_write();
+        assert_eq!(t.delete_range(KeyRange::Single(b"none")), 0);
+        assert_eq!(t.end(), 1);
+    }
+
+    #[test]
+    fn versions_and_generations() {
+        let mut s = KvStore::default();
+        for v in ["1", "2"] {
+            let mut t = s.begin_write();
+            t.put(b"k", Bytes::from(v), 0);
+            t.end();
+        }
+        let mut t = s.begin_write();
+        t.delete_range(KeyRange::Single(b"k"));
+        t.end();
+        let mut t = s.begin_write();
+        t.put(b"k", Bytes::from_static(b"3"), 0);
+        t.end();
+        let v = s.index().get(b"k", 5).unwrap();
+        assert_eq!((v.create_revision, v.version), (5, 1));
+        let v = s.index().get(b"k", 3).unwrap();
+        assert_eq!((v.create_revision, v.version), (2, 2));
+        assert_eq!(s.index().get(b"k", 4), None);
+        assert_eq!(s.live_keys(), 1);
+    }
+
+    #[test]
+    fn compaction_bounds() {
+        let mut s = KvStore::default();
+        assert_eq!(s.compact(0), Ok(()));
+        assert_eq!(s.compact(0), Err(MvccError::Compacted));
+        assert_eq!(s.compact(5), Err(MvccError::FutureRev));
+        let mut t = s.begin_write();
+        t.put(b"a", Bytes::new(), 0);
+        t.end();
+        assert_eq!(s.compact(2), Ok(()));
+        assert_eq!(s.resolve_read_rev(2, 2), Ok(2));
+        assert_eq!(s.resolve_read_rev(1, 2), Err(MvccError::Compacted));
+        assert_eq!(s.resolve_read_rev(3, 2), Err(MvccError::FutureRev));
+        assert_eq!(s.resolve_read_rev(0, 2), Ok(2));
+    }
+
+    #[test]
+    fn restore_rebuilds_an_equal_store() {
+        let mut s = KvStore::default();
+        for i in 0..50 {
+            let mut t = s.begin_write();
+            if i % 7 == 3 {
+                t.delete_range(KeyRange::From(b"k1"));
+            } else {
+                t.put(format!("k{}", i % 9).as_bytes(), Bytes::from(format!("v{i}")), 0);
+            }
+            t.end();
+        }
+        s.compact(20).unwrap();
+        let view = s.view();
+        let r = KvStore::restore(s.current_rev(), s.compact_rev(), view.iter().cloned()).unwrap();
+        assert_eq!(r.live_keys(), s.live_keys());
+        assert_eq!(r.size_bytes(), s.size_bytes());
+        let a: Vec<_> = s.index().iter().map(|(k, v)| (k.clone(), v.to_vec())).collect();
+        let b: Vec<_> = r.index().iter().map(|(k, v)| (k.clone(), v.to_vec())).collect();
+        assert_eq!(a, b);
+    }
+}
