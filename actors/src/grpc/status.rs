@@ -1,0 +1,147 @@
+//! gRPC status codes and the exact error strings etcd sends. Clients match
+//! on these strings, so they are copied byte for byte.
+
+use keel_storage::mvcc::MvccError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Code {
+    Ok = 0,
+    Cancelled = 1,
+    Unknown = 2,
+    InvalidArgument = 3,
+    DeadlineExceeded = 4,
+    NotFound = 5,
+    AlreadyExists = 6,
+    PermissionDenied = 7,
+    ResourceExhausted = 8,
+    FailedPrecondition = 9,
+    Aborted = 10,
+    OutOfRange = 11,
+    Unimplemented = 12,
+    Internal = 13,
+    Unavailable = 14,
+    DataLoss = 15,
+    Unauthenticated = 16,
+}
+
+impl Code {
+    /// The label used by `grpc_server_handled_total`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Code::Ok => "OK",
+            Code::Cancelled => "Canceled",
+            Code::Unknown => "Unknown",
+            Code::InvalidArgument => "InvalidArgument",
+            Code::DeadlineExceeded => "DeadlineExceeded",
+            Code::NotFound => "NotFound",
+            Code::AlreadyExists => "AlreadyExists",
+            Code::PermissionDenied => "PermissionDenied",
+            Code::ResourceExhausted => "ResourceExhausted",
+            Code::FailedPrecondition => "FailedPrecondition",
+            Code::Aborted => "Aborted",
+            Code::OutOfRange => "OutOfRange",
+            Code::Unimplemented => "Unimplemented",
+            Code::Internal => "Internal",
+            Code::Unavailable => "Unavailable",
+            Code::DataLoss => "DataLoss",
+            Code::Unauthenticated => "Unauthenticated",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub code: Code,
+    pub message: String,
+}
+
+impl Status {
+    pub fn new(code: Code, message: impl Into<String>) -> Status {
+        Status {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn empty_key() -> Status {
+        Status::new(Code::InvalidArgument, "etcdserver: key is not provided")
+    }
+    pub fn key_not_found() -> Status {
+        Status::new(Code::InvalidArgument, "etcdserver: key not found")
+    }
+    pub fn value_provided() -> Status {
+        Status::new(Code::InvalidArgument, "etcdserver: value is provided")
+    }
+    pub fn lease_provided() -> Status {
+        Status::new(Code::InvalidArgument, "etcdserver: lease is provided")
+    }
+    pub fn too_many_ops() -> Status {
+        Status::new(Code::InvalidArgument, "etcdserver: too many operations in txn request")
+    }
+    pub fn duplicate_key() -> Status {
+        Status::new(Code::InvalidArgument, "etcdserver: duplicate key given in txn request")
+    }
+    pub fn invalid_sort_option() -> Status {
+        Status::new(Code::InvalidArgument, "etcdserver: invalid sort option")
+    }
+    pub fn request_too_large() -> Status {
+        Status::new(Code::InvalidArgument, "etcdserver: request is too large")
+    }
+    pub fn compacted() -> Status {
+        Status::new(Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted")
+    }
+    pub fn future_rev() -> Status {
+        Status::new(Code::OutOfRange, "etcdserver: mvcc: required revision is a future revision")
+    }
+    pub fn lease_not_found() -> Status {
+        Status::new(Code::NotFound, "etcdserver: requested lease not found")
+    }
+    pub fn no_leader() -> Status {
+        Status::new(Code::Unavailable, "etcdserver: no leader")
+    }
+    pub fn timeout() -> Status {
+        Status::new(Code::Unavailable, "etcdserver: request timed out")
+    }
+    pub fn stopped() -> Status {
+        Status::new(Code::Unavailable, "etcdserver: server stopped")
+    }
+    pub fn too_many_requests() -> Status {
+        Status::new(Code::ResourceExhausted, "etcdserver: too many requests")
+    }
+
+    /// `grpc-message` is percent-encoded (gRPC over HTTP/2 spec).
+    pub fn encoded_message(&self) -> String {
+        let mut out = String::with_capacity(self.message.len());
+        for b in self.message.bytes() {
+            if (0x20..=0x7e).contains(&b) && b != b'%' {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+        out
+    }
+}
+
+impl From<MvccError> for Status {
+    fn from(e: MvccError) -> Status {
+        match e {
+            MvccError::Compacted => Status::compacted(),
+            MvccError::FutureRev => Status::future_rev(),
+            MvccError::KeyNotFound => Status::key_not_found(),
+            MvccError::LeaseNotFound => Status::lease_not_found(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_encoding() {
+        let s = Status::new(Code::Internal, "a%b\nc é");
+        assert_eq!(s.encoded_message(), "a%25b%0Ac %C3%A9");
+    }
+}

@@ -1,0 +1,301 @@
+//! The MVCC apply actor: the only owner of the key-value store.
+//!
+//! It applies committed entries in log order, answers reads, and hands out
+//! consistent views for snapshots. A linearizable read arrives with the
+//! raft index it must observe; it waits here, without blocking anything
+//! else, until that index is applied. The actor never does I/O.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use keel_proto::command::Command;
+use keel_proto::etcdserverpb as pb;
+use keel_storage::mvcc::{CommandResponse, KvStore, LogView, MvccError, NoLeases, RangeArgs};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics::metrics;
+use crate::raft::types::{AppliedResult, LogId, Membership, StoredMembership};
+
+/// Reads that may wait for their index at once; more are refused as busy.
+pub const WAITING_READS_MAX: usize = 65_536;
+
+/// Identity stamped on every response header.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HeaderIds {
+    pub cluster_id: u64,
+    pub member_id: u64,
+}
+
+pub enum ApplyPayload {
+    Blank,
+    Normal(Bytes),
+    Membership(Membership),
+}
+
+pub struct ApplyEntry {
+    pub log_id: LogId,
+    pub payload: ApplyPayload,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadError {
+    Mvcc(MvccError),
+    /// Too many reads waiting for their index.
+    Busy,
+    /// No leader could confirm the read index.
+    NoLeader,
+}
+
+pub type RangeReply = oneshot::Sender<Result<pb::RangeResponse, ReadError>>;
+
+/// A consistent picture of the store for a snapshot.
+pub struct SnapshotView {
+    pub view: LogView,
+    pub current_rev: i64,
+    pub compact_rev: i64,
+    pub applied: Option<LogId>,
+    pub membership: StoredMembership,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MvccStatus {
+    pub current_rev: i64,
+    pub compact_rev: i64,
+    pub applied_index: u64,
+    pub raft_term: u64,
+    pub size_bytes: u64,
+    pub live_keys: u64,
+}
+
+pub enum MvccMsg {
+    Apply {
+        entries: Vec<ApplyEntry>,
+        reply: oneshot::Sender<Result<Vec<AppliedResult>, String>>,
+    },
+    /// Serve `req` once entries up to `min_applied` are applied.
+    Range {
+        req: pb::RangeRequest,
+        min_applied: u64,
+        reply: RangeReply,
+    },
+    AppliedState {
+        reply: oneshot::Sender<(Option<LogId>, StoredMembership)>,
+    },
+    SnapshotView {
+        reply: oneshot::Sender<SnapshotView>,
+    },
+    /// Replace the store (a snapshot was installed).
+    Install {
+        store: KvStore,
+        applied: Option<LogId>,
+        membership: StoredMembership,
+        reply: oneshot::Sender<()>,
+    },
+    Status {
+        reply: oneshot::Sender<MvccStatus>,
+    },
+}
+
+pub struct MvccActor {
+    store: KvStore,
+    applied: Option<LogId>,
+    membership: StoredMembership,
+    ids: HeaderIds,
+    /// Term of the last applied entry, for response headers.
+    term: u64,
+    waiting: BTreeMap<u64, Vec<(pb::RangeRequest, RangeReply)>>,
+    waiting_len: usize,
+}
+
+impl MvccActor {
+    pub fn new(store: KvStore, applied: Option<LogId>, membership: StoredMembership, ids: HeaderIds) -> MvccActor {
+        let term = applied.map_or(0, |l| l.leader_id.term);
+        let a = MvccActor {
+            store,
+            applied,
+            membership,
+            ids,
+            term,
+            waiting: BTreeMap::new(),
+            waiting_len: 0,
+        };
+        a.update_gauges();
+        a
+    }
+
+    pub async fn run(mut self, mut rx: mpsc::Receiver<MvccMsg>) {
+        while let Some(msg) = rx.recv().await {
+            self.handle(msg);
+        }
+    }
+
+    fn applied_index(&self) -> u64 {
+        self.applied.map_or(0, |l| l.index)
+    }
+
+    fn handle(&mut self, msg: MvccMsg) {
+        match msg {
+            MvccMsg::Apply { entries, reply } => {
+                let r = self.apply(entries);
+                let _ = reply.send(r);
+                self.serve_waiting();
+                self.update_gauges();
+            }
+            MvccMsg::Range { req, min_applied, reply } => {
+                if min_applied <= self.applied_index() {
+                    let _ = reply.send(self.range(&req));
+                } else if self.waiting_len >= WAITING_READS_MAX {
+                    let _ = reply.send(Err(ReadError::Busy));
+                } else {
+                    self.waiting.entry(min_applied).or_default().push((req, reply));
+                    self.waiting_len += 1;
+                }
+            }
+            MvccMsg::AppliedState { reply } => {
+                let _ = reply.send((self.applied, self.membership.clone()));
+            }
+            MvccMsg::SnapshotView { reply } => {
+                let _ = reply.send(SnapshotView {
+                    view: self.store.view(),
+                    current_rev: self.store.current_rev(),
+                    compact_rev: self.store.compact_rev(),
+                    applied: self.applied,
+                    membership: self.membership.clone(),
+                });
+            }
+            MvccMsg::Install {
+                store,
+                applied,
+                membership,
+                reply,
+            } => {
+                self.store = store;
+                self.applied = applied;
+                self.membership = membership;
+                self.term = applied.map_or(self.term, |l| l.leader_id.term);
+                let _ = reply.send(());
+                self.serve_waiting();
+                self.update_gauges();
+            }
+            MvccMsg::Status { reply } => {
+                let _ = reply.send(MvccStatus {
+                    current_rev: self.store.current_rev(),
+                    compact_rev: self.store.compact_rev(),
+                    applied_index: self.applied_index(),
+                    raft_term: self.term,
+                    size_bytes: self.store.size_bytes(),
+                    live_keys: self.store.live_keys(),
+                });
+            }
+        }
+    }
+
+    fn header(&self, revision: i64) -> pb::ResponseHeader {
+        pb::ResponseHeader {
+            cluster_id: self.ids.cluster_id,
+            member_id: self.ids.member_id,
+            revision,
+            raft_term: self.term,
+        }
+    }
+
+    fn range(&self, req: &pb::RangeRequest) -> Result<pb::RangeResponse, ReadError> {
+        metrics().mvcc_range.inc();
+        let mut resp = self
+            .store
+            .range(&RangeArgs::from(req), self.store.current_rev())
+            .map_err(ReadError::Mvcc)?;
+        resp.header = Some(self.header(self.store.current_rev()));
+        Ok(resp)
+    }
+
+    fn serve_waiting(&mut self) {
+        let applied = self.applied_index();
+        while let Some(entry) = self.waiting.first_entry() {
+            if *entry.key() > applied {
+                break;
+            }
+            for (req, reply) in entry.remove() {
+                self.waiting_len -= 1;
+                let _ = reply.send(self.range(&req));
+            }
+        }
+    }
+
+    fn apply(&mut self, entries: Vec<ApplyEntry>) -> Result<Vec<AppliedResult>, String> {
+        let mut out = Vec::with_capacity(entries.len());
+        for e in entries {
+            self.term = e.log_id.leader_id.term;
+            let result = match e.payload {
+                ApplyPayload::Blank => None,
+                ApplyPayload::Membership(m) => {
+                    self.membership = StoredMembership::new(Some(e.log_id), m);
+                    None
+                }
+                ApplyPayload::Normal(bytes) => {
+                    // The bytes were validated when proposed and are covered
+                    // by WAL checksums since; failing here means a bug or
+                    // undetected corruption, and applying past it would make
+                    // this member diverge. Stop instead.
+                    let cmd = Command::access(&bytes)
+                        .map_err(|err| format!("entry {}: {err}", e.log_id.index))?;
+                    let mut outcome = self.store.apply(cmd, &bytes, &NoLeases);
+                    if let Ok(resp) = &mut outcome {
+                        count_ops(resp);
+                        let h = header_of(resp);
+                        *h = Some(self.header(h.as_ref().map_or(0, |h| h.revision)));
+                    }
+                    Some(outcome)
+                }
+            };
+            self.applied = Some(e.log_id);
+            out.push(result);
+        }
+        metrics().proposals_applied.set(self.applied_index() as i64);
+        Ok(out)
+    }
+
+    fn update_gauges(&self) {
+        let m = metrics();
+        m.mvcc_keys.set(self.store.live_keys() as i64);
+        m.mvcc_db_size.set(self.store.size_bytes() as i64);
+        m.mvcc_db_size_in_use.set(self.store.size_bytes() as i64);
+        m.mvcc_current_revision.set(self.store.current_rev());
+        m.mvcc_compact_revision.set(self.store.compact_rev());
+        m.proposals_applied.set(self.applied_index() as i64);
+    }
+}
+
+fn header_of(r: &mut CommandResponse) -> &mut Option<pb::ResponseHeader> {
+    match r {
+        CommandResponse::Put(r) => &mut r.header,
+        CommandResponse::DeleteRange(r) => &mut r.header,
+        CommandResponse::Txn(r) => &mut r.header,
+        CommandResponse::Compact(r) => &mut r.header,
+    }
+}
+
+/// Counts executed operations the way etcd's mvcc counters do: every put,
+/// range and delete, also inside txns, plus one per txn.
+fn count_ops(r: &CommandResponse) {
+    fn txn(t: &pb::TxnResponse) {
+        use pb::response_op::Response;
+        let m = metrics();
+        m.mvcc_txn.inc();
+        for op in &t.responses {
+            match &op.response {
+                Some(Response::ResponsePut(_)) => m.mvcc_put.inc(),
+                Some(Response::ResponseRange(_)) => m.mvcc_range.inc(),
+                Some(Response::ResponseDeleteRange(_)) => m.mvcc_delete.inc(),
+                Some(Response::ResponseTxn(t)) => txn(t),
+                None => {}
+            }
+        }
+    }
+    match r {
+        CommandResponse::Put(_) => metrics().mvcc_put.inc(),
+        CommandResponse::DeleteRange(_) => metrics().mvcc_delete.inc(),
+        CommandResponse::Txn(t) => txn(t),
+        CommandResponse::Compact(_) => {}
+    }
+}

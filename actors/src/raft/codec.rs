@@ -1,0 +1,164 @@
+//! Byte encodings of raft metadata: log ids, votes and memberships for the
+//! WAL, and the snapshot's raft metadata (last applied log id and
+//! membership). Little-endian throughout.
+//!
+//! ```text
+//! membership: n_configs u32, per config: n u32, n x node_id u64;
+//!             n_nodes u32, per node: node_id u64, addr_len u32, addr
+//! snapshot meta: flags u8 (bit0 applied present, bit1 membership log id present),
+//!                applied (term u64, leader u64, index u64),
+//!                membership log id (term, leader, index), membership
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use keel_storage::wal::{LogIdRecord, VoteRecord};
+
+use super::types::{LogId, Membership, Node, NodeId, StoredMembership, Vote};
+
+pub fn log_id_record(id: &LogId) -> LogIdRecord {
+    LogIdRecord {
+        term: id.leader_id.term,
+        leader: id.leader_id.node_id,
+        index: id.index,
+    }
+}
+
+pub fn log_id_from(r: &LogIdRecord) -> LogId {
+    openraft::LogId::new(openraft::CommittedLeaderId::new(r.term, r.leader), r.index)
+}
+
+pub fn vote_record(v: &Vote) -> VoteRecord {
+    VoteRecord {
+        term: v.leader_id.term,
+        node_id: v.leader_id.node_id,
+        committed: v.committed,
+    }
+}
+
+pub fn vote_from(r: &VoteRecord) -> Vote {
+    if r.committed {
+        openraft::Vote::new_committed(r.term, r.node_id)
+    } else {
+        openraft::Vote::new(r.term, r.node_id)
+    }
+}
+
+pub fn encode_membership(m: &Membership, out: &mut Vec<u8>) {
+    let configs = m.get_joint_config();
+    out.extend_from_slice(&(configs.len() as u32).to_le_bytes());
+    for c in configs {
+        out.extend_from_slice(&(c.len() as u32).to_le_bytes());
+        for id in c {
+            out.extend_from_slice(&id.to_le_bytes());
+        }
+    }
+    let nodes: Vec<_> = m.nodes().collect();
+    out.extend_from_slice(&(nodes.len() as u32).to_le_bytes());
+    for (id, node) in nodes {
+        out.extend_from_slice(&id.to_le_bytes());
+        out.extend_from_slice(&(node.addr.len() as u32).to_le_bytes());
+        out.extend_from_slice(node.addr.as_bytes());
+    }
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if self.b.len() < n {
+            return Err("truncated raft metadata".into());
+        }
+        let (head, rest) = self.b.split_at(n);
+        self.b = rest;
+        Ok(head)
+    }
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+    }
+    fn u64(&mut self) -> Result<u64, String> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+    }
+    fn log_id(&mut self) -> Result<LogId, String> {
+        let term = self.u64()?;
+        let leader = self.u64()?;
+        let index = self.u64()?;
+        Ok(log_id_from(&LogIdRecord { term, leader, index }))
+    }
+    fn membership(&mut self) -> Result<Membership, String> {
+        let n_configs = self.u32()?;
+        let mut configs = Vec::new();
+        for _ in 0..n_configs {
+            let n = self.u32()?;
+            let mut set = BTreeSet::new();
+            for _ in 0..n {
+                set.insert(self.u64()?);
+            }
+            configs.push(set);
+        }
+        let n_nodes = self.u32()?;
+        let mut nodes = BTreeMap::<NodeId, Node>::new();
+        for _ in 0..n_nodes {
+            let id = self.u64()?;
+            let len = self.u32()? as usize;
+            let addr = String::from_utf8(self.take(len)?.to_vec()).map_err(|e| e.to_string())?;
+            nodes.insert(id, Node { addr });
+        }
+        Ok(Membership::new(configs, nodes))
+    }
+}
+
+pub fn decode_membership(b: &[u8]) -> Result<Membership, String> {
+    Reader { b }.membership()
+}
+
+fn put_log_id(out: &mut Vec<u8>, id: Option<&LogId>) {
+    let r = id.map(log_id_record).unwrap_or_default();
+    out.extend_from_slice(&r.term.to_le_bytes());
+    out.extend_from_slice(&r.leader.to_le_bytes());
+    out.extend_from_slice(&r.index.to_le_bytes());
+}
+
+/// Raft's part of a snapshot: what the data covers and the membership then.
+pub fn encode_snapshot_meta(applied: Option<&LogId>, membership: &StoredMembership) -> Vec<u8> {
+    let mut out = Vec::new();
+    let flags = u8::from(applied.is_some()) | (u8::from(membership.log_id().is_some()) << 1);
+    out.push(flags);
+    put_log_id(&mut out, applied);
+    put_log_id(&mut out, membership.log_id().as_ref());
+    encode_membership(membership.membership(), &mut out);
+    out
+}
+
+pub fn decode_snapshot_meta(b: &[u8]) -> Result<(Option<LogId>, StoredMembership), String> {
+    let mut r = Reader { b };
+    let flags = r.take(1)?[0];
+    let applied = r.log_id()?;
+    let m_log_id = r.log_id()?;
+    let membership = r.membership()?;
+    Ok((
+        (flags & 1 != 0).then_some(applied),
+        StoredMembership::new((flags & 2 != 0).then_some(m_log_id), membership),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_meta_round_trips() {
+        let mut nodes = BTreeMap::new();
+        nodes.insert(7u64, Node { addr: "http://127.0.0.1:2380".into() });
+        let m = Membership::new(vec![BTreeSet::from([7u64])], nodes);
+        let id = log_id_from(&LogIdRecord { term: 3, leader: 7, index: 99 });
+        let sm = StoredMembership::new(Some(log_id_from(&LogIdRecord { term: 1, leader: 7, index: 1 })), m);
+        let bytes = encode_snapshot_meta(Some(&id), &sm);
+        let (applied, back) = decode_snapshot_meta(&bytes).unwrap();
+        assert_eq!(applied, Some(id));
+        assert_eq!(back, sm);
+        assert!(decode_snapshot_meta(&bytes[..bytes.len() - 1]).is_err());
+    }
+}

@@ -1,0 +1,236 @@
+//! openraft's log storage: an in-memory copy of the log since the last purge
+//! (openraft reads entries back to apply and replicate them) made durable by
+//! the WAL writer.
+//!
+//! `append` hands the entries to the WAL writer and returns at once; openraft
+//! learns of durability through the `LogFlushed` callback, which the writer
+//! calls after the batch's fdatasync. That is what lets many appends share
+//! one fsync. `save_vote` waits for its fsync: a vote must be durable before
+//! it is acted on.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::rc::Rc;
+
+use bytes::Bytes;
+use keel_storage::wal::{EntryRecord, Recovered};
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{EntryPayload, LogState, RaftLogReader, StorageIOError};
+use tokio::sync::{mpsc, oneshot};
+
+use super::codec::{decode_membership, encode_membership, log_id_from, log_id_record, vote_from, vote_record};
+use super::types::{Entry, LogId, Proposal, StorageError, TypeConfig, Vote};
+use crate::wal_writer::{WalCmd, WalEntry};
+
+/// `payload_kind` values of WAL entry records.
+pub const PAYLOAD_BLANK: u8 = 0;
+pub const PAYLOAD_NORMAL: u8 = 1;
+pub const PAYLOAD_MEMBERSHIP: u8 = 2;
+
+/// Copies bytes into a 16-byte aligned buffer, as reading an archived
+/// command in place requires.
+pub fn aligned_bytes(b: &[u8]) -> Bytes {
+    let mut v = rkyv::util::AlignedVec::<16>::with_capacity(b.len());
+    v.extend_from_slice(b);
+    Bytes::from_owner(v)
+}
+
+/// The log after the purge point, contiguous by index.
+#[derive(Default)]
+pub struct LogCache {
+    purged: Option<LogId>,
+    entries: VecDeque<Entry>,
+}
+
+impl LogCache {
+    fn first_index(&self) -> Option<u64> {
+        self.entries.front().map(|e| e.log_id.index)
+    }
+
+    fn last_log_id(&self) -> Option<LogId> {
+        self.entries.back().map(|e| e.log_id).or(self.purged)
+    }
+}
+
+fn entry_from_record(r: EntryRecord) -> Result<Entry, String> {
+    let log_id = log_id_from(&r.log_id);
+    let payload = match r.payload_kind {
+        PAYLOAD_BLANK => EntryPayload::Blank,
+        PAYLOAD_NORMAL => EntryPayload::Normal(Proposal::from_log(aligned_bytes(&r.payload))),
+        PAYLOAD_MEMBERSHIP => EntryPayload::Membership(decode_membership(&r.payload)?),
+        k => return Err(format!("unknown entry payload kind {k} at index {}", log_id.index)),
+    };
+    Ok(Entry { log_id, payload })
+}
+
+fn to_wal_entry(e: &Entry) -> WalEntry {
+    let (payload_kind, payload) = match &e.payload {
+        EntryPayload::Blank => (PAYLOAD_BLANK, Bytes::new()),
+        EntryPayload::Normal(p) => (PAYLOAD_NORMAL, p.command.clone()),
+        EntryPayload::Membership(m) => {
+            let mut out = Vec::new();
+            encode_membership(m, &mut out);
+            (PAYLOAD_MEMBERSHIP, Bytes::from(out))
+        }
+    };
+    WalEntry {
+        log_id: log_id_record(&e.log_id),
+        payload_kind,
+        payload,
+    }
+}
+
+#[derive(Clone)]
+pub struct LogReader(Rc<RefCell<LogCache>>);
+
+impl RaftLogReader<TypeConfig> for LogReader {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let cache = self.0.borrow();
+        let Some(first) = cache.first_index() else {
+            return Ok(Vec::new());
+        };
+        let start = match range.start_bound() {
+            Bound::Included(&s) => s,
+            Bound::Excluded(&s) => s + 1,
+            Bound::Unbounded => first,
+        }
+        .max(first);
+        let skip = (start - first) as usize;
+        Ok(cache
+            .entries
+            .iter()
+            .skip(skip)
+            .take_while(|e| range.contains(&e.log_id.index))
+            .cloned()
+            .collect())
+    }
+}
+
+pub struct LogStore {
+    cache: Rc<RefCell<LogCache>>,
+    wal: mpsc::Sender<WalCmd>,
+    vote: Option<Vote>,
+}
+
+fn wal_gone() -> StorageError {
+    StorageIOError::write_logs(&io::Error::other("WAL writer stopped")).into()
+}
+
+impl LogStore {
+    /// Builds the log from what WAL recovery found.
+    pub fn from_recovered(r: &mut Recovered, wal: mpsc::Sender<WalCmd>) -> Result<LogStore, String> {
+        let mut cache = LogCache {
+            purged: r.purged.as_ref().map(log_id_from),
+            entries: VecDeque::with_capacity(r.entries.len()),
+        };
+        for rec in std::mem::take(&mut r.entries) {
+            cache.entries.push_back(entry_from_record(rec)?);
+        }
+        Ok(LogStore {
+            cache: Rc::new(RefCell::new(cache)),
+            wal,
+            vote: r.vote.as_ref().map(vote_from),
+        })
+    }
+
+    async fn send(&self, cmd: WalCmd) -> Result<(), StorageError> {
+        self.wal.send(cmd).await.map_err(|_| wal_gone())
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        LogReader(self.cache.clone()).try_get_log_entries(range).await
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogReader;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let c = self.cache.borrow();
+        Ok(LogState {
+            last_purged_log_id: c.purged,
+            last_log_id: c.last_log_id(),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> LogReader {
+        LogReader(self.cache.clone())
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(WalCmd::SaveVote {
+            vote: vote_record(vote),
+            done: Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        })
+        .await?;
+        match rx.await {
+            Ok(Ok(())) => {
+                self.vote = Some(*vote);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(StorageIOError::write_vote(&e).into()),
+            Err(_) => Err(wal_gone()),
+        }
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        Ok(self.vote)
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry>,
+    {
+        let mut wal_entries = Vec::new();
+        {
+            let mut c = self.cache.borrow_mut();
+            for e in entries {
+                wal_entries.push(to_wal_entry(&e));
+                c.entries.push_back(e);
+            }
+        }
+        self.send(WalCmd::Append {
+            entries: wal_entries,
+            done: Box::new(move |r| callback.log_io_completed(r)),
+        })
+        .await
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        {
+            let mut c = self.cache.borrow_mut();
+            while c.entries.back().is_some_and(|e| e.log_id.index >= log_id.index) {
+                c.entries.pop_back();
+            }
+        }
+        self.send(WalCmd::Truncate { index: log_id.index }).await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        {
+            let mut c = self.cache.borrow_mut();
+            while c.entries.front().is_some_and(|e| e.log_id.index <= log_id.index) {
+                c.entries.pop_front();
+            }
+            c.purged = Some(log_id);
+        }
+        self.send(WalCmd::Purge {
+            log_id: log_id_record(&log_id),
+        })
+        .await
+    }
+}

@@ -1,0 +1,15 @@
+//! The raft group: openraft configured for keel.
+//!
+//! * [`types`]: the type configuration, proposals and replies;
+//! * [`codec`]: byte encodings of raft metadata for the WAL and snapshots;
+//! * [`log_store`]: openraft's log storage over the WAL writer;
+//! * [`state_machine`]: openraft's state machine over the MVCC apply actor;
+//! * [`network`]: the peer transport (none yet: single-member groups);
+//! * [`actor`]: the raft actor that owns the `Raft` handle and serves reactors.
+
+pub mod actor;
+pub mod codec;
+pub mod log_store;
+pub mod network;
+pub mod state_machine;
+pub mod types;

@@ -1,0 +1,178 @@
+//! openraft's state machine: a thin shell over the MVCC apply actor.
+//!
+//! Applying forwards committed entries to the actor and returns its
+//! results. Snapshots take a consistent view from the actor (its applied
+//! log id travels with the data) and write it on glommio's blocking pool,
+//! so neither the apply actor nor the raft core waits for the disk.
+
+use std::cell::RefCell;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Instant;
+
+use keel_storage::mvcc::snapshot::{read_snapshot, save_snapshot_file, snapshot_file_name};
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
+use tokio::sync::{mpsc, oneshot};
+
+use super::codec::{decode_snapshot_meta, encode_snapshot_meta};
+use super::types::{AppliedResult, Entry, LogId, SnapshotFile, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::metrics::metrics;
+use crate::mvcc_actor::{ApplyEntry, ApplyPayload, MvccMsg, SnapshotView};
+
+type Current = Rc<RefCell<Option<(SnapshotMeta, PathBuf)>>>;
+
+pub struct StateMachine {
+    mvcc: mpsc::Sender<MvccMsg>,
+    snap_dir: PathBuf,
+    current: Current,
+}
+
+fn sm_err(what: &str) -> StorageError {
+    StorageIOError::read_state_machine(&std::io::Error::other(what.to_string())).into()
+}
+
+fn snapshot_id(applied: Option<&LogId>) -> String {
+    applied.map_or("0-0".to_string(), |l| format!("{}-{}", l.leader_id.term, l.index))
+}
+
+impl StateMachine {
+    /// `loaded` is the snapshot the store was restored from at start-up.
+    pub fn new(mvcc: mpsc::Sender<MvccMsg>, snap_dir: PathBuf, loaded: Option<(SnapshotMeta, PathBuf)>) -> StateMachine {
+        StateMachine {
+            mvcc,
+            snap_dir,
+            current: Rc::new(RefCell::new(loaded)),
+        }
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> MvccMsg) -> Result<T, StorageError> {
+        let (tx, rx) = oneshot::channel();
+        self.mvcc.send(make(tx)).await.map_err(|_| sm_err("MVCC actor stopped"))?;
+        rx.await.map_err(|_| sm_err("MVCC actor stopped"))
+    }
+}
+
+pub struct SnapshotBuilder {
+    mvcc: mpsc::Sender<MvccMsg>,
+    snap_dir: PathBuf,
+    current: Current,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let (tx, rx) = oneshot::channel();
+        self.mvcc
+            .send(MvccMsg::SnapshotView { reply: tx })
+            .await
+            .map_err(|_| sm_err("MVCC actor stopped"))?;
+        let SnapshotView {
+            view,
+            current_rev,
+            compact_rev,
+            applied,
+            membership,
+        } = rx.await.map_err(|_| sm_err("MVCC actor stopped"))?;
+        let app = encode_snapshot_meta(applied.as_ref(), &membership);
+        let dir = self.snap_dir.clone();
+        let index = applied.map_or(0, |l| l.index);
+        let started = Instant::now();
+        let (path, size) = glommio::executor()
+            .spawn_blocking(move || save_snapshot_file(&dir, index, &app, current_rev, compact_rev, &view))
+            .await
+            .map_err(|e| StorageError::from(StorageIOError::write_snapshot(None, &e)))?;
+        metrics().snapshot_save_seconds.observe(started.elapsed().as_secs_f64());
+        tracing::info!(path = %path.display(), size, index, "snapshot saved");
+        let meta = SnapshotMeta {
+            last_log_id: applied,
+            last_membership: membership,
+            snapshot_id: snapshot_id(applied.as_ref()),
+        };
+        *self.current.borrow_mut() = Some((meta.clone(), path.clone()));
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(SnapshotFile { path }),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        self.ask(|reply| MvccMsg::AppliedState { reply }).await
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<AppliedResult>, StorageError>
+    where
+        I: IntoIterator<Item = Entry>,
+    {
+        let entries: Vec<ApplyEntry> = entries
+            .into_iter()
+            .map(|e| ApplyEntry {
+                log_id: e.log_id,
+                payload: match e.payload {
+                    EntryPayload::Blank => ApplyPayload::Blank,
+                    EntryPayload::Normal(p) => ApplyPayload::Normal(p.command),
+                    EntryPayload::Membership(m) => ApplyPayload::Membership(m),
+                },
+            })
+            .collect();
+        let n = entries.len();
+        let result = self.ask(|reply| MvccMsg::Apply { entries, reply }).await?;
+        let results = result.map_err(|e| StorageError::from(StorageIOError::apply(openraft::LogId::default(), &std::io::Error::other(e))))?;
+        debug_assert_eq!(results.len(), n);
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        SnapshotBuilder {
+            mvcc: self.mvcc.clone(),
+            snap_dir: self.snap_dir.clone(),
+            current: self.current.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotFile>, StorageError> {
+        Ok(Box::new(SnapshotFile {
+            path: self.snap_dir.join("incoming.snap.tmp"),
+        }))
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<SnapshotFile>) -> Result<(), StorageError> {
+        let index = meta.last_log_id.map_or(0, |l| l.index);
+        let dir = self.snap_dir.clone();
+        let from = snapshot.path.clone();
+        let loaded = glommio::executor()
+            .spawn_blocking(move || -> Result<_, String> {
+                let f = std::fs::File::open(&from).map_err(|e| e.to_string())?;
+                let (app, store) = read_snapshot(&mut std::io::BufReader::new(f), &from).map_err(|e| e.to_string())?;
+                let path = dir.join(snapshot_file_name(index));
+                if from != path {
+                    std::fs::rename(&from, &path).map_err(|e| e.to_string())?;
+                    keel_storage::sync_dir(&dir).map_err(|e| e.to_string())?;
+                }
+                Ok((app, store, path))
+            })
+            .await
+            .map_err(|e| sm_err(&format!("installing snapshot: {e}")))?;
+        let (app, store, path) = loaded;
+        let (applied, membership) = decode_snapshot_meta(&app).map_err(|e| sm_err(&e))?;
+        self.ask(|reply| MvccMsg::Install {
+            store,
+            applied,
+            membership,
+            reply,
+        })
+        .await?;
+        *self.current.borrow_mut() = Some((meta.clone(), path));
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        Ok(self.current.borrow().as_ref().map(|(meta, path)| Snapshot {
+            meta: meta.clone(),
+            snapshot: Box::new(SnapshotFile { path: path.clone() }),
+        }))
+    }
+}

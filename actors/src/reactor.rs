@@ -1,0 +1,199 @@
+//! The network reactor: one per core, accepting on the client port (every
+//! core binds it with SO_REUSEPORT, so the kernel spreads connections).
+//!
+//! A connection that opens with the HTTP/2 preface is served by hyper's
+//! HTTP/2 server; gRPC requests are dispatched by path, anything else goes
+//! to the HTTP handler, as does every HTTP/1.1 connection.
+
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::future::Future;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use futures_lite::AsyncReadExt;
+use glommio::net::{TcpListener, TcpStream};
+use http::{header, HeaderMap, HeaderValue, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use keel_proto::method::{Method, MethodKind};
+
+use crate::grpc::body::ResponseBody;
+use crate::grpc::frame;
+use crate::grpc::io::{HyperIo, LocalExec};
+use crate::grpc::status::{Code, Status};
+use crate::metrics::metrics;
+use crate::service::{http as http_service, kv, maintenance, ServerCtx};
+
+/// Serves `listener` until the process ends.
+pub async fn serve(listener: TcpListener, ctx: Rc<ServerCtx>) {
+    let open = Rc::new(Cell::new(0usize));
+    loop {
+        let stream = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if open.get() >= ctx.cfg.connections_max {
+            tracing::warn!(limit = ctx.cfg.connections_max, "connection limit reached; closing new connection");
+            drop(stream);
+            continue;
+        }
+        open.set(open.get() + 1);
+        let (ctx, open) = (ctx.clone(), open.clone());
+        glommio::spawn_local(async move {
+            serve_connection(stream, ctx).await;
+            open.set(open.get() - 1);
+        })
+        .detach();
+    }
+}
+
+async fn serve_connection(mut stream: TcpStream, ctx: Rc<ServerCtx>) {
+    let _ = stream.set_nodelay(true);
+    // HTTP/2 with prior knowledge starts with "PRI * HTTP/2.0".
+    let mut first = [0u8; 3];
+    if stream.read_exact(&mut first).await.is_err() {
+        return;
+    }
+    let io = HyperIo::new(stream, first.to_vec());
+    if &first == b"PRI" {
+        let svc_ctx = ctx.clone();
+        let svc = service_fn(move |req| {
+            let ctx = svc_ctx.clone();
+            async move { Ok::<_, Infallible>(handle_http2(req, ctx).await) }
+        });
+        let result = hyper::server::conn::http2::Builder::new(LocalExec)
+            .max_concurrent_streams(ctx.cfg.max_concurrent_streams)
+            .serve_connection(io, svc)
+            .await;
+        if let Err(e) = result {
+            tracing::debug!("http2 connection ended: {e}");
+        }
+    } else {
+        let svc = service_fn(move |req| {
+            let ctx = ctx.clone();
+            async move { Ok::<_, Infallible>(http_service::handle(req, &ctx).await) }
+        });
+        if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await {
+            tracing::debug!("http1 connection ended: {e}");
+        }
+    }
+}
+
+fn grpc_headers(builder: http::response::Builder) -> http::response::Builder {
+    builder
+        .status(200)
+        .header(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"))
+}
+
+fn status_trailers(s: &Status) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert("grpc-status", HeaderValue::from(s.code as u8 as u16));
+    if !s.message.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&s.encoded_message()) {
+            h.insert("grpc-message", v);
+        }
+    }
+    h
+}
+
+/// A trailers-only response: the status travels in the headers.
+fn error_response(s: &Status) -> Response<ResponseBody> {
+    let mut resp = grpc_headers(Response::builder())
+        .body(ResponseBody::empty())
+        .expect("static response parts are valid");
+    resp.headers_mut().extend(status_trailers(s));
+    resp
+}
+
+fn ok_response(message: Bytes) -> Response<ResponseBody> {
+    grpc_headers(Response::builder())
+        .body(ResponseBody::with_trailers(message, status_trailers(&Status::new(Code::Ok, ""))))
+        .expect("static response parts are valid")
+}
+
+async fn handle_http2(req: http::Request<Incoming>, ctx: Rc<ServerCtx>) -> Response<ResponseBody> {
+    let is_grpc = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if !is_grpc {
+        return http_service::handle(req, &ctx).await;
+    }
+    let path = req.uri().path().to_string();
+    let Some(method) = Method::from_path(&path) else {
+        let (service, name) = path.trim_start_matches('/').split_once('/').unwrap_or((&path, ""));
+        return error_response(&Status::new(
+            Code::Unimplemented,
+            format!("unknown method {name} for service {service}"),
+        ));
+    };
+    let grpc_type = match method.kind() {
+        MethodKind::Unary => "unary",
+        MethodKind::ServerStream => "server_stream",
+        MethodKind::BidiStream => "bidi_stream",
+    };
+    let labels = [grpc_type, method.service(), method.name()];
+    metrics().grpc_started.with_label_values(&labels).inc();
+    let result = dispatch(method, req.into_body(), &ctx).await;
+    let code = result.as_ref().err().map_or(Code::Ok, |s| s.code);
+    metrics()
+        .grpc_handled
+        .with_label_values(&[grpc_type, method.service(), method.name(), code.name()])
+        .inc();
+    match result {
+        Ok(message) => ok_response(message),
+        Err(s) => error_response(&s),
+    }
+}
+
+/// Reads a unary request, runs `f`, and encodes its answer.
+async fn unary<Req, Resp, Fut>(
+    body: Incoming,
+    ctx: &Rc<ServerCtx>,
+    f: impl FnOnce(Rc<ServerCtx>, Req, usize) -> Fut,
+) -> Result<Bytes, Status>
+where
+    Req: prost::Message + Default,
+    Resp: prost::Message,
+    Fut: Future<Output = Result<Resp, Status>>,
+{
+    let message = frame::read_unary(body, ctx.cfg.max_recv_bytes()).await?;
+    let len = message.len();
+    let req = frame::decode::<Req>(message)?;
+    let resp = f(ctx.clone(), req, len).await?;
+    Ok(frame::encode(&resp))
+}
+
+async fn dispatch(method: Method, body: Incoming, ctx: &Rc<ServerCtx>) -> Result<Bytes, Status> {
+    match method {
+        Method::Range => unary(body, ctx, |c, r, _| async move { kv::range(&c, r).await }).await,
+        Method::Put => unary(body, ctx, |c, r, n| async move { kv::put(&c, r, n).await }).await,
+        Method::DeleteRange => unary(body, ctx, |c, r, n| async move { kv::delete_range(&c, r, n).await }).await,
+        Method::Txn => unary(body, ctx, |c, r, n| async move { kv::txn(&c, r, n).await }).await,
+        Method::Compact => unary(body, ctx, |c, r, n| async move { kv::compact(&c, r, n).await }).await,
+        Method::Status => {
+            unary(body, ctx, |c, _: keel_proto::etcdserverpb::StatusRequest, _| async move {
+                maintenance::status(&c).await
+            })
+            .await
+        }
+        Method::Alarm => unary(body, ctx, |c, r, _| async move { maintenance::alarm(&c, r).await }).await,
+        Method::MemberList => {
+            unary(body, ctx, |c, _: keel_proto::etcdserverpb::MemberListRequest, _| async move {
+                maintenance::member_list(&c).await
+            })
+            .await
+        }
+        Method::HealthCheck => unary(body, ctx, |c, r, _| async move { maintenance::health_check(&c, r).await }).await,
+        other => Err(Status::new(
+            Code::Unimplemented,
+            format!("keel: {}.{} is not implemented yet", other.service(), other.name()),
+        )),
+    }
+}

@@ -1,0 +1,358 @@
+//! The KV service: Range, Put, DeleteRange, Txn, Compact.
+//!
+//! Requests are checked here with etcd's rules and messages, then writes
+//! become archived commands proposed to raft, and reads go to the MVCC actor
+//! (through a read-index round unless `serializable`).
+
+use std::collections::HashSet;
+use std::future::Future;
+
+use bytes::Bytes;
+use keel_proto::command::{Command, CompactCmd, DeleteRangeCmd, PutCmd, TxnCmd};
+use keel_proto::etcdserverpb as pb;
+use keel_storage::mvcc::CommandResponse;
+use tokio::sync::oneshot;
+
+use super::ServerCtx;
+use crate::grpc::status::Status;
+use crate::mvcc_actor::{MvccMsg, ReadError};
+use crate::raft::actor::RaftRequest;
+use crate::raft::types::{ProposeError, WriteReply};
+
+pub fn check_range(r: &pb::RangeRequest) -> Result<(), Status> {
+    if r.key.is_empty() {
+        return Err(Status::empty_key());
+    }
+    if pb::range_request::SortOrder::try_from(r.sort_order).is_err()
+        || pb::range_request::SortTarget::try_from(r.sort_target).is_err()
+    {
+        return Err(Status::invalid_sort_option());
+    }
+    Ok(())
+}
+
+pub fn check_put(r: &pb::PutRequest) -> Result<(), Status> {
+    if r.key.is_empty() {
+        return Err(Status::empty_key());
+    }
+    if r.ignore_value && !r.value.is_empty() {
+        return Err(Status::value_provided());
+    }
+    if r.ignore_lease && r.lease != 0 {
+        return Err(Status::lease_provided());
+    }
+    Ok(())
+}
+
+pub fn check_delete(r: &pb::DeleteRangeRequest) -> Result<(), Status> {
+    if r.key.is_empty() {
+        return Err(Status::empty_key());
+    }
+    Ok(())
+}
+
+fn check_request_op(op: &pb::RequestOp, max_ops: usize) -> Result<(), Status> {
+    use pb::request_op::Request;
+    match &op.request {
+        Some(Request::RequestRange(r)) => check_range(r),
+        Some(Request::RequestPut(r)) => check_put(r),
+        Some(Request::RequestDeleteRange(r)) => check_delete(r),
+        Some(Request::RequestTxn(t)) => check_txn(t, max_ops),
+        // An empty operation: etcd answers "key not found".
+        None => Err(Status::key_not_found()),
+    }
+}
+
+/// etcd's checkTxnRequest.
+pub fn check_txn(t: &pb::TxnRequest, max_ops: usize) -> Result<(), Status> {
+    let ops = t.compare.len().max(t.success.len()).max(t.failure.len());
+    if ops > max_ops {
+        return Err(Status::too_many_ops());
+    }
+    if t.compare.iter().any(|c| c.key.is_empty()) {
+        return Err(Status::empty_key());
+    }
+    for op in t.success.iter().chain(t.failure.iter()) {
+        check_request_op(op, max_ops)?;
+    }
+    Ok(())
+}
+
+/// A deleted interval, compared as etcd's string intervals are: a point
+/// when `end` is empty, otherwise `[start, end)`.
+#[derive(Debug, Clone)]
+struct Interval {
+    start: Bytes,
+    end: Bytes,
+}
+
+impl Interval {
+    fn contains(&self, k: &[u8]) -> bool {
+        if self.end.is_empty() {
+            k == &self.start[..]
+        } else {
+            k >= &self.start[..] && k < &self.end[..]
+        }
+    }
+}
+
+/// etcd's checkIntervals: within one txn, no key may be put twice, and no
+/// put may fall in a deleted range, across nesting levels; the two branches
+/// of a nested txn may put the same key (only one runs). Returns this level's
+/// puts and deletes for the level above.
+fn check_intervals(ops: &[pb::RequestOp]) -> Result<(HashSet<Bytes>, Vec<Interval>), Status> {
+    use pb::request_op::Request;
+    let mut dels: Vec<Interval> = ops
+        .iter()
+        .filter_map(|op| match &op.request {
+            Some(Request::RequestDeleteRange(d)) => Some(Interval {
+                start: d.key.clone(),
+                end: d.range_end.clone(),
+            }),
+            _ => None,
+        })
+        .collect();
+    let mut puts: HashSet<Bytes> = HashSet::new();
+    for op in ops {
+        let Some(Request::RequestTxn(t)) = &op.request else { continue };
+        let (puts_then, dels_then) = check_intervals(&t.success)?;
+        let (puts_else, dels_else) = check_intervals(&t.failure)?;
+        for k in &puts_then {
+            if puts.contains(k) || dels.iter().any(|d| d.contains(k)) {
+                return Err(Status::duplicate_key());
+            }
+            puts.insert(k.clone());
+        }
+        for k in &puts_else {
+            if puts.contains(k) && !puts_then.contains(k) {
+                return Err(Status::duplicate_key());
+            }
+            if dels.iter().any(|d| d.contains(k)) {
+                return Err(Status::duplicate_key());
+            }
+            puts.insert(k.clone());
+        }
+        dels.extend(dels_then);
+        dels.extend(dels_else);
+    }
+    for op in ops {
+        let Some(Request::RequestPut(p)) = &op.request else { continue };
+        if puts.contains(&p.key) || dels.iter().any(|d| d.contains(&p.key)) {
+            return Err(Status::duplicate_key());
+        }
+        puts.insert(p.key.clone());
+    }
+    Ok((puts, dels))
+}
+
+/// Everything etcd checks on a txn before proposing it.
+pub fn validate_txn(t: &pb::TxnRequest, max_ops: usize) -> Result<(), Status> {
+    check_txn(t, max_ops)?;
+    check_intervals(&t.success)?;
+    check_intervals(&t.failure)?;
+    Ok(())
+}
+
+/// Waits for `fut`, or fails with etcd's timeout after `timeout`.
+pub async fn with_timeout<T>(timeout: std::time::Duration, fut: impl Future<Output = T>) -> Result<T, Status> {
+    glommio::timer::timeout(timeout, async { Ok(fut.await) })
+        .await
+        .map_err(|_| Status::timeout())
+}
+
+/// Proposes a command and waits until it is applied.
+pub async fn propose(ctx: &ServerCtx, cmd: Command, request_bytes: usize) -> Result<CommandResponse, Status> {
+    if request_bytes > ctx.cfg.max_request_bytes {
+        return Err(Status::request_too_large());
+    }
+    let command = Bytes::from_owner(cmd.to_bytes());
+    let (tx, rx) = oneshot::channel::<WriteReply>();
+    ctx.raft
+        .send(RaftRequest::Propose { command, reply: tx })
+        .await
+        .map_err(|_| Status::stopped())?;
+    match with_timeout(ctx.cfg.request_timeout, rx).await? {
+        Err(_) => Err(Status::stopped()),
+        Ok(Err(ProposeError::NotLeader { .. })) => Err(Status::no_leader()),
+        Ok(Err(ProposeError::Stopped)) => Err(Status::stopped()),
+        Ok(Ok(None)) => Err(Status::new(crate::grpc::status::Code::Internal, "entry produced no result")),
+        Ok(Ok(Some(outcome))) => outcome.map_err(Status::from),
+    }
+}
+
+fn read_error(e: ReadError) -> Status {
+    match e {
+        ReadError::Mvcc(m) => m.into(),
+        ReadError::Busy => Status::too_many_requests(),
+        ReadError::NoLeader => Status::no_leader(),
+    }
+}
+
+/// Serves a range: serializable ones locally, others after a read-index round.
+pub async fn read(ctx: &ServerCtx, req: pb::RangeRequest) -> Result<pb::RangeResponse, Status> {
+    let (tx, rx) = oneshot::channel();
+    if req.serializable {
+        ctx.mvcc
+            .send(MvccMsg::Range {
+                req,
+                min_applied: 0,
+                reply: tx,
+            })
+            .await
+            .map_err(|_| Status::stopped())?;
+    } else {
+        ctx.raft
+            .send(RaftRequest::LinearizableRange { req, reply: tx })
+            .await
+            .map_err(|_| Status::stopped())?;
+    }
+    match with_timeout(ctx.cfg.request_timeout, rx).await? {
+        Ok(r) => r.map_err(read_error),
+        Err(_) => Err(Status::stopped()),
+    }
+}
+
+pub async fn range(ctx: &ServerCtx, req: pb::RangeRequest) -> Result<pb::RangeResponse, Status> {
+    check_range(&req)?;
+    read(ctx, req).await
+}
+
+pub async fn put(ctx: &ServerCtx, req: pb::PutRequest, len: usize) -> Result<pb::PutResponse, Status> {
+    check_put(&req)?;
+    match propose(ctx, Command::Put(PutCmd::from(req)), len).await? {
+        CommandResponse::Put(r) => Ok(r),
+        _ => Err(mismatch()),
+    }
+}
+
+pub async fn delete_range(ctx: &ServerCtx, req: pb::DeleteRangeRequest, len: usize) -> Result<pb::DeleteRangeResponse, Status> {
+    check_delete(&req)?;
+    match propose(ctx, Command::DeleteRange(DeleteRangeCmd::from(req)), len).await? {
+        CommandResponse::DeleteRange(r) => Ok(r),
+        _ => Err(mismatch()),
+    }
+}
+
+pub async fn txn(ctx: &ServerCtx, req: pb::TxnRequest, len: usize) -> Result<pb::TxnResponse, Status> {
+    validate_txn(&req, ctx.cfg.max_txn_ops)?;
+    match propose(ctx, Command::Txn(TxnCmd::from(req)), len).await? {
+        CommandResponse::Txn(r) => Ok(r),
+        _ => Err(mismatch()),
+    }
+}
+
+pub async fn compact(ctx: &ServerCtx, req: pb::CompactionRequest, len: usize) -> Result<pb::CompactionResponse, Status> {
+    match propose(ctx, Command::Compact(CompactCmd::from(req)), len).await? {
+        CommandResponse::Compact(r) => Ok(r),
+        _ => Err(mismatch()),
+    }
+}
+
+fn mismatch() -> Status {
+    Status::new(crate::grpc::status::Code::Internal, "response does not match the request")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pb::request_op::Request;
+
+    fn put(k: &str) -> pb::RequestOp {
+        pb::RequestOp {
+            request: Some(Request::RequestPut(pb::PutRequest {
+                key: Bytes::from(k.to_string()),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn del(k: &str, end: &str) -> pb::RequestOp {
+        pb::RequestOp {
+            request: Some(Request::RequestDeleteRange(pb::DeleteRangeRequest {
+                key: Bytes::from(k.to_string()),
+                range_end: Bytes::from(end.to_string()),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn txn(success: Vec<pb::RequestOp>, failure: Vec<pb::RequestOp>) -> pb::TxnRequest {
+        pb::TxnRequest {
+            compare: vec![],
+            success,
+            failure,
+        }
+    }
+
+    fn nested(success: Vec<pb::RequestOp>, failure: Vec<pb::RequestOp>) -> pb::RequestOp {
+        pb::RequestOp {
+            request: Some(Request::RequestTxn(txn(success, failure))),
+        }
+    }
+
+    #[test]
+    fn duplicate_puts_and_put_in_deleted_range() {
+        assert_eq!(validate_txn(&txn(vec![put("a"), put("a")], vec![]), 128), Err(Status::duplicate_key()));
+        assert_eq!(validate_txn(&txn(vec![del("a", "c"), put("b")], vec![]), 128), Err(Status::duplicate_key()));
+        assert_eq!(validate_txn(&txn(vec![del("a", ""), put("a")], vec![]), 128), Err(Status::duplicate_key()));
+        assert!(validate_txn(&txn(vec![del("a", ""), put("b")], vec![]), 128).is_ok());
+        // Success and failure branches are checked separately.
+        assert!(validate_txn(&txn(vec![put("a")], vec![put("a")]), 128).is_ok());
+        // etcd quirk: a "\0" range end makes an empty interval here.
+        assert!(validate_txn(&txn(vec![del("a", "\0"), put("b")], vec![]), 128).is_ok());
+    }
+
+    #[test]
+    fn nesting_rules() {
+        // A nested txn's branches may put the same key.
+        assert!(validate_txn(&txn(vec![nested(vec![put("a")], vec![put("a")])], vec![]), 128).is_ok());
+        // But not one the outer level also puts.
+        assert_eq!(
+            validate_txn(&txn(vec![nested(vec![put("a")], vec![]), put("a")], vec![]), 128),
+            Err(Status::duplicate_key())
+        );
+        // Nor one an outer delete covers.
+        assert_eq!(
+            validate_txn(&txn(vec![del("a", "z"), nested(vec![], vec![put("b")])], vec![]), 128),
+            Err(Status::duplicate_key())
+        );
+    }
+
+    #[test]
+    fn op_limits_and_empty_parts() {
+        let ops: Vec<_> = (0..129).map(|i| put(&format!("k{i}"))).collect();
+        assert_eq!(validate_txn(&txn(ops, vec![]), 128), Err(Status::too_many_ops()));
+        assert_eq!(
+            validate_txn(&txn(vec![pb::RequestOp { request: None }], vec![]), 128),
+            Err(Status::key_not_found())
+        );
+        assert_eq!(validate_txn(&txn(vec![put("")], vec![]), 128), Err(Status::empty_key()));
+        let mut t = txn(vec![], vec![]);
+        t.compare.push(pb::Compare::default());
+        assert_eq!(validate_txn(&t, 128), Err(Status::empty_key()));
+    }
+
+    #[test]
+    fn put_and_range_checks() {
+        let p = pb::PutRequest {
+            key: Bytes::from_static(b"k"),
+            value: Bytes::from_static(b"v"),
+            ignore_value: true,
+            ..Default::default()
+        };
+        assert_eq!(check_put(&p), Err(Status::value_provided()));
+        let p = pb::PutRequest {
+            key: Bytes::from_static(b"k"),
+            lease: 5,
+            ignore_lease: true,
+            ..Default::default()
+        };
+        assert_eq!(check_put(&p), Err(Status::lease_provided()));
+        let r = pb::RangeRequest {
+            key: Bytes::from_static(b"k"),
+            sort_order: 7,
+            ..Default::default()
+        };
+        assert_eq!(check_range(&r), Err(Status::invalid_sort_option()));
+    }
+}

@@ -1,0 +1,47 @@
+//! Request handlers, one module per etcd service. Handlers validate at the
+//! edge (etcd's checks and messages), then talk to the actors.
+
+pub mod http;
+pub mod kv;
+pub mod maintenance;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::mvcc_actor::{HeaderIds, MvccMsg};
+use crate::raft::actor::RaftRequest;
+
+/// What every core's reactor knows about its member.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub name: String,
+    pub ids: HeaderIds,
+    pub client_urls: Vec<String>,
+    pub peer_urls: Vec<String>,
+    pub max_request_bytes: usize,
+    pub max_txn_ops: usize,
+    /// How long a write or linearizable read may take before
+    /// "etcdserver: request timed out".
+    pub request_timeout: Duration,
+    pub max_concurrent_streams: u32,
+    pub connections_max: usize,
+}
+
+/// gRPC accepts messages this much larger than `--max-request-bytes`, as
+/// etcd does; writes are then checked against the limit itself.
+pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+impl ServeConfig {
+    pub fn max_recv_bytes(&self) -> usize {
+        self.max_request_bytes + GRPC_OVERHEAD_BYTES
+    }
+}
+
+/// One core's handles to the actors.
+pub struct ServerCtx {
+    pub raft: mpsc::Sender<RaftRequest>,
+    pub mvcc: mpsc::Sender<MvccMsg>,
+    pub cfg: Arc<ServeConfig>,
+}

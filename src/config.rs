@@ -1,0 +1,337 @@
+//! Command-line flags, named as etcd's and also read from `ETCD_*`
+//! environment variables, so an etcd unit file works unchanged. keel's own
+//! tunables use `KEEL_*`.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use keel_actors::compactor::AutoCompaction;
+use keel_actors::node::NodeConfig;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "keel",
+    version,
+    about = "keel: an etcd-compatible key-value store",
+    long_about = "keel serves etcd's v3 gRPC API. Flags have etcd's names; each can also be set \
+                  through the environment variable ETCD_<FLAG> (upper case, '-' as '_')."
+)]
+pub struct Flags {
+    /// Human-readable name for this member.
+    #[arg(long, env = "ETCD_NAME", default_value = "default")]
+    pub name: String,
+
+    /// Path to the data directory [default: <name>.keel].
+    #[arg(long, env = "ETCD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Comma-separated URLs to listen on for client traffic.
+    #[arg(long, env = "ETCD_LISTEN_CLIENT_URLS", default_value = "http://127.0.0.1:2379")]
+    pub listen_client_urls: String,
+
+    /// Comma-separated client URLs advertised to the cluster [default: the listen URLs].
+    #[arg(long, env = "ETCD_ADVERTISE_CLIENT_URLS")]
+    pub advertise_client_urls: Option<String>,
+
+    /// Comma-separated URLs to listen on for peer traffic (multi-member clusters: not yet).
+    #[arg(long, env = "ETCD_LISTEN_PEER_URLS", default_value = "http://127.0.0.1:2380")]
+    pub listen_peer_urls: String,
+
+    /// This member's peer URLs, advertised to the cluster.
+    #[arg(long, env = "ETCD_INITIAL_ADVERTISE_PEER_URLS", default_value = "http://127.0.0.1:2380")]
+    pub initial_advertise_peer_urls: String,
+
+    /// Initial cluster configuration, name=peer-url,... (one member for now).
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+
+    /// new or existing.
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER_STATE", default_value = "new", value_parser = ["new", "existing"])]
+    pub initial_cluster_state: String,
+
+    /// Initial cluster token; distinguishes clusters with the same members.
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER_TOKEN", default_value = "etcd-cluster")]
+    pub initial_cluster_token: String,
+
+    /// Maximum client request size in bytes the server will accept.
+    #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = 1_572_864, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_request_bytes: u32,
+
+    /// Maximum number of operations permitted in a transaction.
+    #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_txn_ops: u32,
+
+    /// Number of committed transactions to trigger a snapshot to disk.
+    #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub snapshot_count: u64,
+
+    /// Interpret --auto-compaction-retention as a period ('periodic') or a revision count ('revision').
+    #[arg(long, env = "ETCD_AUTO_COMPACTION_MODE", default_value = "periodic", value_parser = ["periodic", "revision"])]
+    pub auto_compaction_mode: String,
+
+    /// Auto-compaction retention: periodic: a duration ('1h', '30m'; a bare number is hours);
+    /// revision: a number of revisions. 0 disables auto-compaction.
+    #[arg(long, env = "ETCD_AUTO_COMPACTION_RETENTION", default_value = "0")]
+    pub auto_compaction_retention: String,
+
+    /// Time (in milliseconds) of a heartbeat interval.
+    #[arg(long, env = "ETCD_HEARTBEAT_INTERVAL", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub heartbeat_interval: u64,
+
+    /// Time (in milliseconds) for an election to timeout.
+    #[arg(long, env = "ETCD_ELECTION_TIMEOUT", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub election_timeout: u64,
+
+    /// Log level: debug, info, warn, error, panic or fatal.
+    #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info", value_parser = ["debug", "info", "warn", "error", "panic", "fatal"])]
+    pub log_level: String,
+
+    /// Number of cores to run on (one executor each) [default: all available].
+    #[arg(long, env = "KEEL_CORES")]
+    pub cores: Option<usize>,
+
+    /// WAL segment file size in bytes (keel).
+    #[arg(long, env = "KEEL_WAL_SEGMENT_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub wal_segment_bytes: u64,
+
+    /// Largest group-commit batch the WAL writer drains at once, in bytes (keel).
+    #[arg(long, env = "KEEL_WAL_BATCH_BYTES_MAX", default_value_t = 4 * 1024 * 1024)]
+    pub wal_batch_bytes_max: usize,
+
+    /// Microseconds the WAL writer waits for more appends before a flush (keel; 0 = none).
+    #[arg(long, env = "KEEL_WAL_LINGER_US", default_value_t = 0)]
+    pub wal_linger_us: u64,
+
+    /// Raft entries kept after a snapshot for slow followers (etcd's --experimental-snapshot-catchup-entries).
+    #[arg(long, env = "ETCD_EXPERIMENTAL_SNAPSHOT_CATCHUP_ENTRIES", default_value_t = 5000)]
+    pub snapshot_catchup_entries: u64,
+
+    /// Microseconds an idle executor spins before sleeping (keel; trades CPU for latency).
+    #[arg(long, env = "KEEL_SPIN_BEFORE_PARK_US", default_value_t = 0)]
+    pub spin_before_park_us: u64,
+
+    /// Maximum concurrent gRPC streams per client connection.
+    #[arg(long, env = "ETCD_MAX_CONCURRENT_STREAMS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_streams: u32,
+
+    /// Maximum client connections per core (keel).
+    #[arg(long, env = "KEEL_MAX_CONNECTIONS", default_value_t = 16_384)]
+    pub max_connections: usize,
+}
+
+pub fn log_filter(level: &str) -> String {
+    let level = match level {
+        "panic" | "fatal" => "error",
+        l => l,
+    };
+    // openraft narrates every snapshot and election at info.
+    if level == "debug" {
+        "debug".into()
+    } else {
+        format!("{level},openraft=warn")
+    }
+}
+
+fn split(list: &str) -> Vec<String> {
+    list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+}
+
+/// `http://host:port` → socket addresses.
+fn parse_listen_url(url: &str) -> Result<Vec<SocketAddr>, String> {
+    let rest = if let Some(r) = url.strip_prefix("http://") {
+        r
+    } else if url.starts_with("https://") {
+        return Err(format!("{url}: TLS is not supported yet (use an http:// URL)"));
+    } else if url.starts_with("unix://") || url.starts_with("unixs://") {
+        return Err(format!("{url}: unix sockets are not supported yet"));
+    } else {
+        return Err(format!("{url}: expected a URL like http://127.0.0.1:2379"));
+    };
+    let hostport = rest.trim_end_matches('/');
+    if hostport.contains('/') {
+        return Err(format!("{url}: a listen URL has no path"));
+    }
+    let addrs: Vec<SocketAddr> = hostport
+        .to_socket_addrs()
+        .map_err(|e| format!("{url}: {e}"))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(format!("{url}: resolves to no address"));
+    }
+    Ok(addrs)
+}
+
+/// etcd's retention syntax: a bare integer is hours (periodic) or revisions.
+fn parse_retention(mode: &str, retention: &str) -> Result<Option<AutoCompaction>, String> {
+    let bad = |why: &str| format!("--auto-compaction-retention={retention}: {why}");
+    if mode == "revision" {
+        let n: i64 = retention.parse().map_err(|_| bad("revision mode needs a whole number"))?;
+        if n < 0 {
+            return Err(bad("must not be negative"));
+        }
+        return Ok((n > 0).then_some(AutoCompaction::Revision(n)));
+    }
+    let period = match retention.parse::<u64>() {
+        Ok(hours) => Duration::from_secs(hours * 3600),
+        Err(_) => parse_duration(retention).ok_or_else(|| bad("expected a duration like 1h, 30m or 10s"))?,
+    };
+    Ok((!period.is_zero()).then_some(AutoCompaction::Periodic(period)))
+}
+
+/// Go-style durations: `1h30m`, `10s`, `500ms`.
+fn parse_duration(s: &str) -> Option<Duration> {
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let value: f64 = rest[..num_len].parse().ok()?;
+        rest = &rest[num_len..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let secs = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total += Duration::from_secs_f64(value * secs);
+    }
+    Some(total)
+}
+
+impl Flags {
+    pub fn into_node_config(self) -> Result<NodeConfig, String> {
+        let mut listen = Vec::new();
+        for url in split(&self.listen_client_urls) {
+            listen.extend(parse_listen_url(&url)?);
+        }
+        if listen.is_empty() {
+            return Err("--listen-client-urls is empty".into());
+        }
+        for url in split(&self.listen_peer_urls) {
+            parse_listen_url(&url).map_err(|e| format!("--listen-peer-urls: {e}"))?;
+        }
+        let peer_urls = split(&self.initial_advertise_peer_urls);
+        if let Some(ic) = &self.initial_cluster {
+            let members = split(ic);
+            if members.len() > 1 {
+                return Err(format!(
+                    "--initial-cluster names {} members; this keel runs single-member clusters only (replication is not built yet)",
+                    members.len()
+                ));
+            }
+            if let Some(m) = members.first() {
+                let Some((name, url)) = m.split_once('=') else {
+                    return Err(format!("--initial-cluster: {m}: expected name=peer-url"));
+                };
+                if name != self.name {
+                    return Err(format!(
+                        "--initial-cluster has no entry for this member's --name {:?} (found {name:?})",
+                        self.name
+                    ));
+                }
+                if !peer_urls.iter().any(|p| p == url) {
+                    return Err(format!(
+                        "--initial-cluster gives {url} for {name}, but --initial-advertise-peer-urls is {}",
+                        self.initial_advertise_peer_urls
+                    ));
+                }
+            }
+        }
+        if self.initial_cluster_state == "existing" {
+            return Err("--initial-cluster-state=existing needs cluster membership, which is not built yet".into());
+        }
+        let auto_compaction = parse_retention(&self.auto_compaction_mode, &self.auto_compaction_retention)?;
+        if self.election_timeout < 5 * self.heartbeat_interval {
+            return Err(format!(
+                "--election-timeout[{}ms] should be at least as 5 times as --heartbeat-interval[{}ms]",
+                self.election_timeout, self.heartbeat_interval
+            ));
+        }
+        let max_record = u64::from(self.max_request_bytes) + 1024 * 1024;
+        if self.wal_segment_bytes < 2 * max_record || self.wal_segment_bytes % 4096 != 0 {
+            return Err(format!(
+                "--wal-segment-bytes must be a multiple of 4096 and at least {} (twice the largest request plus overhead)",
+                2 * max_record
+            ));
+        }
+        let cores = self
+            .cores
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let data_dir = self
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from(format!("{}.keel", self.name)));
+        let advertise = match &self.advertise_client_urls {
+            Some(a) => split(a),
+            None => split(&self.listen_client_urls),
+        };
+        Ok(NodeConfig {
+            name: self.name,
+            data_dir,
+            listen_client: listen,
+            advertise_client_urls: advertise,
+            initial_advertise_peer_urls: peer_urls,
+            initial_cluster_token: self.initial_cluster_token,
+            cores,
+            max_request_bytes: self.max_request_bytes as usize,
+            max_txn_ops: self.max_txn_ops as usize,
+            snapshot_count: self.snapshot_count,
+            snapshot_catchup_entries: self.snapshot_catchup_entries,
+            auto_compaction,
+            wal_segment_bytes: self.wal_segment_bytes,
+            wal_batch_bytes_max: self.wal_batch_bytes_max.max(4096),
+            wal_linger: Duration::from_micros(self.wal_linger_us),
+            heartbeat_interval_ms: self.heartbeat_interval,
+            election_timeout_ms: self.election_timeout,
+            // etcd: 5 s plus two election timeouts.
+            request_timeout: Duration::from_secs(5) + Duration::from_millis(2 * self.election_timeout),
+            spin_before_park: Duration::from_micros(self.spin_before_park_us),
+            max_concurrent_streams: self.max_concurrent_streams,
+            connections_max: self.max_connections.max(1),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_syntax() {
+        assert_eq!(parse_retention("periodic", "0"), Ok(None));
+        assert_eq!(parse_retention("periodic", "1"), Ok(Some(AutoCompaction::Periodic(Duration::from_secs(3600)))));
+        assert_eq!(parse_retention("periodic", "1h30m"), Ok(Some(AutoCompaction::Periodic(Duration::from_secs(5400)))));
+        assert_eq!(parse_retention("periodic", "2s"), Ok(Some(AutoCompaction::Periodic(Duration::from_secs(2)))));
+        assert_eq!(parse_retention("revision", "1000"), Ok(Some(AutoCompaction::Revision(1000))));
+        assert!(parse_retention("revision", "1h").is_err());
+        assert!(parse_retention("periodic", "soon").is_err());
+    }
+
+    #[test]
+    fn listen_urls() {
+        assert_eq!(parse_listen_url("http://127.0.0.1:2379").unwrap()[0].port(), 2379);
+        assert!(parse_listen_url("https://127.0.0.1:2379").unwrap_err().contains("TLS"));
+        assert!(parse_listen_url("127.0.0.1:2379").is_err());
+        assert!(parse_listen_url("http://127.0.0.1:notaport").is_err());
+    }
+
+    #[test]
+    fn defaults_follow_etcd() {
+        let f = Flags::parse_from(["keel"]);
+        let c = f.into_node_config().unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("default.keel"));
+        assert_eq!(c.max_request_bytes, 1_572_864);
+        assert_eq!(c.max_txn_ops, 128);
+        assert_eq!(c.listen_client[0].to_string(), "127.0.0.1:2379");
+        let bad = Flags::parse_from(["keel", "--initial-cluster", "a=http://x:1,b=http://y:2"]);
+        assert!(bad.into_node_config().is_err());
+    }
+}
