@@ -101,6 +101,9 @@ pub fn recover(dir: &Path) -> Result<Recovered, WalError> {
 
     let mut out = Recovered::default();
     let mut log = LogBuilder::default();
+    let mut tail_candidates: Vec<TailPosition> = Vec::new();
+    let mut empty: Vec<bool> = Vec::new();
+    let mut max_batch: Option<u64> = None;
     for (i, &seq) in seqs.iter().enumerate() {
         let path = dir.join(segment_file_name(seq));
         let is_last = i + 1 == seqs.len();
@@ -135,6 +138,7 @@ pub fn recover(dir: &Path) -> Result<Recovered, WalError> {
             last_index: None,
         };
         for r in &scan.records {
+            max_batch = Some(max_batch.map_or(r.batch, |m| m.max(r.batch)));
             log.apply(&r.body)
                 .map_err(|reason| corrupt(r.offset, reason))?;
             if let Body::Entry { log_id, .. } = r.body {
@@ -162,9 +166,9 @@ pub fn recover(dir: &Path) -> Result<Recovered, WalError> {
             zero_from(&path, end_offset, &buf, file_len, scan.header.segment_bytes)
                 .map_err(io_err(&path))?;
         }
-        if is_last {
+        {
             let last_record = scan.records.last();
-            out.tail = Some(TailPosition {
+            tail_candidates.push(TailPosition {
                 seq,
                 path: path.clone(),
                 segment_bytes: scan.header.segment_bytes,
@@ -172,8 +176,24 @@ pub fn recover(dir: &Path) -> Result<Recovered, WalError> {
                 crc: last_record.map_or(scan.header.crc, |r| r.crc),
                 next_batch: last_record.map_or(1, |r| r.batch + 1),
             });
+            empty.push(scan.records.is_empty());
         }
         out.segments.push(info);
+    }
+    // The writer prepares the next segment before it needs it; one that was
+    // never written to is only a preallocation. Remove it and continue in
+    // the segment before, which holds the latest vote and purge records.
+    while out.segments.len() >= 2 && empty.last() == Some(&true) {
+        let seg = out.segments.pop().expect("len >= 2");
+        tail_candidates.pop();
+        empty.pop();
+        fs::remove_file(&seg.path).map_err(io_err(&seg.path))?;
+        crate::sync_dir(dir).map_err(io_err(dir))?;
+    }
+    out.tail = tail_candidates.pop();
+    // Batch numbers must keep rising across segments.
+    if let (Some(t), Some(max)) = (out.tail.as_mut(), max_batch) {
+        t.next_batch = t.next_batch.max(max + 1);
     }
     out.vote = log.vote;
     out.purged = log.purged;
@@ -427,6 +447,21 @@ mod tests {
         w.entry(3, b"c");
         fs::write(dir.path().join(segment_file_name(0)), &w.buf).unwrap();
         assert!(recover(dir.path()).unwrap_err().to_string().contains("missing"));
+    }
+
+    #[test]
+    fn unused_preallocated_segment_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = Writer::new(0);
+        a.entry(1, b"x");
+        fs::write(dir.path().join(segment_file_name(0)), &a.buf).unwrap();
+        fs::write(dir.path().join(segment_file_name(1)), &Writer::new(1).buf).unwrap();
+        let r = recover(dir.path()).unwrap();
+        assert_eq!(r.segments.len(), 1);
+        let t = r.tail.unwrap();
+        assert_eq!((t.seq, t.offset as usize), (0, a.off));
+        assert_eq!(t.next_batch, 2);
+        assert!(!dir.path().join(segment_file_name(1)).exists());
     }
 
     #[test]
