@@ -1,0 +1,185 @@
+//! Test harness: runs the real `keel` binary on free loopback ports with a
+//! temporary data directory, and stops it (by its PID) when dropped.
+//! Every wait is bounded.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a server may take to become healthy.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub struct Server {
+    pub port: u16,
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    pub args: Vec<String>,
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+/// A plain HTTP/1.1 GET; returns (status, body).
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+impl Server {
+    /// Starts a server with extra flags and waits until it is healthy.
+    pub fn start(extra: &[&str]) -> Server {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        let mut s = Server {
+            port: free_port(),
+            dir,
+            _tmp: Some(tmp),
+            args: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            log: PathBuf::new(),
+        };
+        s.log = s._tmp.as_ref().unwrap().path().join("keel.log");
+        s.spawn();
+        s.wait_healthy();
+        s
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_keel"));
+        c.arg("--data-dir")
+            .arg(&self.dir)
+            .arg("--listen-client-urls")
+            .arg(self.endpoint())
+            .args(&self.args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = self
+            .command()
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawning keel");
+        self.child = Some(child);
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn wait_healthy(&mut self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok((200, body)) = http_get(self.port, "/health") {
+                if body.contains("true") {
+                    return;
+                }
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                panic!("keel exited with {status} during start-up:\n{}", self.logs());
+            }
+            assert!(Instant::now() < deadline, "keel not healthy within {START_TIMEOUT:?}:\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+        self.wait_healthy();
+    }
+
+    /// Starts the binary on this data dir and expects it to exit within a
+    /// bounded time; returns (exit code, combined output).
+    pub fn start_expect_exit(&mut self) -> (Option<i32>, String) {
+        self.kill9();
+        let out = run_to_exit(self.command(), Duration::from_secs(30));
+        out
+    }
+
+    pub fn wal_dir(&self) -> PathBuf {
+        self.dir.join("member").join("wal")
+    }
+
+    pub async fn client(&self) -> etcd_client::Client {
+        etcd_client::Client::connect([self.endpoint()], None).await.expect("connect")
+    }
+}
+
+/// Runs a command that should exit by itself; kills it after `limit`.
+pub fn run_to_exit(mut cmd: Command, limit: Duration) -> (Option<i32>, String) {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut out = String::new();
+            child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+            child.stderr.take().unwrap().read_to_string(&mut out).unwrap();
+            return (status.code(), out);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return (None, "did not exit in time".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Newest WAL segment holding data (the last file, by name).
+pub fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// The gRPC status code and message of an etcd-client error.
+pub fn status_of(e: etcd_client::Error) -> (tonic::Code, String) {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => (s.code(), s.message().to_string()),
+        other => panic!("expected a gRPC status, got {other:?}"),
+    }
+}
