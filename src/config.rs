@@ -105,7 +105,7 @@ pub struct Flags {
     pub wal_linger_us: u64,
 
     /// Raft entries kept after a snapshot for slow followers (etcd's --experimental-snapshot-catchup-entries).
-    #[arg(long, env = "ETCD_EXPERIMENTAL_SNAPSHOT_CATCHUP_ENTRIES", default_value_t = 5000)]
+    #[arg(long = "experimental-snapshot-catchup-entries", env = "ETCD_EXPERIMENTAL_SNAPSHOT_CATCHUP_ENTRIES", default_value_t = 5000)]
     pub snapshot_catchup_entries: u64,
 
     /// Microseconds an idle executor spins before sleeping (keel; trades CPU for latency).

@@ -104,6 +104,8 @@ pub fn recover(dir: &Path) -> Result<Recovered, WalError> {
     let mut tail_candidates: Vec<TailPosition> = Vec::new();
     let mut empty: Vec<bool> = Vec::new();
     let mut max_batch: Option<u64> = None;
+    let mut final_purge: Option<LogIdRecord> = None;
+    let mut records: Vec<(PathBuf, usize, OwnedBody)> = Vec::new();
     for (i, &seq) in seqs.iter().enumerate() {
         let path = dir.join(segment_file_name(seq));
         let is_last = i + 1 == seqs.len();
@@ -139,11 +141,13 @@ pub fn recover(dir: &Path) -> Result<Recovered, WalError> {
         };
         for r in &scan.records {
             max_batch = Some(max_batch.map_or(r.batch, |m| m.max(r.batch)));
-            log.apply(&r.body)
-                .map_err(|reason| corrupt(r.offset, reason))?;
+            if let Body::Purge(id) = r.body {
+                final_purge = Some(final_purge.map_or(id, |p: LogIdRecord| if id.index > p.index { id } else { p }));
+            }
             if let Body::Entry { log_id, .. } = r.body {
                 info.last_index = Some(log_id.index);
             }
+            records.push((path.clone(), r.offset, OwnedBody::from(&r.body)));
         }
         let (end_offset, torn) = match scan.end {
             ScanEnd::Clean { offset } => (offset, None),
@@ -195,6 +199,18 @@ pub fn recover(dir: &Path) -> Result<Recovered, WalError> {
     if let (Some(t), Some(max)) = (out.tail.as_mut(), max_batch) {
         t.next_batch = t.next_batch.max(max + 1);
     }
+    // Segments are released once a Purge record covering them is durable,
+    // and that record sits in a newer segment, after entries that follow
+    // the released ones. Start from the final purge point so the log is
+    // checked for gaps only where entries must exist.
+    log.purged = final_purge;
+    for (file, offset, body) in &records {
+        log.apply(&body.as_body()).map_err(|reason| WalError::Corrupt {
+            file: file.clone(),
+            offset: *offset as u64,
+            reason,
+        })?;
+    }
     out.vote = log.vote;
     out.purged = log.purged;
     out.entries = log.entries;
@@ -232,6 +248,44 @@ fn zero_from(
         }
     }
     f.sync_all()
+}
+
+/// A record body copied out of its segment buffer.
+enum OwnedBody {
+    Entry(LogIdRecord, u8, Vec<u8>),
+    Vote(VoteRecord),
+    Truncate(u64),
+    Purge(LogIdRecord),
+}
+
+impl From<&Body<'_>> for OwnedBody {
+    fn from(b: &Body<'_>) -> Self {
+        match *b {
+            Body::Entry {
+                log_id,
+                payload_kind,
+                payload,
+            } => OwnedBody::Entry(log_id, payload_kind, payload.to_vec()),
+            Body::Vote(v) => OwnedBody::Vote(v),
+            Body::Truncate { index } => OwnedBody::Truncate(index),
+            Body::Purge(id) => OwnedBody::Purge(id),
+        }
+    }
+}
+
+impl OwnedBody {
+    fn as_body(&self) -> Body<'_> {
+        match self {
+            OwnedBody::Entry(log_id, payload_kind, payload) => Body::Entry {
+                log_id: *log_id,
+                payload_kind: *payload_kind,
+                payload,
+            },
+            OwnedBody::Vote(v) => Body::Vote(*v),
+            OwnedBody::Truncate(index) => Body::Truncate { index: *index },
+            OwnedBody::Purge(id) => Body::Purge(*id),
+        }
+    }
 }
 
 /// Replays records into the raft log's state.
@@ -447,6 +501,33 @@ mod tests {
         w.entry(3, b"c");
         fs::write(dir.path().join(segment_file_name(0)), &w.buf).unwrap();
         assert!(recover(dir.path()).unwrap_err().to_string().contains("missing"));
+    }
+
+    /// Regression: segment 1 opened with purge point 2 (current at its
+    /// rotation); entries 3..=5 lived in segment 0, which was released after
+    /// a later Purge(5) record, written in segment 1 after entry 6. Replaying
+    /// in order with the stale purge point saw a gap (6 after 2) and refused
+    /// to start.
+    #[test]
+    fn purge_record_after_a_released_segment_covers_the_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = |index| LogIdRecord { term: 1, leader: 1, index };
+        let mut b = Writer::new(1);
+        b.put(Body::Purge(id(2)));
+        b.entry(6, b"six");
+        b.put(Body::Purge(id(5)));
+        b.entry(7, b"seven");
+        fs::write(dir.path().join(segment_file_name(1)), &b.buf).unwrap();
+        let r = recover(dir.path()).unwrap();
+        assert_eq!(r.purged.unwrap().index, 5);
+        let idx: Vec<_> = r.entries.iter().map(|e| e.log_id.index).collect();
+        assert_eq!(idx, vec![6, 7]);
+        // A gap the purge point does not cover is still corruption.
+        let mut c = Writer::new(1);
+        c.put(Body::Purge(id(2)));
+        c.entry(6, b"six");
+        fs::write(dir.path().join(segment_file_name(1)), &c.buf).unwrap();
+        assert!(recover(dir.path()).is_err());
     }
 
     #[test]
