@@ -52,4 +52,13 @@ impl http_body::Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         self.data.is_none() && self.trailers.is_none()
     }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        // Exact when no trailers follow, so HTTP/1.1 sends Content-Length.
+        match (&self.data, &self.trailers) {
+            (Some(d), None) => http_body::SizeHint::with_exact(d.len() as u64),
+            (None, None) => http_body::SizeHint::with_exact(0),
+            _ => http_body::SizeHint::default(),
+        }
+    }
 }

@@ -99,6 +99,18 @@ pub fn recover(dir: &Path) -> Result<Recovered, WalError> {
         }
     }
 
+    // Later segments may be preallocated and never written; a torn tail is
+    // acceptable in the newest segment that holds any data.
+    let mut last_with_data = seqs.first().copied().unwrap_or(0);
+    for &seq in seqs.iter().rev() {
+        let path = dir.join(segment_file_name(seq));
+        let bytes = fs::read(&path).map_err(io_err(&path))?;
+        if bytes.iter().skip(BLOCK_BYTES).any(|&b| b != 0) {
+            last_with_data = seq;
+            break;
+        }
+    }
+
     let mut out = Recovered::default();
     let mut log = LogBuilder::default();
     let mut tail_candidates: Vec<TailPosition> = Vec::new();
@@ -108,7 +120,7 @@ pub fn recover(dir: &Path) -> Result<Recovered, WalError> {
     let mut records: Vec<(PathBuf, usize, OwnedBody)> = Vec::new();
     for (i, &seq) in seqs.iter().enumerate() {
         let path = dir.join(segment_file_name(seq));
-        let is_last = i + 1 == seqs.len();
+        let is_last = i + 1 == seqs.len() || seq >= last_with_data;
         let mut buf = Vec::new();
         fs::File::open(&path)
             .and_then(|mut f| f.read_to_end(&mut buf))
@@ -127,7 +139,7 @@ pub fn recover(dir: &Path) -> Result<Recovered, WalError> {
                 buf.resize(declared as usize, 0);
             }
         }
-        let scan = scan_segment(&buf).map_err(|r| corrupt(0, r))?;
+        let scan = scan_segment(&buf, file_len).map_err(|r| corrupt(0, r))?;
         if scan.header.seq != seq {
             return Err(corrupt(
                 16,
@@ -469,6 +481,25 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("0000000000000000.wal"), "{msg}");
         assert!(msg.contains(&format!("offset {victim}")), "{msg}");
+    }
+
+    /// Regression: a crash mid-flush while the next segment was already
+    /// preallocated (empty) was refused as "torn write in a segment that is
+    /// not the newest".
+    #[test]
+    fn torn_tail_before_an_empty_preallocated_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Writer::new(0);
+        w.entry(1, &[7u8; 100]);
+        let last = w.entry(2, &[7u8; 3000]);
+        w.buf[last + 1024..].fill(0);
+        fs::write(dir.path().join(segment_file_name(0)), &w.buf).unwrap();
+        fs::write(dir.path().join(segment_file_name(1)), &Writer::new(1).buf).unwrap();
+        let r = recover(dir.path()).unwrap();
+        assert_eq!(r.entries.len(), 1);
+        assert!(r.repaired.is_some());
+        assert_eq!(r.tail.unwrap().seq, 0);
+        assert_eq!(r.segments.len(), 1);
     }
 
     #[test]

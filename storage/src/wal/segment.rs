@@ -110,8 +110,9 @@ pub struct SegmentScan<'a> {
 }
 
 /// Scans one segment. `buf` holds the whole segment; bytes a short file lacks
-/// must be supplied as zeros by the caller.
-pub fn scan_segment(buf: &[u8]) -> Result<SegmentScan<'_>, String> {
+/// must be supplied as zeros by the caller, and `file_len` says where the
+/// file really ended (bytes beyond it were never written).
+pub fn scan_segment(buf: &[u8], file_len: usize) -> Result<SegmentScan<'_>, String> {
     let header = decode_segment_header(buf)?;
     let mut records = Vec::new();
     let mut off = BLOCK_BYTES;
@@ -169,7 +170,8 @@ pub fn scan_segment(buf: &[u8]) -> Result<SegmentScan<'_>, String> {
         let next = off + encoded_len(hd.body_len);
         let crc = crc32c::crc32c_append(prev_crc, body);
         if crc != hd.body_crc {
-            let unwritten = has_zero_sector_chunk(buf, body_start, hd.body_len);
+            let unwritten =
+                body_start + hd.body_len > file_len || has_zero_sector_chunk(buf, body_start, hd.body_len);
             let later_flush = batches_after(buf, next.min(buf.len()))
                 .iter()
                 .any(|&b| b != hd.batch);
@@ -286,7 +288,7 @@ mod tests {
     #[test]
     fn clean_segment_scans_fully() {
         let (seg, offs) = build(&[2, 3]);
-        let scan = scan_segment(&seg).unwrap();
+        let scan = scan_segment(&seg, seg.len()).unwrap();
         assert_eq!(scan.records.len(), 5);
         assert_eq!(scan.header.seq, 3);
         let end = offs[4] + encoded_len(32 + 700);
@@ -296,7 +298,7 @@ mod tests {
     #[test]
     fn empty_segment_is_clean_at_first_block() {
         let (seg, _) = build(&[]);
-        let scan = scan_segment(&seg).unwrap();
+        let scan = scan_segment(&seg, seg.len()).unwrap();
         assert!(scan.records.is_empty());
         assert_eq!(scan.end, ScanEnd::Clean { offset: BLOCK_BYTES });
     }
@@ -309,7 +311,7 @@ mod tests {
         let cut = (last + 32 + 100).next_multiple_of(SECTOR_BYTES);
         assert!(cut < last + encoded_len(32 + 700));
         seg[cut..].fill(0);
-        let scan = scan_segment(&seg).unwrap();
+        let scan = scan_segment(&seg, seg.len()).unwrap();
         assert_eq!(scan.records.len(), 3);
         assert!(matches!(scan.end, ScanEnd::Torn { offset, .. } if offset == last));
     }
@@ -322,7 +324,7 @@ mod tests {
         let victim = offs[2];
         let s = (victim + 32 + 100).next_multiple_of(SECTOR_BYTES);
         seg[s..s + SECTOR_BYTES].fill(0);
-        let scan = scan_segment(&seg).unwrap();
+        let scan = scan_segment(&seg, seg.len()).unwrap();
         assert!(matches!(scan.end, ScanEnd::Torn { offset, .. } if offset == victim));
     }
 
@@ -334,15 +336,24 @@ mod tests {
         let victim = offs[0];
         let s = (victim + 32 + 100).next_multiple_of(SECTOR_BYTES);
         seg[s..s + SECTOR_BYTES].fill(0);
-        let scan = scan_segment(&seg).unwrap();
+        let scan = scan_segment(&seg, seg.len()).unwrap();
         assert!(matches!(scan.end, ScanEnd::Corrupt { offset, .. } if offset == victim));
+    }
+
+    #[test]
+    fn record_crossing_the_end_of_a_short_file_is_torn() {
+        let (mut seg, offs) = build(&[2, 2]);
+        let cut = offs[3] + 100;
+        seg[cut..].fill(0);
+        let scan = scan_segment(&seg, cut).unwrap();
+        assert!(matches!(scan.end, ScanEnd::Torn { offset, .. } if offset == offs[3]));
     }
 
     #[test]
     fn flipped_byte_mid_log_is_corruption() {
         let (mut seg, offs) = build(&[2, 2]);
         seg[offs[1] + 200] ^= 0x01;
-        let scan = scan_segment(&seg).unwrap();
+        let scan = scan_segment(&seg, seg.len()).unwrap();
         assert_eq!(scan.records.len(), 1);
         assert!(matches!(
             scan.end,
@@ -354,7 +365,7 @@ mod tests {
     fn flipped_byte_in_last_record_is_corruption() {
         let (mut seg, offs) = build(&[2]);
         seg[offs[1] + 40] ^= 0x80;
-        let scan = scan_segment(&seg).unwrap();
+        let scan = scan_segment(&seg, seg.len()).unwrap();
         assert!(matches!(scan.end, ScanEnd::Corrupt { .. }));
     }
 
@@ -362,7 +373,7 @@ mod tests {
     fn flipped_header_byte_is_corruption() {
         let (mut seg, offs) = build(&[3]);
         seg[offs[1] + 2] ^= 0x10;
-        let scan = scan_segment(&seg).unwrap();
+        let scan = scan_segment(&seg, seg.len()).unwrap();
         assert!(matches!(
             scan.end,
             ScanEnd::Corrupt { ref reason, .. } if reason.contains("header checksum")
@@ -374,7 +385,7 @@ mod tests {
         let (mut seg, offs) = build(&[2, 3]);
         let victim = offs[2];
         seg[victim..victim + 32].fill(0);
-        let scan = scan_segment(&seg).unwrap();
+        let scan = scan_segment(&seg, seg.len()).unwrap();
         assert_eq!(scan.records.len(), 2);
         assert!(matches!(scan.end, ScanEnd::Torn { offset, .. } if offset == victim));
     }
@@ -383,7 +394,7 @@ mod tests {
     fn zeroed_header_before_later_flushes_is_corruption() {
         let (mut seg, offs) = build(&[1, 1, 1, 1]);
         seg[offs[1]..offs[1] + 32].fill(0);
-        let scan = scan_segment(&seg).unwrap();
+        let scan = scan_segment(&seg, seg.len()).unwrap();
         assert!(matches!(scan.end, ScanEnd::Corrupt { .. }));
     }
 
@@ -391,9 +402,9 @@ mod tests {
     fn bad_magic_and_version_are_reported() {
         let (mut seg, _) = build(&[]);
         seg[0] = b'X';
-        assert!(scan_segment(&seg).unwrap_err().contains("magic"));
+        assert!(scan_segment(&seg, seg.len()).unwrap_err().contains("magic"));
         let (mut seg, _) = build(&[]);
         seg[8] = 9;
-        assert!(scan_segment(&seg).is_err());
+        assert!(scan_segment(&seg, seg.len()).is_err());
     }
 }
