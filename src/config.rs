@@ -28,7 +28,11 @@ pub struct Flags {
     pub data_dir: Option<PathBuf>,
 
     /// Comma-separated URLs to listen on for client traffic.
-    #[arg(long, env = "ETCD_LISTEN_CLIENT_URLS", default_value = "http://127.0.0.1:2379")]
+    #[arg(
+        long,
+        env = "ETCD_LISTEN_CLIENT_URLS",
+        default_value = "http://127.0.0.1:2379"
+    )]
     pub listen_client_urls: String,
 
     /// Comma-separated client URLs advertised to the cluster [default: the listen URLs].
@@ -36,11 +40,19 @@ pub struct Flags {
     pub advertise_client_urls: Option<String>,
 
     /// Comma-separated URLs to listen on for peer traffic (multi-member clusters: not yet).
-    #[arg(long, env = "ETCD_LISTEN_PEER_URLS", default_value = "http://127.0.0.1:2380")]
+    #[arg(
+        long,
+        env = "ETCD_LISTEN_PEER_URLS",
+        default_value = "http://127.0.0.1:2380"
+    )]
     pub listen_peer_urls: String,
 
     /// This member's peer URLs, advertised to the cluster.
-    #[arg(long, env = "ETCD_INITIAL_ADVERTISE_PEER_URLS", default_value = "http://127.0.0.1:2380")]
+    #[arg(
+        long,
+        env = "ETCD_INITIAL_ADVERTISE_PEER_URLS",
+        default_value = "http://127.0.0.1:2380"
+    )]
     pub initial_advertise_peer_urls: String,
 
     /// Initial cluster configuration, name=peer-url,... (one member for now).
@@ -52,7 +64,11 @@ pub struct Flags {
     pub initial_cluster_state: String,
 
     /// Initial cluster token; distinguishes clusters with the same members.
-    #[arg(long, env = "ETCD_INITIAL_CLUSTER_TOKEN", default_value = "etcd-cluster")]
+    #[arg(
+        long,
+        env = "ETCD_INITIAL_CLUSTER_TOKEN",
+        default_value = "etcd-cluster"
+    )]
     pub initial_cluster_token: String,
 
     /// Maximum client request size in bytes the server will accept.
@@ -105,7 +121,11 @@ pub struct Flags {
     pub wal_linger_us: u64,
 
     /// Raft entries kept after a snapshot for slow followers (etcd's --experimental-snapshot-catchup-entries).
-    #[arg(long = "experimental-snapshot-catchup-entries", env = "ETCD_EXPERIMENTAL_SNAPSHOT_CATCHUP_ENTRIES", default_value_t = 5000)]
+    #[arg(
+        long = "experimental-snapshot-catchup-entries",
+        env = "ETCD_EXPERIMENTAL_SNAPSHOT_CATCHUP_ENTRIES",
+        default_value_t = 5000
+    )]
     pub snapshot_catchup_entries: u64,
 
     /// Microseconds an idle executor spins before sleeping (keel; trades CPU for latency).
@@ -135,7 +155,11 @@ pub fn log_filter(level: &str) -> String {
 }
 
 fn split(list: &str) -> Vec<String> {
-    list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 /// `http://host:port` → socket addresses.
@@ -143,7 +167,9 @@ fn parse_listen_url(url: &str) -> Result<Vec<SocketAddr>, String> {
     let rest = if let Some(r) = url.strip_prefix("http://") {
         r
     } else if url.starts_with("https://") {
-        return Err(format!("{url}: TLS is not supported yet (use an http:// URL)"));
+        return Err(format!(
+            "{url}: TLS is not supported yet (use an http:// URL)"
+        ));
     } else if url.starts_with("unix://") || url.starts_with("unixs://") {
         return Err(format!("{url}: unix sockets are not supported yet"));
     } else {
@@ -167,7 +193,9 @@ fn parse_listen_url(url: &str) -> Result<Vec<SocketAddr>, String> {
 fn parse_retention(mode: &str, retention: &str) -> Result<Option<AutoCompaction>, String> {
     let bad = |why: &str| format!("--auto-compaction-retention={retention}: {why}");
     if mode == "revision" {
-        let n: i64 = retention.parse().map_err(|_| bad("revision mode needs a whole number"))?;
+        let n: i64 = retention
+            .parse()
+            .map_err(|_| bad("revision mode needs a whole number"))?;
         if n < 0 {
             return Err(bad("must not be negative"));
         }
@@ -175,7 +203,8 @@ fn parse_retention(mode: &str, retention: &str) -> Result<Option<AutoCompaction>
     }
     let period = match retention.parse::<u64>() {
         Ok(hours) => Duration::from_secs(hours * 3600),
-        Err(_) => parse_duration(retention).ok_or_else(|| bad("expected a duration like 1h, 30m or 10s"))?,
+        Err(_) => parse_duration(retention)
+            .ok_or_else(|| bad("expected a duration like 1h, 30m or 10s"))?,
     };
     Ok((!period.is_zero()).then_some(AutoCompaction::Periodic(period)))
 }
@@ -191,7 +220,9 @@ fn parse_duration(s: &str) -> Option<Duration> {
         let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
         let value: f64 = rest[..num_len].parse().ok()?;
         rest = &rest[num_len..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
         let secs = match &rest[..unit_len] {
             "h" => 3600.0,
             "m" => 60.0,
@@ -247,9 +278,13 @@ impl Flags {
             }
         }
         if self.initial_cluster_state == "existing" {
-            return Err("--initial-cluster-state=existing needs cluster membership, which is not built yet".into());
+            return Err(
+                "--initial-cluster-state=existing needs cluster membership, which is not built yet"
+                    .into(),
+            );
         }
-        let auto_compaction = parse_retention(&self.auto_compaction_mode, &self.auto_compaction_retention)?;
+        let auto_compaction =
+            parse_retention(&self.auto_compaction_mode, &self.auto_compaction_retention)?;
         if self.election_timeout < 5 * self.heartbeat_interval {
             return Err(format!(
                 "--election-timeout[{}ms] should be at least as 5 times as --heartbeat-interval[{}ms]",
@@ -257,7 +292,7 @@ impl Flags {
             ));
         }
         let max_record = u64::from(self.max_request_bytes) + 1024 * 1024;
-        if self.wal_segment_bytes < 2 * max_record || self.wal_segment_bytes % 4096 != 0 {
+        if self.wal_segment_bytes < 2 * max_record || !self.wal_segment_bytes.is_multiple_of(4096) {
             return Err(format!(
                 "--wal-segment-bytes must be a multiple of 4096 and at least {} (twice the largest request plus overhead)",
                 2 * max_record
@@ -292,7 +327,8 @@ impl Flags {
             heartbeat_interval_ms: self.heartbeat_interval,
             election_timeout_ms: self.election_timeout,
             // etcd: 5 s plus two election timeouts.
-            request_timeout: Duration::from_secs(5) + Duration::from_millis(2 * self.election_timeout),
+            request_timeout: Duration::from_secs(5)
+                + Duration::from_millis(2 * self.election_timeout),
             spin_before_park: Duration::from_micros(self.spin_before_park_us),
             max_concurrent_streams: self.max_concurrent_streams,
             connections_max: self.max_connections.max(1),
@@ -307,18 +343,35 @@ mod tests {
     #[test]
     fn retention_syntax() {
         assert_eq!(parse_retention("periodic", "0"), Ok(None));
-        assert_eq!(parse_retention("periodic", "1"), Ok(Some(AutoCompaction::Periodic(Duration::from_secs(3600)))));
-        assert_eq!(parse_retention("periodic", "1h30m"), Ok(Some(AutoCompaction::Periodic(Duration::from_secs(5400)))));
-        assert_eq!(parse_retention("periodic", "2s"), Ok(Some(AutoCompaction::Periodic(Duration::from_secs(2)))));
-        assert_eq!(parse_retention("revision", "1000"), Ok(Some(AutoCompaction::Revision(1000))));
+        assert_eq!(
+            parse_retention("periodic", "1"),
+            Ok(Some(AutoCompaction::Periodic(Duration::from_secs(3600))))
+        );
+        assert_eq!(
+            parse_retention("periodic", "1h30m"),
+            Ok(Some(AutoCompaction::Periodic(Duration::from_secs(5400))))
+        );
+        assert_eq!(
+            parse_retention("periodic", "2s"),
+            Ok(Some(AutoCompaction::Periodic(Duration::from_secs(2))))
+        );
+        assert_eq!(
+            parse_retention("revision", "1000"),
+            Ok(Some(AutoCompaction::Revision(1000)))
+        );
         assert!(parse_retention("revision", "1h").is_err());
         assert!(parse_retention("periodic", "soon").is_err());
     }
 
     #[test]
     fn listen_urls() {
-        assert_eq!(parse_listen_url("http://127.0.0.1:2379").unwrap()[0].port(), 2379);
-        assert!(parse_listen_url("https://127.0.0.1:2379").unwrap_err().contains("TLS"));
+        assert_eq!(
+            parse_listen_url("http://127.0.0.1:2379").unwrap()[0].port(),
+            2379
+        );
+        assert!(parse_listen_url("https://127.0.0.1:2379")
+            .unwrap_err()
+            .contains("TLS"));
         assert!(parse_listen_url("127.0.0.1:2379").is_err());
         assert!(parse_listen_url("http://127.0.0.1:notaport").is_err());
     }

@@ -17,8 +17,15 @@ const LOAD_LIMIT: Duration = Duration::from_secs(60);
 /// Runs `WRITERS` concurrent writers for at least `load_for` and until
 /// `min_acked` puts are acknowledged, kills the server with SIGKILL while
 /// they run, restarts it and checks every acknowledged put.
-async fn crash_under_load(s: &mut Server, load_for: Duration, min_acked: usize, value_bytes: usize) -> usize {
-    let acked: Arc<Mutex<HashMap<String, (i64, Vec<u8>)>>> = Arc::default();
+type Acked = Arc<Mutex<HashMap<String, (i64, Vec<u8>)>>>;
+
+async fn crash_under_load(
+    s: &mut Server,
+    load_for: Duration,
+    min_acked: usize,
+    value_bytes: usize,
+) -> usize {
+    let acked: Acked = Arc::default();
     let mut tasks = Vec::new();
     for w in 0..WRITERS {
         let mut c = s.client().await;
@@ -46,7 +53,10 @@ async fn crash_under_load(s: &mut Server, load_for: Duration, min_acked: usize, 
     }
     s.kill9();
     for t in tasks {
-        tokio::time::timeout(Duration::from_secs(30), t).await.expect("writer stops").unwrap();
+        tokio::time::timeout(Duration::from_secs(30), t)
+            .await
+            .expect("writer stops")
+            .unwrap();
     }
     s.restart();
     let mut c = s.client().await;
@@ -62,7 +72,13 @@ async fn crash_under_load(s: &mut Server, load_for: Duration, min_acked: usize, 
     }
     // The store continues after the last acknowledged revision.
     let max = acked.values().map(|(r, _)| *r).max().unwrap();
-    let next = c.put("after", "crash", None).await.unwrap().header().unwrap().revision();
+    let next = c
+        .put("after", "crash", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
     assert!(next > max);
     acked.len()
 }
@@ -93,7 +109,10 @@ async fn acknowledged_puts_survive_sigkill_with_snapshots() {
     ]);
     let start = Instant::now();
     let n = crash_under_load(&mut s, Duration::from_millis(500), 3000, 2048).await;
-    eprintln!("{n} acknowledged 2 KiB puts verified in {:?}", start.elapsed());
+    eprintln!(
+        "{n} acknowledged 2 KiB puts verified in {:?}",
+        start.elapsed()
+    );
     let snaps: Vec<_> = std::fs::read_dir(s.dir.join("member/snap"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -104,7 +123,16 @@ async fn acknowledged_puts_survive_sigkill_with_snapshots() {
     // ~2 KiB per put fills a 2.25 MiB segment every ~1000 puts; segments
     // covered by a snapshot are released, so only the newest few remain.
     let segs = segments(&s.wal_dir());
-    let head = segs.first().unwrap().file_name().unwrap().to_string_lossy().into_owned();
-    assert_ne!(head, "0000000000000000.wal", "the first segment was released");
+    let head = segs
+        .first()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert_ne!(
+        head, "0000000000000000.wal",
+        "the first segment was released"
+    );
     assert!(segs.len() <= 4, "{} segments remain: {segs:?}", segs.len());
 }

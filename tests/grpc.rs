@@ -48,12 +48,20 @@ impl Codec for Raw {
 }
 
 async fn call(s: &Server, path: &'static str, body: Vec<u8>) -> Result<Vec<u8>, tonic::Status> {
-    let ch = tonic::transport::Channel::from_shared(s.endpoint()).unwrap().connect().await.unwrap();
+    let ch = tonic::transport::Channel::from_shared(s.endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut g = tonic::client::Grpc::new(ch);
     g.ready().await.unwrap();
-    g.unary(tonic::Request::new(body), PathAndQuery::from_static(path), Raw)
-        .await
-        .map(|r| r.into_inner())
+    g.unary(
+        tonic::Request::new(body),
+        PathAndQuery::from_static(path),
+        Raw,
+    )
+    .await
+    .map(|r| r.into_inner())
 }
 
 async fn still_serving(s: &Server) {
@@ -72,7 +80,9 @@ async fn invalid_sort_option() {
             sort_target: target,
             ..Default::default()
         };
-        let e = call(&s, "/etcdserverpb.KV/Range", req.encode_to_vec()).await.unwrap_err();
+        let e = call(&s, "/etcdserverpb.KV/Range", req.encode_to_vec())
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert_eq!(e.message(), "etcdserver: invalid sort option");
     }
@@ -87,7 +97,9 @@ async fn invalid_sort_option() {
         }],
         ..Default::default()
     };
-    let e = call(&s, "/etcdserverpb.KV/Txn", txn.encode_to_vec()).await.unwrap_err();
+    let e = call(&s, "/etcdserverpb.KV/Txn", txn.encode_to_vec())
+        .await
+        .unwrap_err();
     assert_eq!(e.message(), "etcdserver: invalid sort option");
     still_serving(&s).await;
 }
@@ -99,27 +111,45 @@ async fn empty_txn_operation_is_key_not_found() {
         success: vec![pb::RequestOp { request: None }],
         ..Default::default()
     };
-    let e = call(&s, "/etcdserverpb.KV/Txn", txn.encode_to_vec()).await.unwrap_err();
-    assert_eq!((e.code(), e.message()), (tonic::Code::InvalidArgument, "etcdserver: key not found"));
+    let e = call(&s, "/etcdserverpb.KV/Txn", txn.encode_to_vec())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (tonic::Code::InvalidArgument, "etcdserver: key not found")
+    );
 }
 
 #[tokio::test]
 async fn malformed_protobuf_and_unknown_methods() {
     let s = Server::start(&["--cores", "1"]);
     // A length-delimited field claiming more bytes than follow.
-    let e = call(&s, "/etcdserverpb.KV/Put", vec![0x0a, 0xff, 0x01, b'k']).await.unwrap_err();
+    let e = call(&s, "/etcdserverpb.KV/Put", vec![0x0a, 0xff, 0x01, b'k'])
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Internal);
-    assert!(e.message().starts_with("grpc: error unmarshalling request"), "{}", e.message());
+    assert!(
+        e.message().starts_with("grpc: error unmarshalling request"),
+        "{}",
+        e.message()
+    );
     // Wrong wire type for a field.
-    let e = call(&s, "/etcdserverpb.KV/Range", vec![0x0d, 1, 2, 3, 4]).await.unwrap_err();
+    let e = call(&s, "/etcdserverpb.KV/Range", vec![0x0d, 1, 2, 3, 4])
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Internal);
     let e = call(&s, "/etcdserverpb.KV/Nope", vec![]).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unimplemented);
-    assert_eq!(e.message(), "unknown method Nope for service etcdserverpb.KV");
+    assert_eq!(
+        e.message(),
+        "unknown method Nope for service etcdserverpb.KV"
+    );
     let e = call(&s, "/no.Such/Service", vec![]).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unimplemented);
     // A service that exists but is not built yet.
-    let e = call(&s, "/etcdserverpb.Lease/LeaseGrant", vec![]).await.unwrap_err();
+    let e = call(&s, "/etcdserverpb.Lease/LeaseGrant", vec![])
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unimplemented);
     still_serving(&s).await;
 }
@@ -138,7 +168,9 @@ async fn status_health_and_member_list() {
     assert_eq!(members.members()[0].name(), "solo");
     assert_eq!(members.members()[0].client_urls(), [s.endpoint()]);
     let req = keel_proto::grpc_health_v1::HealthCheckRequest::default();
-    let resp = call(&s, "/grpc.health.v1.Health/Check", req.encode_to_vec()).await.unwrap();
+    let resp = call(&s, "/grpc.health.v1.Health/Check", req.encode_to_vec())
+        .await
+        .unwrap();
     let resp = keel_proto::grpc_health_v1::HealthCheckResponse::decode(&resp[..]).unwrap();
     assert_eq!(resp.status, 1, "SERVING");
 }

@@ -27,7 +27,10 @@ async fn headers_carry_ids_revision_and_term() {
     let put = c.put("a", "1", None).await.unwrap();
     let ph = put.header().unwrap();
     assert_eq!(ph.revision(), 2);
-    assert_eq!((ph.cluster_id(), ph.member_id()), (h.cluster_id(), h.member_id()));
+    assert_eq!(
+        (ph.cluster_id(), ph.member_id()),
+        (h.cluster_id(), h.member_id())
+    );
     let st = c.status().await.unwrap();
     assert_eq!(st.header().unwrap().member_id(), h.member_id());
     assert_eq!(st.leader(), h.member_id());
@@ -37,7 +40,13 @@ async fn headers_carry_ids_revision_and_term() {
 async fn range_key_semantics_limit_count_and_history() {
     let s = one_core();
     let mut c = s.client().await;
-    for (k, v) in [("a", "1"), ("ab", "2"), ("abc", "3"), ("b", "4"), ("c", "5")] {
+    for (k, v) in [
+        ("a", "1"),
+        ("ab", "2"),
+        ("abc", "3"),
+        ("b", "4"),
+        ("c", "5"),
+    ] {
         c.put(k, v, None).await.unwrap();
     }
     // Single key.
@@ -46,35 +55,70 @@ async fn range_key_semantics_limit_count_and_history() {
     assert_eq!(r.kvs()[0].value(), b"2");
     assert_eq!(r.count(), 1);
     // Prefix.
-    let r = c.get("ab", Some(GetOptions::new().with_prefix())).await.unwrap();
-    let keys: Vec<_> = r.kvs().iter().map(|kv| kv.key_str().unwrap().to_string()).collect();
+    let r = c
+        .get("ab", Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    let keys: Vec<_> = r
+        .kvs()
+        .iter()
+        .map(|kv| kv.key_str().unwrap().to_string())
+        .collect();
     assert_eq!(keys, ["ab", "abc"]);
     // [key, range_end).
-    let r = c.get("a", Some(GetOptions::new().with_range("b"))).await.unwrap();
+    let r = c
+        .get("a", Some(GetOptions::new().with_range("b")))
+        .await
+        .unwrap();
     assert_eq!(r.count(), 3);
     // "\0": every key from key.
-    let r = c.get("abc", Some(GetOptions::new().with_from_key())).await.unwrap();
+    let r = c
+        .get("abc", Some(GetOptions::new().with_from_key()))
+        .await
+        .unwrap();
     assert_eq!(r.count(), 3);
     // All keys.
-    let r = c.get("", Some(GetOptions::new().with_all_keys())).await.unwrap();
+    let r = c
+        .get("", Some(GetOptions::new().with_all_keys()))
+        .await
+        .unwrap();
     assert_eq!(r.count(), 5);
     // Limit: `more` and the full count.
-    let r = c.get("", Some(GetOptions::new().with_all_keys().with_limit(2))).await.unwrap();
+    let r = c
+        .get("", Some(GetOptions::new().with_all_keys().with_limit(2)))
+        .await
+        .unwrap();
     assert_eq!(r.kvs().len(), 2);
     assert!(r.more());
     assert_eq!(r.count(), 5);
-    let r = c.get("", Some(GetOptions::new().with_all_keys().with_limit(5))).await.unwrap();
+    let r = c
+        .get("", Some(GetOptions::new().with_all_keys().with_limit(5)))
+        .await
+        .unwrap();
     assert!(!r.more());
     // Historical read: at revision 3 only a and ab existed.
     c.put("a", "changed", None).await.unwrap();
-    let r = c.get("", Some(GetOptions::new().with_all_keys().with_revision(3))).await.unwrap();
+    let r = c
+        .get("", Some(GetOptions::new().with_all_keys().with_revision(3)))
+        .await
+        .unwrap();
     assert_eq!(r.count(), 2);
     assert_eq!(r.kvs()[0].value(), b"1");
-    assert_eq!(r.header().unwrap().revision(), 7, "header carries the current revision");
+    assert_eq!(
+        r.header().unwrap().revision(),
+        7,
+        "header carries the current revision"
+    );
     let kv = &c.get("a", None).await.unwrap().kvs()[0].clone();
-    assert_eq!((kv.create_revision(), kv.mod_revision(), kv.version()), (2, 7, 2));
+    assert_eq!(
+        (kv.create_revision(), kv.mod_revision(), kv.version()),
+        (2, 7, 2)
+    );
     // Serializable reads see the same data.
-    let r = c.get("a", Some(GetOptions::new().with_serializable())).await.unwrap();
+    let r = c
+        .get("a", Some(GetOptions::new().with_serializable()))
+        .await
+        .unwrap();
     assert_eq!(r.kvs()[0].value(), b"changed");
 }
 
@@ -87,7 +131,10 @@ async fn range_sort_filters_keys_only_count_only() {
         c.put(k, v, None).await.unwrap();
     }
     let keys = |r: &etcd_client::GetResponse| -> Vec<String> {
-        r.kvs().iter().map(|kv| kv.key_str().unwrap().to_string()).collect()
+        r.kvs()
+            .iter()
+            .map(|kv| kv.key_str().unwrap().to_string())
+            .collect()
     };
     let all = || GetOptions::new().with_prefix();
     let cases = [
@@ -98,27 +145,55 @@ async fn range_sort_filters_keys_only_count_only() {
         (SortTarget::Mod, SortOrder::Ascend, ["y", "z", "x"]),
     ];
     for (target, order, want) in cases {
-        let r = c.get("", Some(all().with_sort(target, order))).await.unwrap();
+        let r = c
+            .get("", Some(all().with_sort(target, order)))
+            .await
+            .unwrap();
         assert_eq!(keys(&r), want, "{target:?} {order:?}");
     }
     // Sorting by a non-key target with order NONE sorts ascending (etcd).
-    let r = c.get("", Some(all().with_sort(SortTarget::Value, SortOrder::None))).await.unwrap();
+    let r = c
+        .get(
+            "",
+            Some(all().with_sort(SortTarget::Value, SortOrder::None)),
+        )
+        .await
+        .unwrap();
     assert_eq!(keys(&r), ["x", "y", "z"]);
     // Sort then limit.
     let r = c
-        .get("", Some(all().with_sort(SortTarget::Mod, SortOrder::Descend).with_limit(1)))
+        .get(
+            "",
+            Some(
+                all()
+                    .with_sort(SortTarget::Mod, SortOrder::Descend)
+                    .with_limit(1),
+            ),
+        )
         .await
         .unwrap();
     assert_eq!(keys(&r), ["x"]);
     assert!(r.more());
     // Revision filters.
-    let r = c.get("", Some(all().with_min_mod_revision(4))).await.unwrap();
+    let r = c
+        .get("", Some(all().with_min_mod_revision(4)))
+        .await
+        .unwrap();
     assert_eq!(keys(&r), ["x", "z"]);
-    let r = c.get("", Some(all().with_max_mod_revision(3))).await.unwrap();
+    let r = c
+        .get("", Some(all().with_max_mod_revision(3)))
+        .await
+        .unwrap();
     assert_eq!(keys(&r), ["y"]);
-    let r = c.get("", Some(all().with_min_create_revision(3))).await.unwrap();
+    let r = c
+        .get("", Some(all().with_min_create_revision(3)))
+        .await
+        .unwrap();
     assert_eq!(keys(&r), ["y", "z"]);
-    let r = c.get("", Some(all().with_max_create_revision(2))).await.unwrap();
+    let r = c
+        .get("", Some(all().with_max_create_revision(2)))
+        .await
+        .unwrap();
     assert_eq!(keys(&r), ["x"]);
     // keys_only and count_only.
     let r = c.get("", Some(all().with_keys_only())).await.unwrap();
@@ -134,31 +209,90 @@ async fn put_options_and_errors() {
     let s = one_core();
     let mut c = s.client().await;
     c.put("k", "v1", None).await.unwrap();
-    let r = c.put("k", "v2", Some(PutOptions::new().with_prev_key())).await.unwrap();
+    let r = c
+        .put("k", "v2", Some(PutOptions::new().with_prev_key()))
+        .await
+        .unwrap();
     assert_eq!(r.prev_key().unwrap().value(), b"v1");
-    let r = c.put("fresh", "x", Some(PutOptions::new().with_prev_key())).await.unwrap();
+    let r = c
+        .put("fresh", "x", Some(PutOptions::new().with_prev_key()))
+        .await
+        .unwrap();
     assert!(r.prev_key().is_none());
     // ignore_value keeps the value and bumps the version.
-    c.put("k", "", Some(PutOptions::new().with_ignore_value())).await.unwrap();
+    c.put("k", "", Some(PutOptions::new().with_ignore_value()))
+        .await
+        .unwrap();
     let kv = c.get("k", None).await.unwrap().kvs()[0].clone();
     assert_eq!((kv.value(), kv.version()), (&b"v2"[..], 3));
     // ignore_lease keeps the (zero) lease.
-    c.put("k", "v4", Some(PutOptions::new().with_ignore_lease())).await.unwrap();
+    c.put("k", "v4", Some(PutOptions::new().with_ignore_lease()))
+        .await
+        .unwrap();
     assert_eq!(c.get("k", None).await.unwrap().kvs()[0].value(), b"v4");
 
     let err = |e| status_of(e);
-    let e = err(c.put("missing", "", Some(PutOptions::new().with_ignore_value())).await.unwrap_err());
-    assert_eq!(e, (tonic::Code::InvalidArgument, "etcdserver: key not found".into()));
-    let e = err(c.put("k", "v", Some(PutOptions::new().with_ignore_value())).await.unwrap_err());
-    assert_eq!(e, (tonic::Code::InvalidArgument, "etcdserver: value is provided".into()));
-    let e = err(c.put("k", "v", Some(PutOptions::new().with_ignore_lease().with_lease(5))).await.unwrap_err());
-    assert_eq!(e, (tonic::Code::InvalidArgument, "etcdserver: lease is provided".into()));
-    let e = err(c.put("k", "v", Some(PutOptions::new().with_lease(12345))).await.unwrap_err());
-    assert_eq!(e, (tonic::Code::NotFound, "etcdserver: requested lease not found".into()));
+    let e = err(c
+        .put("missing", "", Some(PutOptions::new().with_ignore_value()))
+        .await
+        .unwrap_err());
+    assert_eq!(
+        e,
+        (
+            tonic::Code::InvalidArgument,
+            "etcdserver: key not found".into()
+        )
+    );
+    let e = err(c
+        .put("k", "v", Some(PutOptions::new().with_ignore_value()))
+        .await
+        .unwrap_err());
+    assert_eq!(
+        e,
+        (
+            tonic::Code::InvalidArgument,
+            "etcdserver: value is provided".into()
+        )
+    );
+    let e = err(c
+        .put(
+            "k",
+            "v",
+            Some(PutOptions::new().with_ignore_lease().with_lease(5)),
+        )
+        .await
+        .unwrap_err());
+    assert_eq!(
+        e,
+        (
+            tonic::Code::InvalidArgument,
+            "etcdserver: lease is provided".into()
+        )
+    );
+    let e = err(c
+        .put("k", "v", Some(PutOptions::new().with_lease(12345)))
+        .await
+        .unwrap_err());
+    assert_eq!(
+        e,
+        (
+            tonic::Code::NotFound,
+            "etcdserver: requested lease not found".into()
+        )
+    );
     let e = err(c.put("", "v", None).await.unwrap_err());
-    assert_eq!(e, (tonic::Code::InvalidArgument, "etcdserver: key is not provided".into()));
+    assert_eq!(
+        e,
+        (
+            tonic::Code::InvalidArgument,
+            "etcdserver: key is not provided".into()
+        )
+    );
     // None of the refused puts changed anything.
-    assert_eq!(c.get("k", None).await.unwrap().header().unwrap().revision(), 6);
+    assert_eq!(
+        c.get("k", None).await.unwrap().header().unwrap().revision(),
+        6
+    );
 }
 
 #[tokio::test]
@@ -168,14 +302,32 @@ async fn delete_range_counts_and_prev_kvs() {
     for k in ["p/1", "p/2", "p/3", "q"] {
         c.put(k, k, None).await.unwrap();
     }
-    let r = c.delete("p/", Some(DeleteOptions::new().with_prefix().with_prev_key())).await.unwrap();
+    let r = c
+        .delete(
+            "p/",
+            Some(DeleteOptions::new().with_prefix().with_prev_key()),
+        )
+        .await
+        .unwrap();
     assert_eq!(r.deleted(), 3);
-    let prev: Vec<_> = r.prev_kvs().iter().map(|kv| kv.value_str().unwrap().to_string()).collect();
+    let prev: Vec<_> = r
+        .prev_kvs()
+        .iter()
+        .map(|kv| kv.value_str().unwrap().to_string())
+        .collect();
     assert_eq!(prev, ["p/1", "p/2", "p/3"]);
-    assert_eq!(r.header().unwrap().revision(), 6, "one revision for the whole delete");
+    assert_eq!(
+        r.header().unwrap().revision(),
+        6,
+        "one revision for the whole delete"
+    );
     let r = c.delete("nothing", None).await.unwrap();
     assert_eq!(r.deleted(), 0);
-    assert_eq!(r.header().unwrap().revision(), 6, "deleting nothing makes no revision");
+    assert_eq!(
+        r.header().unwrap().revision(),
+        6,
+        "deleting nothing makes no revision"
+    );
     let r = c.delete("q", None).await.unwrap();
     assert_eq!((r.deleted(), r.header().unwrap().revision()), (1, 7));
     // Re-creating a deleted key starts a new generation.
@@ -183,7 +335,13 @@ async fn delete_range_counts_and_prev_kvs() {
     let kv = c.get("q", None).await.unwrap().kvs()[0].clone();
     assert_eq!((kv.create_revision(), kv.version()), (8, 1));
     let e = status_of(c.delete("", None).await.unwrap_err());
-    assert_eq!(e, (tonic::Code::InvalidArgument, "etcdserver: key is not provided".into()));
+    assert_eq!(
+        e,
+        (
+            tonic::Code::InvalidArgument,
+            "etcdserver: key is not provided".into()
+        )
+    );
 }
 
 #[tokio::test]
@@ -208,7 +366,10 @@ async fn txn_compares_every_target_and_result() {
         check(Compare::lease("t", CompareOp::Greater, 0), false),
         // Missing keys compare as zero values; a value compare fails.
         check(Compare::version("missing", CompareOp::Equal, 0), true),
-        check(Compare::create_revision("missing", CompareOp::Equal, 0), true),
+        check(
+            Compare::create_revision("missing", CompareOp::Equal, 0),
+            true,
+        ),
         check(Compare::value("missing", CompareOp::Equal, ""), false),
     ];
     for (cmp, want) in cases {
@@ -219,13 +380,21 @@ async fn txn_compares_every_target_and_result() {
     // Range compares: every key in range must match.
     c.put("r/1", "same", None).await.unwrap();
     c.put("r/2", "same", None).await.unwrap();
-    let r = c.txn(Txn::new().when([Compare::value("r/", CompareOp::Equal, "same").with_prefix()])).await.unwrap();
+    let r = c
+        .txn(Txn::new().when([Compare::value("r/", CompareOp::Equal, "same").with_prefix()]))
+        .await
+        .unwrap();
     assert!(r.succeeded());
     c.put("r/3", "other", None).await.unwrap();
-    let r = c.txn(Txn::new().when([Compare::value("r/", CompareOp::Equal, "same").with_prefix()])).await.unwrap();
+    let r = c
+        .txn(Txn::new().when([Compare::value("r/", CompareOp::Equal, "same").with_prefix()]))
+        .await
+        .unwrap();
     assert!(!r.succeeded());
     let r = c
-        .txn(Txn::new().when([Compare::mod_revision("r/1", CompareOp::Less, 100).with_range("r/3")]))
+        .txn(
+            Txn::new().when([Compare::mod_revision("r/1", CompareOp::Less, 100).with_range("r/3")]),
+        )
         .await
         .unwrap();
     assert!(r.succeeded());
@@ -257,7 +426,11 @@ async fn txn_is_one_revision_and_nests() {
     assert_eq!(ops.len(), 5);
     match &ops[2] {
         TxnOpResponse::Get(g) => {
-            assert_eq!(g.kvs()[0].value(), b"1", "a read in a txn sees the txn's earlier writes");
+            assert_eq!(
+                g.kvs()[0].value(),
+                b"1",
+                "a read in a txn sees the txn's earlier writes"
+            );
             assert_eq!(g.kvs()[0].mod_revision(), 3);
         }
         other => panic!("{other:?}"),
@@ -271,7 +444,9 @@ async fn txn_is_one_revision_and_nests() {
             assert!(!t.succeeded());
             match &t.op_responses()[1] {
                 // The nested compare saw the store before the outer txn ran.
-                TxnOpResponse::Get(g) => assert!(g.kvs().is_empty(), "n was deleted earlier in the txn"),
+                TxnOpResponse::Get(g) => {
+                    assert!(g.kvs().is_empty(), "n was deleted earlier in the txn")
+                }
                 other => panic!("{other:?}"),
             }
         }
@@ -285,7 +460,10 @@ async fn txn_is_one_revision_and_nests() {
     assert!(c.get("inner-then", None).await.unwrap().kvs().is_empty());
     assert!(c.get("never", None).await.unwrap().kvs().is_empty());
     // A read-only txn makes no revision.
-    let r = c.txn(Txn::new().and_then([TxnOp::get("a", None)])).await.unwrap();
+    let r = c
+        .txn(Txn::new().and_then([TxnOp::get("a", None)]))
+        .await
+        .unwrap();
     assert_eq!(r.header().unwrap().revision(), 3);
 }
 
@@ -296,40 +474,69 @@ async fn txn_refusals() {
     let dup = Txn::new().and_then([TxnOp::put("d", "1", None), TxnOp::put("d", "2", None)]);
     assert_eq!(
         status_of(c.txn(dup).await.unwrap_err()),
-        (tonic::Code::InvalidArgument, "etcdserver: duplicate key given in txn request".into())
+        (
+            tonic::Code::InvalidArgument,
+            "etcdserver: duplicate key given in txn request".into()
+        )
     );
     let put_in_deleted = Txn::new().and_then([
         TxnOp::delete("a", Some(DeleteOptions::new().with_range("z"))),
         TxnOp::put("m", "1", None),
     ]);
-    assert_eq!(status_of(c.txn(put_in_deleted).await.unwrap_err()).1, "etcdserver: duplicate key given in txn request");
+    assert_eq!(
+        status_of(c.txn(put_in_deleted).await.unwrap_err()).1,
+        "etcdserver: duplicate key given in txn request"
+    );
     let nested_dup = Txn::new().and_then([
         TxnOp::put("x", "1", None),
         TxnOp::txn(Txn::new().and_then([TxnOp::put("x", "2", None)])),
     ]);
-    assert_eq!(status_of(c.txn(nested_dup).await.unwrap_err()).1, "etcdserver: duplicate key given in txn request");
+    assert_eq!(
+        status_of(c.txn(nested_dup).await.unwrap_err()).1,
+        "etcdserver: duplicate key given in txn request"
+    );
     // Then/else may put the same key.
-    let ok = Txn::new().and_then([TxnOp::put("x", "1", None)]).or_else([TxnOp::put("x", "2", None)]);
+    let ok = Txn::new()
+        .and_then([TxnOp::put("x", "1", None)])
+        .or_else([TxnOp::put("x", "2", None)]);
     assert!(c.txn(ok).await.unwrap().succeeded());
-    let many: Vec<_> = (0..5).map(|i| TxnOp::put(format!("k{i}"), "v", None)).collect();
+    let many: Vec<_> = (0..5)
+        .map(|i| TxnOp::put(format!("k{i}"), "v", None))
+        .collect();
     assert_eq!(
         status_of(c.txn(Txn::new().and_then(many)).await.unwrap_err()),
-        (tonic::Code::InvalidArgument, "etcdserver: too many operations in txn request".into())
+        (
+            tonic::Code::InvalidArgument,
+            "etcdserver: too many operations in txn request".into()
+        )
     );
     let empty_key = Txn::new().when([Compare::version("", CompareOp::Equal, 0)]);
-    assert_eq!(status_of(c.txn(empty_key).await.unwrap_err()).1, "etcdserver: key is not provided");
+    assert_eq!(
+        status_of(c.txn(empty_key).await.unwrap_err()).1,
+        "etcdserver: key is not provided"
+    );
     let lease = Txn::new().and_then([TxnOp::put("l", "v", Some(PutOptions::new().with_lease(77)))]);
     assert_eq!(
         status_of(c.txn(lease).await.unwrap_err()),
-        (tonic::Code::NotFound, "etcdserver: requested lease not found".into())
+        (
+            tonic::Code::NotFound,
+            "etcdserver: requested lease not found".into()
+        )
     );
-    let future = Txn::new().and_then([TxnOp::get("x", Some(GetOptions::new().with_revision(1000)))]);
+    let future =
+        Txn::new().and_then([TxnOp::get("x", Some(GetOptions::new().with_revision(1000)))]);
     assert_eq!(
         status_of(c.txn(future).await.unwrap_err()),
-        (tonic::Code::OutOfRange, "etcdserver: mvcc: required revision is a future revision".into())
+        (
+            tonic::Code::OutOfRange,
+            "etcdserver: mvcc: required revision is a future revision".into()
+        )
     );
     // Nothing refused changed the store: only the then/else txn wrote.
-    assert_eq!(c.get("x", None).await.unwrap().header().unwrap().revision(), 2);
+    assert_eq!(
+        c.get("x", None).await.unwrap().header().unwrap().revision(),
+        2
+    );
 }
 
 #[tokio::test]
@@ -339,23 +546,62 @@ async fn compaction_and_revision_errors() {
     for i in 0..5 {
         c.put("c", format!("v{i}"), None).await.unwrap(); // revs 2..=6
     }
-    let e = status_of(c.get("c", Some(GetOptions::new().with_revision(7))).await.unwrap_err());
-    assert_eq!(e, (tonic::Code::OutOfRange, "etcdserver: mvcc: required revision is a future revision".into()));
-    let r = c.compact(4, Some(etcd_client::CompactionOptions::new().with_physical())).await.unwrap();
+    let e = status_of(
+        c.get("c", Some(GetOptions::new().with_revision(7)))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        e,
+        (
+            tonic::Code::OutOfRange,
+            "etcdserver: mvcc: required revision is a future revision".into()
+        )
+    );
+    let r = c
+        .compact(
+            4,
+            Some(etcd_client::CompactionOptions::new().with_physical()),
+        )
+        .await
+        .unwrap();
     assert_eq!(r.header().unwrap().revision(), 6);
-    let e = status_of(c.get("c", Some(GetOptions::new().with_revision(3))).await.unwrap_err());
-    assert_eq!(e, (tonic::Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted".into()));
+    let e = status_of(
+        c.get("c", Some(GetOptions::new().with_revision(3)))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        e,
+        (
+            tonic::Code::OutOfRange,
+            "etcdserver: mvcc: required revision has been compacted".into()
+        )
+    );
     // The compaction revision itself is still readable.
-    let r = c.get("c", Some(GetOptions::new().with_revision(4))).await.unwrap();
+    let r = c
+        .get("c", Some(GetOptions::new().with_revision(4)))
+        .await
+        .unwrap();
     assert_eq!(r.kvs()[0].value(), b"v2");
-    assert_eq!(status_of(c.compact(4, None).await.unwrap_err()).1, "etcdserver: mvcc: required revision has been compacted");
-    assert_eq!(status_of(c.compact(99, None).await.unwrap_err()).1, "etcdserver: mvcc: required revision is a future revision");
+    assert_eq!(
+        status_of(c.compact(4, None).await.unwrap_err()).1,
+        "etcdserver: mvcc: required revision has been compacted"
+    );
+    assert_eq!(
+        status_of(c.compact(99, None).await.unwrap_err()).1,
+        "etcdserver: mvcc: required revision is a future revision"
+    );
     // Compaction survives a restart.
     drop(c);
     let mut s = s;
     s.restart();
     let mut c = s.client().await;
-    let e = status_of(c.get("c", Some(GetOptions::new().with_revision(3))).await.unwrap_err());
+    let e = status_of(
+        c.get("c", Some(GetOptions::new().with_revision(3)))
+            .await
+            .unwrap_err(),
+    );
     assert_eq!(e.0, tonic::Code::OutOfRange);
     assert_eq!(c.get("c", None).await.unwrap().kvs()[0].value(), b"v4");
 }
@@ -365,10 +611,20 @@ async fn request_too_large() {
     let s = Server::start(&["--cores", "1", "--max-request-bytes", "10000"]);
     let mut c = s.client().await;
     let e = status_of(c.put("big", vec![b'x'; 20_000], None).await.unwrap_err());
-    assert_eq!(e, (tonic::Code::InvalidArgument, "etcdserver: request is too large".into()));
+    assert_eq!(
+        e,
+        (
+            tonic::Code::InvalidArgument,
+            "etcdserver: request is too large".into()
+        )
+    );
     // Beyond the gRPC limit (limit + 512 KiB) the transport refuses it.
     let e = status_of(c.put("huge", vec![b'x'; 600_000], None).await.unwrap_err());
     assert_eq!(e.0, tonic::Code::ResourceExhausted);
-    assert!(e.1.starts_with("grpc: received message larger than max"), "{}", e.1);
+    assert!(
+        e.1.starts_with("grpc: received message larger than max"),
+        "{}",
+        e.1
+    );
     c.put("small", vec![b'x'; 5_000], None).await.unwrap();
 }

@@ -16,10 +16,15 @@ async fn http_endpoints_and_metrics() {
     c.put("m", "1", None).await.unwrap();
     c.get("m", None).await.unwrap();
     c.delete("m", None).await.unwrap();
-    c.txn(Txn::new().and_then([TxnOp::put("t", "1", None)])).await.unwrap();
+    c.txn(Txn::new().and_then([TxnOp::put("t", "1", None)]))
+        .await
+        .unwrap();
     let _ = c.put("", "x", None).await.unwrap_err();
 
-    assert_eq!(http_get(s.port, "/health").unwrap(), (200, r#"{"health":"true"}"#.to_string()));
+    assert_eq!(
+        http_get(s.port, "/health").unwrap(),
+        (200, r#"{"health":"true"}"#.to_string())
+    );
     let (code, body) = http_get(s.port, "/version").unwrap();
     assert_eq!(code, 200);
     assert!(body.contains(r#""etcdserver":"3.6.0""#), "{body}");
@@ -47,11 +52,19 @@ async fn http_endpoints_and_metrics() {
         value(name);
     }
     assert!(value("etcd_disk_wal_fsync_duration_seconds_count") >= 3.0);
-    assert_eq!(value("etcd_mvcc_put_total"), 2.0, "the put and the put inside the txn");
+    assert_eq!(
+        value("etcd_mvcc_put_total"),
+        2.0,
+        "the put and the put inside the txn"
+    );
     assert_eq!(value("etcd_mvcc_delete_total"), 1.0);
     assert_eq!(value("etcd_mvcc_txn_total"), 1.0);
     assert!(value("etcd_mvcc_range_total") >= 1.0);
-    assert_eq!(value("etcd_debugging_mvcc_keys_total"), 1.0, "only t is live");
+    assert_eq!(
+        value("etcd_debugging_mvcc_keys_total"),
+        1.0,
+        "only t is live"
+    );
     assert!(value("etcd_server_proposals_applied_total") >= 3.0);
     assert!(m.contains(r#"grpc_server_handled_total{grpc_code="OK",grpc_method="Put",grpc_service="etcdserverpb.KV",grpc_type="unary"} 1"#), "{m}");
     assert!(m.contains(r#"grpc_server_handled_total{grpc_code="InvalidArgument",grpc_method="Put",grpc_service="etcdserverpb.KV",grpc_type="unary"} 1"#), "{m}");
@@ -67,20 +80,44 @@ fn bad_flags_are_clear_startup_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("d");
     let cases: &[(&[&str], &str)] = &[
-        (&["--max-txn-ops", "lots"], "invalid value 'lots' for '--max-txn-ops"),
-        (&["--listen-client-urls", "https://127.0.0.1:1"], "TLS is not supported yet"),
-        (&["--listen-client-urls", "127.0.0.1:1"], "expected a URL like http://127.0.0.1:2379"),
-        (&["--auto-compaction-retention", "soon"], "--auto-compaction-retention=soon"),
-        (&["--auto-compaction-mode", "sometimes"], "invalid value 'sometimes'"),
+        (
+            &["--max-txn-ops", "lots"],
+            "invalid value 'lots' for '--max-txn-ops",
+        ),
+        (
+            &["--listen-client-urls", "https://127.0.0.1:1"],
+            "TLS is not supported yet",
+        ),
+        (
+            &["--listen-client-urls", "127.0.0.1:1"],
+            "expected a URL like http://127.0.0.1:2379",
+        ),
+        (
+            &["--auto-compaction-retention", "soon"],
+            "--auto-compaction-retention=soon",
+        ),
+        (
+            &["--auto-compaction-mode", "sometimes"],
+            "invalid value 'sometimes'",
+        ),
         (&["--cores", "999"], "--cores must be between 1 and"),
         (&["--no-such-flag"], "unexpected argument '--no-such-flag'"),
-        (&["--initial-cluster", "a=http://127.0.0.1:1,b=http://127.0.0.1:2"], "single-member clusters only"),
+        (
+            &[
+                "--initial-cluster",
+                "a=http://127.0.0.1:1,b=http://127.0.0.1:2",
+            ],
+            "single-member clusters only",
+        ),
     ];
     for (args, want) in cases {
         let mut cmd = keel();
         cmd.arg("--data-dir").arg(&dir).args(*args);
         let (code, out) = run_to_exit(cmd, Duration::from_secs(20));
-        assert!(matches!(code, Some(c) if c != 0), "{args:?} should fail: {out}");
+        assert!(
+            matches!(code, Some(c) if c != 0),
+            "{args:?} should fail: {out}"
+        );
         assert!(out.contains(want), "{args:?}: expected {want:?} in:\n{out}");
     }
     let (code, out) = run_to_exit(
@@ -92,7 +129,15 @@ fn bad_flags_are_clear_startup_errors() {
         Duration::from_secs(20),
     );
     assert_eq!(code, Some(0));
-    for flag in ["--name", "--data-dir", "--listen-client-urls", "--snapshot-count", "--auto-compaction-mode", "--cores", "ETCD_NAME"] {
+    for flag in [
+        "--name",
+        "--data-dir",
+        "--listen-client-urls",
+        "--snapshot-count",
+        "--auto-compaction-mode",
+        "--cores",
+        "ETCD_NAME",
+    ] {
         assert!(out.contains(flag), "--help lacks {flag}");
     }
 }
@@ -104,7 +149,10 @@ async fn environment_variables_set_flags() {
     let mut cmd = keel();
     cmd.env("ETCD_NAME", "from-env")
         .env("ETCD_DATA_DIR", tmp.path().join("env.keel"))
-        .env("ETCD_LISTEN_CLIENT_URLS", format!("http://127.0.0.1:{port}"))
+        .env(
+            "ETCD_LISTEN_CLIENT_URLS",
+            format!("http://127.0.0.1:{port}"),
+        )
         .env("ETCD_MAX_TXN_OPS", "2")
         .env("KEEL_CORES", "1")
         .stdout(std::process::Stdio::null())
@@ -115,11 +163,18 @@ async fn environment_variables_set_flags() {
         assert!(Instant::now() < deadline, "not healthy");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let mut c = etcd_client::Client::connect([format!("http://127.0.0.1:{port}")], None).await.unwrap();
+    let mut c = etcd_client::Client::connect([format!("http://127.0.0.1:{port}")], None)
+        .await
+        .unwrap();
     let members = c.member_list().await.unwrap();
     assert_eq!(members.members()[0].name(), "from-env");
-    let ops: Vec<_> = (0..3).map(|i| TxnOp::put(format!("k{i}"), "v", None)).collect();
-    assert_eq!(status_of(c.txn(Txn::new().and_then(ops)).await.unwrap_err()).1, "etcdserver: too many operations in txn request");
+    let ops: Vec<_> = (0..3)
+        .map(|i| TxnOp::put(format!("k{i}"), "v", None))
+        .collect();
+    assert_eq!(
+        status_of(c.txn(Txn::new().and_then(ops)).await.unwrap_err()).1,
+        "etcdserver: too many operations in txn request"
+    );
     assert!(tmp.path().join("env.keel/member/wal").is_dir());
     child.kill().unwrap();
     child.wait().unwrap();
@@ -147,7 +202,14 @@ async fn data_dir_is_locked_against_a_second_server() {
 async fn periodic_auto_compaction() {
     // Retention 2 s: revisions are sampled every 200 ms and history older
     // than ~2 s is compacted every 2 s.
-    let s = Server::start(&["--cores", "1", "--auto-compaction-mode", "periodic", "--auto-compaction-retention", "2s"]);
+    let s = Server::start(&[
+        "--cores",
+        "1",
+        "--auto-compaction-mode",
+        "periodic",
+        "--auto-compaction-retention",
+        "2s",
+    ]);
     let mut c = s.client().await;
     c.put("a", "old", None).await.unwrap(); // rev 2
     c.put("a", "new", None).await.unwrap(); // rev 3
@@ -155,7 +217,10 @@ async fn periodic_auto_compaction() {
     loop {
         match c.get("a", Some(GetOptions::new().with_revision(2))).await {
             Err(e) => {
-                assert_eq!(status_of(e).1, "etcdserver: mvcc: required revision has been compacted");
+                assert_eq!(
+                    status_of(e).1,
+                    "etcdserver: mvcc: required revision has been compacted"
+                );
                 break;
             }
             Ok(r) => assert_eq!(r.kvs()[0].value(), b"old"),
@@ -171,6 +236,13 @@ async fn revision_auto_compaction_is_accepted() {
     // etcd checks every 5 minutes in revision mode, longer than a test;
     // the policy itself is unit-tested (actors::compactor). Here: the mode
     // starts and serves.
-    let s = Server::start(&["--cores", "1", "--auto-compaction-mode", "revision", "--auto-compaction-retention", "10"]);
+    let s = Server::start(&[
+        "--cores",
+        "1",
+        "--auto-compaction-mode",
+        "revision",
+        "--auto-compaction-retention",
+        "10",
+    ]);
     s.client().await.put("k", "v", None).await.unwrap();
 }

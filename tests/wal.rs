@@ -23,7 +23,9 @@ fn newest_with_data(s: &Server) -> (PathBuf, usize) {
 async fn put_numbered(s: &Server, n: usize, value: &str) {
     let mut c = s.client().await;
     for i in 0..n {
-        c.put(format!("key{i:03}"), format!("{value}{i:03}"), None).await.unwrap();
+        c.put(format!("key{i:03}"), format!("{value}{i:03}"), None)
+            .await
+            .unwrap();
     }
 }
 
@@ -51,8 +53,15 @@ async fn torn_tail_is_truncated_and_the_server_starts() {
     drop(c);
     s.restart();
     let mut c = s.client().await;
-    assert_eq!(c.get("after", None).await.unwrap().kvs()[0].value(), b"repair");
-    assert_eq!(s.logs().matches("truncated torn WAL tail").count(), 1, "the second start is clean");
+    assert_eq!(
+        c.get("after", None).await.unwrap().kvs()[0].value(),
+        b"repair"
+    );
+    assert_eq!(
+        s.logs().matches("truncated torn WAL tail").count(),
+        1,
+        "the second start is clean"
+    );
 }
 
 #[tokio::test]
@@ -63,7 +72,10 @@ async fn flipped_byte_mid_log_refuses_to_start() {
     let (seg, _) = newest_with_data(&s);
     let mut bytes = std::fs::read(&seg).unwrap();
     let needle = b"MARKER-010";
-    let at = bytes.windows(needle.len()).position(|w| w == needle).expect("value in the WAL");
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("value in the WAL");
     bytes[at + 3] ^= 0x01;
     std::fs::write(&seg, &bytes).unwrap();
     let (code, out) = s.start_expect_exit();
@@ -78,7 +90,10 @@ async fn flipped_byte_mid_log_refuses_to_start() {
         .and_then(|r| r.split(':').next())
         .and_then(|n| n.trim().parse().ok())
         .expect("an offset in the message");
-    assert!(offset < at && at - offset < 256, "offset {offset}, value at {at}: {out}");
+    assert!(
+        offset < at && at - offset < 256,
+        "offset {offset}, value at {at}: {out}"
+    );
     // Nothing was changed by the refused start.
     assert_eq!(std::fs::read(&seg).unwrap(), bytes);
 }

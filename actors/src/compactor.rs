@@ -69,7 +69,8 @@ impl Policy {
     pub fn tick(&mut self, now: Instant, current_rev: i64) -> Option<i64> {
         match self.mode {
             AutoCompaction::Periodic(p) => {
-                let retention_samples = (p.as_nanos() / self.tick_interval().as_nanos()) as usize + 1;
+                let retention_samples =
+                    (p.as_nanos() / self.tick_interval().as_nanos()) as usize + 1;
                 self.samples.push_back(current_rev);
                 while self.samples.len() > retention_samples {
                     self.samples.pop_front();
@@ -100,7 +101,11 @@ impl Policy {
 }
 
 /// Runs the policy against the live store, proposing compactions through raft.
-pub async fn run(mode: AutoCompaction, raft: mpsc::Sender<RaftRequest>, mvcc: mpsc::Sender<MvccMsg>) {
+pub async fn run(
+    mode: AutoCompaction,
+    raft: mpsc::Sender<RaftRequest>,
+    mvcc: mpsc::Sender<MvccMsg>,
+) {
     let mut policy = Policy::new(mode, Instant::now());
     loop {
         glommio::timer::sleep(policy.tick_interval()).await;
@@ -120,7 +125,11 @@ pub async fn run(mode: AutoCompaction, raft: mpsc::Sender<RaftRequest>, mvcc: mp
             .to_bytes(),
         );
         let (tx, rx) = oneshot::channel();
-        if raft.send(RaftRequest::Propose { command, reply: tx }).await.is_err() {
+        if raft
+            .send(RaftRequest::Propose { command, reply: tx })
+            .await
+            .is_err()
+        {
             return;
         }
         let ok = match rx.await {
@@ -158,10 +167,10 @@ mod tests {
                 p.done(now, r, true);
             }
         }
-        // First at t=100 s, compacting the sample from 100 s before (t=10..);
-        // then every period.
+        // First at t=100 s, at the oldest sample (t=10 s, rev 5); then every
+        // period, at the revision of one period before (t=100 s, rev 50).
         assert_eq!(got[0], (10, 5));
-        assert_eq!(got[1], (20, 55));
+        assert_eq!(got[1], (20, 50));
         assert_eq!(got.len(), 2);
     }
 

@@ -7,8 +7,8 @@
 use std::sync::OnceLock;
 
 use prometheus::{
-    exponential_buckets, Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter,
-    IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    exponential_buckets, Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec,
+    IntGauge, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -39,7 +39,8 @@ pub struct Metrics {
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
-    r.register(Box::new(m.clone())).expect("metric names are unique");
+    r.register(Box::new(m.clone()))
+        .expect("metric names are unique");
     m
 }
 
@@ -47,7 +48,8 @@ impl Metrics {
     fn new() -> Metrics {
         let r = Registry::new();
         let ig = |name: &str, help: &str| reg(&r, IntGauge::new(name, help).expect("valid metric"));
-        let ic = |name: &str, help: &str| reg(&r, IntCounter::new(name, help).expect("valid metric"));
+        let ic =
+            |name: &str, help: &str| reg(&r, IntCounter::new(name, help).expect("valid metric"));
         let grpc_labels = ["grpc_type", "grpc_service", "grpc_method"];
         let m = Metrics {
             wal_fsync_seconds: reg(
@@ -126,7 +128,9 @@ impl Metrics {
             ),
             registry: r,
         };
-        m.server_version.with_label_values(&[crate::API_VERSION]).set(1.0);
+        m.server_version
+            .with_label_values(&[crate::API_VERSION])
+            .set(1.0);
         m
     }
 

@@ -108,7 +108,12 @@ pub struct MvccActor {
 }
 
 impl MvccActor {
-    pub fn new(store: KvStore, applied: Option<LogId>, membership: StoredMembership, ids: HeaderIds) -> MvccActor {
+    pub fn new(
+        store: KvStore,
+        applied: Option<LogId>,
+        membership: StoredMembership,
+        ids: HeaderIds,
+    ) -> MvccActor {
         let term = applied.map_or(0, |l| l.leader_id.term);
         let a = MvccActor {
             store,
@@ -141,13 +146,20 @@ impl MvccActor {
                 self.serve_waiting();
                 self.update_gauges();
             }
-            MvccMsg::Range { req, min_applied, reply } => {
+            MvccMsg::Range {
+                req,
+                min_applied,
+                reply,
+            } => {
                 if min_applied <= self.applied_index() {
                     let _ = reply.send(self.range(&req));
                 } else if self.waiting_len >= WAITING_READS_MAX {
                     let _ = reply.send(Err(ReadError::Busy));
                 } else {
-                    self.waiting.entry(min_applied).or_default().push((req, reply));
+                    self.waiting
+                        .entry(min_applied)
+                        .or_default()
+                        .push((req, reply));
                     self.waiting_len += 1;
                 }
             }

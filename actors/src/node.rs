@@ -130,8 +130,14 @@ fn identity(member_dir: &Path, cfg: &NodeConfig) -> Result<HeaderIds, StartError
         let mut ids = HeaderIds::default();
         for line in text.lines() {
             match line.split_once('=') {
-                Some(("member_id", v)) => ids.member_id = u64::from_str_radix(v, 16).map_err(|e| err(format!("identity: {e}")))?,
-                Some(("cluster_id", v)) => ids.cluster_id = u64::from_str_radix(v, 16).map_err(|e| err(format!("identity: {e}")))?,
+                Some(("member_id", v)) => {
+                    ids.member_id =
+                        u64::from_str_radix(v, 16).map_err(|e| err(format!("identity: {e}")))?
+                }
+                Some(("cluster_id", v)) => {
+                    ids.cluster_id =
+                        u64::from_str_radix(v, 16).map_err(|e| err(format!("identity: {e}")))?
+                }
                 _ => {}
             }
         }
@@ -144,10 +150,21 @@ fn identity(member_dir: &Path, cfg: &NodeConfig) -> Result<HeaderIds, StartError
     peers.sort();
     let peers = peers.join(",");
     let member_id = fnv64(&[peers.as_bytes(), cfg.initial_cluster_token.as_bytes()]).max(1);
-    let cluster_id = fnv64(&[&member_id.to_le_bytes(), cfg.initial_cluster_token.as_bytes()]).max(1);
-    let text = format!("member_id={member_id:x}\ncluster_id={cluster_id:x}\nname={}\n", cfg.name);
-    keel_storage::write_file_atomically(&path, text.as_bytes()).map_err(|e| err(format!("writing identity: {e}")))?;
-    Ok(HeaderIds { cluster_id, member_id })
+    let cluster_id = fnv64(&[
+        &member_id.to_le_bytes(),
+        cfg.initial_cluster_token.as_bytes(),
+    ])
+    .max(1);
+    let text = format!(
+        "member_id={member_id:x}\ncluster_id={cluster_id:x}\nname={}\n",
+        cfg.name
+    );
+    keel_storage::write_file_atomically(&path, text.as_bytes())
+        .map_err(|e| err(format!("writing identity: {e}")))?;
+    Ok(HeaderIds {
+        cluster_id,
+        member_id,
+    })
 }
 
 /// Holds an exclusive lock on the data directory for the process lifetime.
@@ -183,7 +200,10 @@ fn raise_memlock_limit() {
     // SAFETY: plain syscalls on a local struct.
     unsafe {
         if libc::setrlimit(libc::RLIMIT_MEMLOCK, &want) != 0 {
-            let mut cur = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            let mut cur = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
             if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut cur) == 0 {
                 cur.rlim_cur = cur.rlim_max;
                 libc::setrlimit(libc::RLIMIT_MEMLOCK, &cur);
@@ -198,7 +218,9 @@ fn usable_cpus() -> Vec<usize> {
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0 {
-            let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect();
+            let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+                .filter(|&c| libc::CPU_ISSET(c, &set))
+                .collect();
             if !cpus.is_empty() {
                 return cpus;
             }
@@ -246,7 +268,9 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
             let meta = SnapshotMeta {
                 last_log_id: applied,
                 last_membership: membership.clone(),
-                snapshot_id: applied.map_or("0-0".into(), |l| format!("{}-{}", l.leader_id.term, l.index)),
+                snapshot_id: applied.map_or("0-0".into(), |l| {
+                    format!("{}-{}", l.leader_id.term, l.index)
+                }),
             };
             (s.store, applied, membership, Some((meta, s.path)))
         }
@@ -270,9 +294,15 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
         "recovered; starting executors"
     );
     let m = metrics();
-    m.placement.with_label_values(&["raft"]).set(placement.raft_core as f64);
-    m.placement.with_label_values(&["wal"]).set(placement.raft_core as f64);
-    m.placement.with_label_values(&["mvcc"]).set(placement.mvcc_core as f64);
+    m.placement
+        .with_label_values(&["raft"])
+        .set(placement.raft_core as f64);
+    m.placement
+        .with_label_values(&["wal"])
+        .set(placement.raft_core as f64);
+    m.placement
+        .with_label_values(&["mvcc"])
+        .set(placement.mvcc_core as f64);
 
     let serve_cfg = Arc::new(ServeConfig {
         name: cfg.name.clone(),
@@ -292,14 +322,22 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
     let mut raft_parts = Some((raft_rx, recovered, loaded_meta, ready_tx));
     let mut mvcc_parts = Some((mvcc_rx, store, applied, membership));
     let mut handles = Vec::new();
-    for core in 0..placement.cores {
-        let raft_parts = if core == placement.raft_core { raft_parts.take() } else { None };
-        let mvcc_parts = if core == placement.mvcc_core { mvcc_parts.take() } else { None };
+    for (core, &cpu) in cpus.iter().enumerate().take(placement.cores) {
+        let raft_parts = if core == placement.raft_core {
+            raft_parts.take()
+        } else {
+            None
+        };
+        let mvcc_parts = if core == placement.mvcc_core {
+            mvcc_parts.take()
+        } else {
+            None
+        };
         let cfg = cfg.clone();
         let serve_cfg = serve_cfg.clone();
         let (raft_tx, mvcc_tx, mut ready_rx) = (raft_tx.clone(), mvcc_tx.clone(), ready_rx.clone());
         let (wal_dir, snap_dir) = (wal_dir.clone(), snap_dir.clone());
-        let handle = LocalExecutorBuilder::new(CpuPlacement::Fixed(cpus[core]))
+        let handle = LocalExecutorBuilder::new(CpuPlacement::Fixed(cpu))
             .name(&format!("keel-core{core}"))
             .io_memory(4 << 20)
             .spin_before_park(cfg.spin_before_park)
@@ -312,9 +350,19 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
                 if let Some((raft_rx, recovered, loaded_meta, ready_tx)) = raft_parts {
                     let (raft_tx, mvcc_tx, cfg) = (raft_tx.clone(), mvcc_tx.clone(), cfg.clone());
                     glommio::spawn_local(async move {
-                        let raft = start_raft(&cfg, ids, recovered, loaded_meta, wal_dir, snap_dir, mvcc_tx.clone()).await;
+                        let raft = start_raft(
+                            &cfg,
+                            ids,
+                            recovered,
+                            loaded_meta,
+                            wal_dir,
+                            snap_dir,
+                            mvcc_tx.clone(),
+                        )
+                        .await;
                         if let Some(mode) = cfg.auto_compaction {
-                            glommio::spawn_local(compactor::run(mode, raft_tx, mvcc_tx.clone())).detach();
+                            glommio::spawn_local(compactor::run(mode, raft_tx, mvcc_tx.clone()))
+                                .detach();
                         }
                         let _ = ready_tx.send(true);
                         crate::raft::actor::run(raft, mvcc_tx, raft_rx).await;
@@ -325,7 +373,9 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
                 for addr in &cfg.listen_client {
                     match glommio::net::TcpListener::bind(addr) {
                         Ok(l) => listeners.push(l),
-                        Err(e) => crate::fatal(&format!("cannot listen for clients on {addr}: {e}")),
+                        Err(e) => {
+                            crate::fatal(&format!("cannot listen for clients on {addr}: {e}"))
+                        }
                     }
                 }
                 while !*ready_rx.borrow_and_update() {
@@ -410,7 +460,11 @@ async fn start_raft(
         .await
         .unwrap_or_else(|e| crate::fatal(&format!("starting raft: {e}")));
     if !initialized {
-        let addr = cfg.initial_advertise_peer_urls.first().cloned().unwrap_or_default();
+        let addr = cfg
+            .initial_advertise_peer_urls
+            .first()
+            .cloned()
+            .unwrap_or_default();
         let members = BTreeMap::from([(ids.member_id, Node { addr })]);
         raft.initialize(members)
             .await
@@ -421,10 +475,19 @@ async fn start_raft(
     let me = ids.member_id;
     if let Err(e) = raft
         .wait(Some(LEADER_WAIT))
-        .metrics(|m| m.current_leader == Some(me) && m.last_applied.is_some_and(|a| Some(a.index) >= m.last_log_index), "leader and applied")
+        .metrics(
+            |m| {
+                m.current_leader == Some(me)
+                    && m.last_applied
+                        .is_some_and(|a| Some(a.index) >= m.last_log_index)
+            },
+            "leader and applied",
+        )
         .await
     {
-        crate::fatal(&format!("this member did not become leader within {LEADER_WAIT:?}: {e}"));
+        crate::fatal(&format!(
+            "this member did not become leader within {LEADER_WAIT:?}: {e}"
+        ));
     }
     raft
 }

@@ -38,7 +38,10 @@ pub async fn serve(listener: TcpListener, ctx: Rc<ServerCtx>) {
             }
         };
         if open.get() >= ctx.cfg.connections_max {
-            tracing::warn!(limit = ctx.cfg.connections_max, "connection limit reached; closing new connection");
+            tracing::warn!(
+                limit = ctx.cfg.connections_max,
+                "connection limit reached; closing new connection"
+            );
             drop(stream);
             continue;
         }
@@ -78,16 +81,20 @@ async fn serve_connection(mut stream: TcpStream, ctx: Rc<ServerCtx>) {
             let ctx = ctx.clone();
             async move { Ok::<_, Infallible>(http_service::handle(req, &ctx).await) }
         });
-        if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await {
+        if let Err(e) = hyper::server::conn::http1::Builder::new()
+            .serve_connection(io, svc)
+            .await
+        {
             tracing::debug!("http1 connection ended: {e}");
         }
     }
 }
 
 fn grpc_headers(builder: http::response::Builder) -> http::response::Builder {
-    builder
-        .status(200)
-        .header(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"))
+    builder.status(200).header(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    )
 }
 
 fn status_trailers(s: &Status) -> HeaderMap {
@@ -112,7 +119,10 @@ fn error_response(s: &Status) -> Response<ResponseBody> {
 
 fn ok_response(message: Bytes) -> Response<ResponseBody> {
     grpc_headers(Response::builder())
-        .body(ResponseBody::with_trailers(message, status_trailers(&Status::new(Code::Ok, ""))))
+        .body(ResponseBody::with_trailers(
+            message,
+            status_trailers(&Status::new(Code::Ok, "")),
+        ))
         .expect("static response parts are valid")
 }
 
@@ -127,7 +137,10 @@ async fn handle_http2(req: http::Request<Incoming>, ctx: Rc<ServerCtx>) -> Respo
     }
     let path = req.uri().path().to_string();
     let Some(method) = Method::from_path(&path) else {
-        let (service, name) = path.trim_start_matches('/').split_once('/').unwrap_or((&path, ""));
+        let (service, name) = path
+            .trim_start_matches('/')
+            .split_once('/')
+            .unwrap_or((&path, ""));
         return error_response(&Status::new(
             Code::Unimplemented,
             format!("unknown method {name} for service {service}"),
@@ -174,26 +187,60 @@ async fn dispatch(method: Method, body: Incoming, ctx: &Rc<ServerCtx>) -> Result
     match method {
         Method::Range => unary(body, ctx, |c, r, _| async move { kv::range(&c, r).await }).await,
         Method::Put => unary(body, ctx, |c, r, n| async move { kv::put(&c, r, n).await }).await,
-        Method::DeleteRange => unary(body, ctx, |c, r, n| async move { kv::delete_range(&c, r, n).await }).await,
+        Method::DeleteRange => {
+            unary(body, ctx, |c, r, n| async move {
+                kv::delete_range(&c, r, n).await
+            })
+            .await
+        }
         Method::Txn => unary(body, ctx, |c, r, n| async move { kv::txn(&c, r, n).await }).await,
-        Method::Compact => unary(body, ctx, |c, r, n| async move { kv::compact(&c, r, n).await }).await,
+        Method::Compact => {
+            unary(
+                body,
+                ctx,
+                |c, r, n| async move { kv::compact(&c, r, n).await },
+            )
+            .await
+        }
         Method::Status => {
-            unary(body, ctx, |c, _: keel_proto::etcdserverpb::StatusRequest, _| async move {
-                maintenance::status(&c).await
+            unary(
+                body,
+                ctx,
+                |c, _: keel_proto::etcdserverpb::StatusRequest, _| async move {
+                    maintenance::status(&c).await
+                },
+            )
+            .await
+        }
+        Method::Alarm => {
+            unary(body, ctx, |c, r, _| async move {
+                maintenance::alarm(&c, r).await
             })
             .await
         }
-        Method::Alarm => unary(body, ctx, |c, r, _| async move { maintenance::alarm(&c, r).await }).await,
         Method::MemberList => {
-            unary(body, ctx, |c, _: keel_proto::etcdserverpb::MemberListRequest, _| async move {
-                maintenance::member_list(&c).await
+            unary(
+                body,
+                ctx,
+                |c, _: keel_proto::etcdserverpb::MemberListRequest, _| async move {
+                    maintenance::member_list(&c).await
+                },
+            )
+            .await
+        }
+        Method::HealthCheck => {
+            unary(body, ctx, |c, r, _| async move {
+                maintenance::health_check(&c, r).await
             })
             .await
         }
-        Method::HealthCheck => unary(body, ctx, |c, r, _| async move { maintenance::health_check(&c, r).await }).await,
         other => Err(Status::new(
             Code::Unimplemented,
-            format!("keel: {}.{} is not implemented yet", other.service(), other.name()),
+            format!(
+                "keel: {}.{} is not implemented yet",
+                other.service(),
+                other.name()
+            ),
         )),
     }
 }

@@ -131,7 +131,9 @@ impl<T: OptionalSend> openraft::async_runtime::AsyncOneshotSendExt<T> for Onesho
 }
 
 fn until(deadline: MonoInstant) -> Duration {
-    deadline.0.saturating_duration_since(std::time::Instant::now())
+    deadline
+        .0
+        .saturating_duration_since(std::time::Instant::now())
 }
 
 impl AsyncRuntime for GlommioRuntime {
@@ -162,14 +164,20 @@ impl AsyncRuntime for GlommioRuntime {
         Sleep(glommio::timer::Timer::new(until(deadline)))
     }
 
-    fn timeout<R, F: Future<Output = R> + OptionalSend>(duration: Duration, future: F) -> Self::Timeout<R, F> {
+    fn timeout<R, F: Future<Output = R> + OptionalSend>(
+        duration: Duration,
+        future: F,
+    ) -> Self::Timeout<R, F> {
         Timeout {
             future: Box::pin(future),
             timer: glommio::timer::Timer::new(duration),
         }
     }
 
-    fn timeout_at<R, F: Future<Output = R> + OptionalSend>(deadline: Self::Instant, future: F) -> Self::Timeout<R, F> {
+    fn timeout_at<R, F: Future<Output = R> + OptionalSend>(
+        deadline: Self::Instant,
+        future: F,
+    ) -> Self::Timeout<R, F> {
         Self::timeout(until(deadline), future)
     }
 

@@ -47,12 +47,22 @@ pub struct WalEntry {
 }
 
 pub enum WalCmd {
-    Append { entries: Vec<WalEntry>, done: Completion },
-    SaveVote { vote: VoteRecord, done: Completion },
+    Append {
+        entries: Vec<WalEntry>,
+        done: Completion,
+    },
+    SaveVote {
+        vote: VoteRecord,
+        done: Completion,
+    },
     /// Entries at or after `index` are discarded (raft conflict resolution).
-    Truncate { index: u64 },
+    Truncate {
+        index: u64,
+    },
     /// Entries up to `log_id` are covered by a snapshot; their segments may go.
-    Purge { log_id: LogIdRecord },
+    Purge {
+        log_id: LogIdRecord,
+    },
 }
 
 impl WalCmd {
@@ -126,7 +136,10 @@ async fn prepare_segment(dir: PathBuf, seq: u64, segment_bytes: u64) -> io::Resu
         }
         let written = file.write_at(buf, pos).await.map_err(gerr)?;
         if written != n {
-            return Err(io::Error::other(format!("short write preallocating {}", tmp.display())));
+            return Err(io::Error::other(format!(
+                "short write preallocating {}",
+                tmp.display()
+            )));
         }
         pos += n as u64;
     }
@@ -165,10 +178,21 @@ impl WalWriter {
                 let head = (t.offset - block) as usize;
                 let mut tail_bytes = Vec::new();
                 if head > 0 {
-                    let r = file.read_at_aligned(block, BLOCK_BYTES).await.map_err(gerr)?;
+                    let r = file
+                        .read_at_aligned(block, BLOCK_BYTES)
+                        .await
+                        .map_err(gerr)?;
                     tail_bytes.extend_from_slice(&r[..head]);
                 }
-                (file, t.seq, t.offset, t.crc, t.next_batch, tail_bytes, Vec::new())
+                (
+                    file,
+                    t.seq,
+                    t.offset,
+                    t.crc,
+                    t.next_batch,
+                    tail_bytes,
+                    Vec::new(),
+                )
             }
             None => {
                 let (file, crc) = prepare_segment(cfg.dir.clone(), 0, cfg.segment_bytes).await?;
@@ -240,11 +264,13 @@ impl WalWriter {
         let mut p = Pending { bodies: Vec::new() };
         for c in cmds {
             match c {
-                WalCmd::Append { entries, .. } => p.bodies.extend(entries.iter().map(|e| Body::Entry {
-                    log_id: e.log_id,
-                    payload_kind: e.payload_kind,
-                    payload: &e.payload,
-                })),
+                WalCmd::Append { entries, .. } => {
+                    p.bodies.extend(entries.iter().map(|e| Body::Entry {
+                        log_id: e.log_id,
+                        payload_kind: e.payload_kind,
+                        payload: &e.payload,
+                    }))
+                }
                 WalCmd::SaveVote { vote, .. } => p.bodies.push(Body::Vote(*vote)),
                 WalCmd::Truncate { index } => p.bodies.push(Body::Truncate { index: *index }),
                 WalCmd::Purge { log_id } => p.bodies.push(Body::Purge(*log_id)),
@@ -253,7 +279,11 @@ impl WalWriter {
         let mut i = 0;
         while i < p.bodies.len() {
             let room = self.cfg.segment_bytes - self.offset;
-            let prefix_len: u64 = self.segment_prefix.iter().map(|b| encoded_len(b.body_len()) as u64).sum();
+            let prefix_len: u64 = self
+                .segment_prefix
+                .iter()
+                .map(|b| encoded_len(b.body_len()) as u64)
+                .sum();
             let mut used = prefix_len;
             let start = i;
             while i < p.bodies.len() {
@@ -327,11 +357,18 @@ impl WalWriter {
         b[at..].fill(0);
         let new_block = align_down(end, BLOCK_BYTES);
         self.tail.clear();
-        self.tail.extend_from_slice(&b[new_block - block_start..end - block_start]);
+        self.tail
+            .extend_from_slice(&b[new_block - block_start..end - block_start]);
 
-        let written = self.file.write_at(buf, block_start as u64).await.map_err(gerr)?;
+        let written = self
+            .file
+            .write_at(buf, block_start as u64)
+            .await
+            .map_err(gerr)?;
         if written != size {
-            return Err(io::Error::other(format!("short WAL write: {written} of {size} bytes")));
+            return Err(io::Error::other(format!(
+                "short WAL write: {written} of {size} bytes"
+            )));
         }
         let t = Instant::now();
         self.file.fdatasync().await.map_err(gerr)?;
@@ -347,8 +384,12 @@ impl WalWriter {
     /// durable: every flush was fsynced before this point.
     async fn rotate(&mut self) -> io::Result<()> {
         let next = match self.next_segment.take() {
-            Some(h) => h.await.ok_or_else(|| io::Error::other("segment preparation cancelled"))??,
-            None => prepare_segment(self.cfg.dir.clone(), self.seq + 1, self.cfg.segment_bytes).await?,
+            Some(h) => h
+                .await
+                .ok_or_else(|| io::Error::other("segment preparation cancelled"))??,
+            None => {
+                prepare_segment(self.cfg.dir.clone(), self.seq + 1, self.cfg.segment_bytes).await?
+            }
         };
         let (file, crc) = next;
         let old = std::mem::replace(&mut self.file, Rc::new(file));
@@ -378,7 +419,9 @@ impl WalWriter {
     /// Deletes the oldest segments whose entries a snapshot covers, one at a
     /// time with a directory fsync each, so a crash never leaves a gap.
     async fn release_purged_segments(&mut self) -> io::Result<()> {
-        let Some(purged) = self.purged else { return Ok(()) };
+        let Some(purged) = self.purged else {
+            return Ok(());
+        };
         while self.segments.len() > 1 {
             let front = &self.segments[0];
             if front.last_index.is_some_and(|i| i > purged.index) {

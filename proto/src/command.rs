@@ -211,8 +211,16 @@ impl From<pb::TxnRequest> for TxnCmd {
     fn from(t: pb::TxnRequest) -> Self {
         TxnCmd {
             compare: t.compare.into_iter().map(CompareCmd::from).collect(),
-            success: t.success.into_iter().filter_map(OpCmd::from_request_op).collect(),
-            failure: t.failure.into_iter().filter_map(OpCmd::from_request_op).collect(),
+            success: t
+                .success
+                .into_iter()
+                .filter_map(OpCmd::from_request_op)
+                .collect(),
+            failure: t
+                .failure
+                .into_iter()
+                .filter_map(OpCmd::from_request_op)
+                .collect(),
         }
     }
 }
@@ -268,8 +276,7 @@ mod tests {
         });
         let bytes = cmd.to_bytes();
         let archived = Command::access(&bytes).unwrap();
-        let back: Command =
-            rkyv::deserialize::<Command, rkyv::rancor::Error>(archived).unwrap();
+        let back: Command = rkyv::deserialize::<Command, rkyv::rancor::Error>(archived).unwrap();
         assert_eq!(back, cmd);
     }
 

@@ -77,7 +77,12 @@ fn check_reads(store: &KvStore, model: &Model, rng: &mut StdRng) {
         }
         let at = if rev <= 0 { model.current() } else { rev };
         if at < model.compact {
-            assert_eq!(got, Err(MvccError::Compacted), "rev {at} compact {}", model.compact);
+            assert_eq!(
+                got,
+                Err(MvccError::Compacted),
+                "rev {at} compact {}",
+                model.compact
+            );
             continue;
         }
         let got = got.unwrap();
@@ -89,7 +94,11 @@ fn check_reads(store: &KvStore, model: &Model, rng: &mut StdRng) {
         for (kv, (k, (v, c, m, ver))) in got.kvs.iter().zip(want) {
             assert_eq!(&kv.key[..], &k[..]);
             assert_eq!(&kv.value[..], &v[..]);
-            assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (*c, *m, *ver), "key {k:?} at {at}");
+            assert_eq!(
+                (kv.create_revision, kv.mod_revision, kv.version),
+                (*c, *m, *ver),
+                "key {k:?} at {at}"
+            );
         }
     }
 }
@@ -120,21 +129,47 @@ fn random_operations_match_the_model() {
             match rng.gen_range(0..10) {
                 0..=4 => {
                     let (k, v) = (key(&mut rng), format!("v{step}").into_bytes());
-                    apply(&mut store, &Command::Put(PutCmd { key: k.clone(), value: v.clone(), ..Default::default() })).unwrap();
+                    apply(
+                        &mut store,
+                        &Command::Put(PutCmd {
+                            key: k.clone(),
+                            value: v.clone(),
+                            ..Default::default()
+                        }),
+                    )
+                    .unwrap();
                     model_put(&mut next, &k, &v, rev);
                     changed = true;
                 }
                 5 | 6 => {
-                    let (k, end) = if rng.gen_bool(0.5) { (key(&mut rng), vec![]) } else {
+                    let (k, end) = if rng.gen_bool(0.5) {
+                        (key(&mut rng), vec![])
+                    } else {
                         let (a, b) = (key(&mut rng), key(&mut rng));
                         (a.clone().min(b.clone()), a.max(b))
                     };
-                    let r = apply(&mut store, &Command::DeleteRange(DeleteRangeCmd { key: k.clone(), range_end: end.clone(), prev_kv: true })).unwrap();
-                    let doomed: Vec<_> = next.keys().filter(|x| in_range(x, &k, &end)).cloned().collect();
-                    let CommandResponse::DeleteRange(d) = r else { panic!() };
+                    let r = apply(
+                        &mut store,
+                        &Command::DeleteRange(DeleteRangeCmd {
+                            key: k.clone(),
+                            range_end: end.clone(),
+                            prev_kv: true,
+                        }),
+                    )
+                    .unwrap();
+                    let doomed: Vec<_> = next
+                        .keys()
+                        .filter(|x| in_range(x, &k, &end))
+                        .cloned()
+                        .collect();
+                    let CommandResponse::DeleteRange(d) = r else {
+                        panic!()
+                    };
                     assert_eq!(d.deleted as usize, doomed.len());
                     assert_eq!(d.prev_kvs.len(), doomed.len());
-                    for x in &doomed { next.remove(x); }
+                    for x in &doomed {
+                        next.remove(x);
+                    }
                     changed = !doomed.is_empty();
                 }
                 7 | 8 => {
@@ -144,32 +179,67 @@ fn random_operations_match_the_model() {
                     let (a, b, c) = (key(&mut rng), key(&mut rng), key(&mut rng));
                     let b = if a == b { b"zz".to_vec() } else { b };
                     let cmd = Command::Txn(TxnCmd {
-                        compare: vec![CompareCmd { result: 0, target: 0, key: k.clone(), range_end: vec![], value: CompareValue::Version(n) }],
+                        compare: vec![CompareCmd {
+                            result: 0,
+                            target: 0,
+                            key: k.clone(),
+                            range_end: vec![],
+                            value: CompareValue::Version(n),
+                        }],
                         success: vec![
-                            OpCmd::Put(PutCmd { key: a.clone(), value: b"ta".to_vec(), ..Default::default() }),
-                            OpCmd::Range(RangeCmd { key: a.clone(), ..Default::default() }),
-                            OpCmd::Put(PutCmd { key: b.clone(), value: b"tb".to_vec(), ..Default::default() }),
+                            OpCmd::Put(PutCmd {
+                                key: a.clone(),
+                                value: b"ta".to_vec(),
+                                ..Default::default()
+                            }),
+                            OpCmd::Range(RangeCmd {
+                                key: a.clone(),
+                                ..Default::default()
+                            }),
+                            OpCmd::Put(PutCmd {
+                                key: b.clone(),
+                                value: b"tb".to_vec(),
+                                ..Default::default()
+                            }),
                         ],
-                        failure: vec![OpCmd::DeleteRange(DeleteRangeCmd { key: c.clone(), ..Default::default() })],
+                        failure: vec![OpCmd::DeleteRange(DeleteRangeCmd {
+                            key: c.clone(),
+                            ..Default::default()
+                        })],
                     });
                     let ok = model.state().get(&k).map_or(0, |e| e.3) == n;
-                    let CommandResponse::Txn(t) = apply(&mut store, &cmd).unwrap() else { panic!() };
+                    let CommandResponse::Txn(t) = apply(&mut store, &cmd).unwrap() else {
+                        panic!()
+                    };
                     assert_eq!(t.succeeded, ok);
                     if ok {
                         model_put(&mut next, &a, b"ta", rev);
                         model_put(&mut next, &b, b"tb", rev);
                         changed = true;
                         // The range inside the txn saw the put before it.
-                        let Some(keel_proto::etcdserverpb::response_op::Response::ResponseRange(r)) = &t.responses[1].response else { panic!() };
+                        let Some(keel_proto::etcdserverpb::response_op::Response::ResponseRange(r)) =
+                            &t.responses[1].response
+                        else {
+                            panic!()
+                        };
                         assert_eq!(&r.kvs[0].value[..], b"ta");
                     } else {
                         changed = next.remove(&c).is_some();
                     }
-                    assert_eq!(t.header.unwrap().revision, if changed { rev } else { rev - 1 });
+                    assert_eq!(
+                        t.header.unwrap().revision,
+                        if changed { rev } else { rev - 1 }
+                    );
                 }
                 _ => {
                     let at = rng.gen_range(-1..=model.current() + 1);
-                    let got = apply(&mut store, &Command::Compact(CompactCmd { revision: at, physical: false }));
+                    let got = apply(
+                        &mut store,
+                        &Command::Compact(CompactCmd {
+                            revision: at,
+                            physical: false,
+                        }),
+                    );
                     if at <= model.compact {
                         assert_eq!(got, Err(MvccError::Compacted));
                     } else if at > model.current() {
@@ -183,14 +253,27 @@ fn random_operations_match_the_model() {
             if changed {
                 model.history.push(next);
             }
-            assert_eq!(store.current_rev(), model.current(), "seed {seed} step {step}");
+            assert_eq!(
+                store.current_rev(),
+                model.current(),
+                "seed {seed} step {step}"
+            );
             assert_eq!(store.live_keys() as usize, model.state().len());
             check_reads(&store, &model, &mut rng);
             if step % 97 == 96 {
                 // Restart from a snapshot: the restored store answers the same.
                 let mut buf = Vec::new();
-                write_snapshot(&mut buf, b"", store.current_rev(), store.compact_rev(), &store.view()).unwrap();
-                store = read_snapshot(&mut &buf[..], std::path::Path::new("mem")).unwrap().1;
+                write_snapshot(
+                    &mut buf,
+                    b"",
+                    store.current_rev(),
+                    store.compact_rev(),
+                    &store.view(),
+                )
+                .unwrap();
+                store = read_snapshot(&mut &buf[..], std::path::Path::new("mem"))
+                    .unwrap()
+                    .1;
                 check_reads(&store, &model, &mut rng);
             }
         }

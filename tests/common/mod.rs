@@ -14,7 +14,11 @@ use std::time::{Duration, Instant};
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub struct Server {
@@ -30,7 +34,10 @@ pub struct Server {
 pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
     let status = out
@@ -38,7 +45,10 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
@@ -78,7 +88,11 @@ impl Server {
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
         let child = self
             .command()
             .stdout(log.try_clone().unwrap())
@@ -101,9 +115,16 @@ impl Server {
                 }
             }
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
-                panic!("keel exited with {status} during start-up:\n{}", self.logs());
+                panic!(
+                    "keel exited with {status} during start-up:\n{}",
+                    self.logs()
+                );
             }
-            assert!(Instant::now() < deadline, "keel not healthy within {START_TIMEOUT:?}:\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "keel not healthy within {START_TIMEOUT:?}:\n{}",
+                self.logs()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -126,8 +147,7 @@ impl Server {
     /// bounded time; returns (exit code, combined output).
     pub fn start_expect_exit(&mut self) -> (Option<i32>, String) {
         self.kill9();
-        let out = run_to_exit(self.command(), Duration::from_secs(30));
-        out
+        run_to_exit(self.command(), Duration::from_secs(30))
     }
 
     pub fn wal_dir(&self) -> PathBuf {
@@ -135,19 +155,35 @@ impl Server {
     }
 
     pub async fn client(&self) -> etcd_client::Client {
-        etcd_client::Client::connect([self.endpoint()], None).await.expect("connect")
+        etcd_client::Client::connect([self.endpoint()], None)
+            .await
+            .expect("connect")
     }
 }
 
 /// Runs a command that should exit by itself; kills it after `limit`.
 pub fn run_to_exit(mut cmd: Command, limit: Duration) -> (Option<i32>, String) {
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let deadline = Instant::now() + limit;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
             let mut out = String::new();
-            child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-            child.stderr.take().unwrap().read_to_string(&mut out).unwrap();
+            child
+                .stdout
+                .take()
+                .unwrap()
+                .read_to_string(&mut out)
+                .unwrap();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut out)
+                .unwrap();
             return (status.code(), out);
         }
         if Instant::now() > deadline {

@@ -59,7 +59,12 @@ where
                     buf.extend_from_slice(&data);
                 }
             }
-            Some(Err(e)) => return Err(Status::new(Code::Internal, format!("grpc: error reading request: {e}"))),
+            Some(Err(e)) => {
+                return Err(Status::new(
+                    Code::Internal,
+                    format!("grpc: error reading request: {e}"),
+                ))
+            }
             None => {
                 return Err(Status::new(
                     Code::Internal,
@@ -72,7 +77,12 @@ where
 
 /// Decodes a request message with grpc-go's error for malformed input.
 pub fn decode<M: prost::Message + Default>(bytes: Bytes) -> Result<M, Status> {
-    M::decode(bytes).map_err(|e| Status::new(Code::Internal, format!("grpc: error unmarshalling request: {e}")))
+    M::decode(bytes).map_err(|e| {
+        Status::new(
+            Code::Internal,
+            format!("grpc: error unmarshalling request: {e}"),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -108,10 +118,19 @@ mod tests {
         big.extend_from_slice(&[1, 2, 3]);
         let e = block_on(read_unary(Full::new(Bytes::from(big)), 100)).unwrap_err();
         assert_eq!(e.code, Code::ResourceExhausted);
-        assert_eq!(e.message, "grpc: received message larger than max (4096 vs. 100)");
-        let e = block_on(read_unary(Full::new(Bytes::from_static(&[0, 0, 0, 0, 9, 1])), 100)).unwrap_err();
+        assert_eq!(
+            e.message,
+            "grpc: received message larger than max (4096 vs. 100)"
+        );
+        let e = block_on(read_unary(
+            Full::new(Bytes::from_static(&[0, 0, 0, 0, 9, 1])),
+            100,
+        ))
+        .unwrap_err();
         assert_eq!(e.code, Code::Internal);
-        let e = decode::<keel_proto::etcdserverpb::PutRequest>(Bytes::from_static(&[0x0a, 0xff, 0xff])).unwrap_err();
+        let e =
+            decode::<keel_proto::etcdserverpb::PutRequest>(Bytes::from_static(&[0x0a, 0xff, 0xff]))
+                .unwrap_err();
         assert_eq!(e.code, Code::Internal);
         assert!(e.message.starts_with("grpc: error unmarshalling request"));
     }

@@ -64,7 +64,11 @@ impl<S: AsyncRead + Unpin> hyper::rt::Read for HyperIo<S> {
 }
 
 impl<S: AsyncWrite + Unpin> hyper::rt::Write for HyperIo<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 

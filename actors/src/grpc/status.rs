@@ -77,10 +77,16 @@ impl Status {
         Status::new(Code::InvalidArgument, "etcdserver: lease is provided")
     }
     pub fn too_many_ops() -> Status {
-        Status::new(Code::InvalidArgument, "etcdserver: too many operations in txn request")
+        Status::new(
+            Code::InvalidArgument,
+            "etcdserver: too many operations in txn request",
+        )
     }
     pub fn duplicate_key() -> Status {
-        Status::new(Code::InvalidArgument, "etcdserver: duplicate key given in txn request")
+        Status::new(
+            Code::InvalidArgument,
+            "etcdserver: duplicate key given in txn request",
+        )
     }
     pub fn invalid_sort_option() -> Status {
         Status::new(Code::InvalidArgument, "etcdserver: invalid sort option")
@@ -89,10 +95,16 @@ impl Status {
         Status::new(Code::InvalidArgument, "etcdserver: request is too large")
     }
     pub fn compacted() -> Status {
-        Status::new(Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted")
+        Status::new(
+            Code::OutOfRange,
+            "etcdserver: mvcc: required revision has been compacted",
+        )
     }
     pub fn future_rev() -> Status {
-        Status::new(Code::OutOfRange, "etcdserver: mvcc: required revision is a future revision")
+        Status::new(
+            Code::OutOfRange,
+            "etcdserver: mvcc: required revision is a future revision",
+        )
     }
     pub fn lease_not_found() -> Status {
         Status::new(Code::NotFound, "etcdserver: requested lease not found")

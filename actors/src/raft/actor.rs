@@ -21,9 +21,17 @@ pub const READ_BATCH_MAX: usize = 4096;
 pub const READ_QUEUE: usize = 16_384;
 
 pub enum RaftRequest {
-    Propose { command: Bytes, reply: ReplyTx },
-    LinearizableRange { req: pb::RangeRequest, reply: RangeReply },
-    Status { reply: oneshot::Sender<RaftStatus> },
+    Propose {
+        command: Bytes,
+        reply: ReplyTx,
+    },
+    LinearizableRange {
+        req: pb::RangeRequest,
+        reply: RangeReply,
+    },
+    Status {
+        reply: oneshot::Sender<RaftStatus>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -53,7 +61,11 @@ pub async fn run(raft: Raft, mvcc: mpsc::Sender<MvccMsg>, mut rx: mpsc::Receiver
             RaftRequest::Propose { command, reply } => {
                 // On failure openraft drops the proposal, and with it the
                 // reply channel: the waiter sees the group stopped.
-                if raft.client_write_ff(Proposal::new(command, reply)).await.is_err() {
+                if raft
+                    .client_write_ff(Proposal::new(command, reply))
+                    .await
+                    .is_err()
+                {
                     metrics().proposals_failed.inc();
                 }
             }
@@ -70,7 +82,11 @@ pub async fn run(raft: Raft, mvcc: mpsc::Sender<MvccMsg>, mut rx: mpsc::Receiver
     }
 }
 
-async fn read_index_rounds(raft: Raft, mvcc: mpsc::Sender<MvccMsg>, mut rx: mpsc::Receiver<(pb::RangeRequest, RangeReply)>) {
+async fn read_index_rounds(
+    raft: Raft,
+    mvcc: mpsc::Sender<MvccMsg>,
+    mut rx: mpsc::Receiver<(pb::RangeRequest, RangeReply)>,
+) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < READ_BATCH_MAX {
@@ -83,7 +99,14 @@ async fn read_index_rounds(raft: Raft, mvcc: mpsc::Sender<MvccMsg>, mut rx: mpsc
             Ok((read_log_id, _)) => {
                 let min_applied = read_log_id.map_or(0, |l| l.index);
                 for (req, reply) in batch {
-                    if let Err(e) = mvcc.send(MvccMsg::Range { req, min_applied, reply }).await {
+                    if let Err(e) = mvcc
+                        .send(MvccMsg::Range {
+                            req,
+                            min_applied,
+                            reply,
+                        })
+                        .await
+                    {
                         if let MvccMsg::Range { reply, .. } = e.0 {
                             let _ = reply.send(Err(ReadError::NoLeader));
                         }

@@ -76,16 +76,24 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
     fn u32(&mut self) -> Result<u32, String> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
     fn u64(&mut self) -> Result<u64, String> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
     fn log_id(&mut self) -> Result<LogId, String> {
         let term = self.u64()?;
         let leader = self.u64()?;
         let index = self.u64()?;
-        Ok(log_id_from(&LogIdRecord { term, leader, index }))
+        Ok(log_id_from(&LogIdRecord {
+            term,
+            leader,
+            index,
+        }))
     }
     fn membership(&mut self) -> Result<Membership, String> {
         let n_configs = self.u32()?;
@@ -151,10 +159,26 @@ mod tests {
     #[test]
     fn snapshot_meta_round_trips() {
         let mut nodes = BTreeMap::new();
-        nodes.insert(7u64, Node { addr: "http://127.0.0.1:2380".into() });
+        nodes.insert(
+            7u64,
+            Node {
+                addr: "http://127.0.0.1:2380".into(),
+            },
+        );
         let m = Membership::new(vec![BTreeSet::from([7u64])], nodes);
-        let id = log_id_from(&LogIdRecord { term: 3, leader: 7, index: 99 });
-        let sm = StoredMembership::new(Some(log_id_from(&LogIdRecord { term: 1, leader: 7, index: 1 })), m);
+        let id = log_id_from(&LogIdRecord {
+            term: 3,
+            leader: 7,
+            index: 99,
+        });
+        let sm = StoredMembership::new(
+            Some(log_id_from(&LogIdRecord {
+                term: 1,
+                leader: 7,
+                index: 1,
+            })),
+            m,
+        );
         let bytes = encode_snapshot_meta(Some(&id), &sm);
         let (applied, back) = decode_snapshot_meta(&bytes).unwrap();
         assert_eq!(applied, Some(id));

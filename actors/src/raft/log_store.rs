@@ -21,7 +21,9 @@ use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{EntryPayload, LogState, RaftLogReader, StorageIOError};
 use tokio::sync::{mpsc, oneshot};
 
-use super::codec::{decode_membership, encode_membership, log_id_from, log_id_record, vote_from, vote_record};
+use super::codec::{
+    decode_membership, encode_membership, log_id_from, log_id_record, vote_from, vote_record,
+};
 use super::types::{Entry, LogId, Proposal, StorageError, TypeConfig, Vote};
 use crate::wal_writer::{WalCmd, WalEntry};
 
@@ -61,7 +63,12 @@ fn entry_from_record(r: EntryRecord) -> Result<Entry, String> {
         PAYLOAD_BLANK => EntryPayload::Blank,
         PAYLOAD_NORMAL => EntryPayload::Normal(Proposal::from_log(aligned_bytes(&r.payload))),
         PAYLOAD_MEMBERSHIP => EntryPayload::Membership(decode_membership(&r.payload)?),
-        k => return Err(format!("unknown entry payload kind {k} at index {}", log_id.index)),
+        k => {
+            return Err(format!(
+                "unknown entry payload kind {k} at index {}",
+                log_id.index
+            ))
+        }
     };
     Ok(Entry { log_id, payload })
 }
@@ -124,7 +131,10 @@ fn wal_gone() -> StorageError {
 
 impl LogStore {
     /// Builds the log from what WAL recovery found.
-    pub fn from_recovered(r: &mut Recovered, wal: mpsc::Sender<WalCmd>) -> Result<LogStore, String> {
+    pub fn from_recovered(
+        r: &mut Recovered,
+        wal: mpsc::Sender<WalCmd>,
+    ) -> Result<LogStore, String> {
         let mut cache = LogCache {
             purged: r.purged.as_ref().map(log_id_from),
             entries: VecDeque::with_capacity(r.entries.len()),
@@ -149,7 +159,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        LogReader(self.cache.clone()).try_get_log_entries(range).await
+        LogReader(self.cache.clone())
+            .try_get_log_entries(range)
+            .await
     }
 }
 
@@ -191,7 +203,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.vote)
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry>,
     {
@@ -213,17 +229,28 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         {
             let mut c = self.cache.borrow_mut();
-            while c.entries.back().is_some_and(|e| e.log_id.index >= log_id.index) {
+            while c
+                .entries
+                .back()
+                .is_some_and(|e| e.log_id.index >= log_id.index)
+            {
                 c.entries.pop_back();
             }
         }
-        self.send(WalCmd::Truncate { index: log_id.index }).await
+        self.send(WalCmd::Truncate {
+            index: log_id.index,
+        })
+        .await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         {
             let mut c = self.cache.borrow_mut();
-            while c.entries.front().is_some_and(|e| e.log_id.index <= log_id.index) {
+            while c
+                .entries
+                .front()
+                .is_some_and(|e| e.log_id.index <= log_id.index)
+            {
                 c.entries.pop_front();
             }
             c.purged = Some(log_id);

@@ -6,9 +6,13 @@
 
 use std::future::Future;
 
-use openraft::error::{Fatal, NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::error::{
+    Fatal, NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
 use openraft::storage::Snapshot;
 
 use super::types::{Node, NodeId, TypeConfig, Vote};
@@ -16,7 +20,9 @@ use super::types::{Node, NodeId, TypeConfig, Vote};
 pub struct NoPeers;
 
 fn unreachable() -> Unreachable {
-    Unreachable::new(&std::io::Error::other("no peer transport: this keel runs single-member raft groups"))
+    Unreachable::new(&std::io::Error::other(
+        "no peer transport: this keel runs single-member raft groups",
+    ))
 }
 
 impl RaftNetworkFactory<TypeConfig> for NoPeers {
@@ -51,8 +57,8 @@ impl RaftNetwork<TypeConfig> for NoPeers {
         _cancel: impl Future<Output = ReplicationClosed> + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
-        Err(StreamingError::Network(NetworkError::new(&std::io::Error::other(
-            "no peer transport: this keel runs single-member raft groups",
-        ))))
+        Err(StreamingError::Network(NetworkError::new(
+            &std::io::Error::other("no peer transport: this keel runs single-member raft groups"),
+        )))
     }
 }

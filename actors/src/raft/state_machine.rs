@@ -16,7 +16,10 @@ use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use tokio::sync::{mpsc, oneshot};
 
 use super::codec::{decode_snapshot_meta, encode_snapshot_meta};
-use super::types::{AppliedResult, Entry, LogId, SnapshotFile, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use super::types::{
+    AppliedResult, Entry, LogId, SnapshotFile, SnapshotMeta, StorageError, StoredMembership,
+    TypeConfig,
+};
 use crate::metrics::metrics;
 use crate::mvcc_actor::{ApplyEntry, ApplyPayload, MvccMsg, SnapshotView};
 
@@ -33,12 +36,18 @@ fn sm_err(what: &str) -> StorageError {
 }
 
 fn snapshot_id(applied: Option<&LogId>) -> String {
-    applied.map_or("0-0".to_string(), |l| format!("{}-{}", l.leader_id.term, l.index))
+    applied.map_or("0-0".to_string(), |l| {
+        format!("{}-{}", l.leader_id.term, l.index)
+    })
 }
 
 impl StateMachine {
     /// `loaded` is the snapshot the store was restored from at start-up.
-    pub fn new(mvcc: mpsc::Sender<MvccMsg>, snap_dir: PathBuf, loaded: Option<(SnapshotMeta, PathBuf)>) -> StateMachine {
+    pub fn new(
+        mvcc: mpsc::Sender<MvccMsg>,
+        snap_dir: PathBuf,
+        loaded: Option<(SnapshotMeta, PathBuf)>,
+    ) -> StateMachine {
         StateMachine {
             mvcc,
             snap_dir,
@@ -46,9 +55,15 @@ impl StateMachine {
         }
     }
 
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> MvccMsg) -> Result<T, StorageError> {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> MvccMsg,
+    ) -> Result<T, StorageError> {
         let (tx, rx) = oneshot::channel();
-        self.mvcc.send(make(tx)).await.map_err(|_| sm_err("MVCC actor stopped"))?;
+        self.mvcc
+            .send(make(tx))
+            .await
+            .map_err(|_| sm_err("MVCC actor stopped"))?;
         rx.await.map_err(|_| sm_err("MVCC actor stopped"))
     }
 }
@@ -78,10 +93,14 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let index = applied.map_or(0, |l| l.index);
         let started = Instant::now();
         let (path, size) = glommio::executor()
-            .spawn_blocking(move || save_snapshot_file(&dir, index, &app, current_rev, compact_rev, &view))
+            .spawn_blocking(move || {
+                save_snapshot_file(&dir, index, &app, current_rev, compact_rev, &view)
+            })
             .await
             .map_err(|e| StorageError::from(StorageIOError::write_snapshot(None, &e)))?;
-        metrics().snapshot_save_seconds.observe(started.elapsed().as_secs_f64());
+        metrics()
+            .snapshot_save_seconds
+            .observe(started.elapsed().as_secs_f64());
         tracing::info!(path = %path.display(), size, index, "snapshot saved");
         let meta = SnapshotMeta {
             last_log_id: applied,
@@ -120,7 +139,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .collect();
         let n = entries.len();
         let result = self.ask(|reply| MvccMsg::Apply { entries, reply }).await?;
-        let results = result.map_err(|e| StorageError::from(StorageIOError::apply(openraft::LogId::default(), &std::io::Error::other(e))))?;
+        let results = result.map_err(|e| {
+            StorageError::from(StorageIOError::apply(
+                openraft::LogId::default(),
+                &std::io::Error::other(e),
+            ))
+        })?;
         debug_assert_eq!(results.len(), n);
         Ok(results)
     }
@@ -139,14 +163,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<SnapshotFile>) -> Result<(), StorageError> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<SnapshotFile>,
+    ) -> Result<(), StorageError> {
         let index = meta.last_log_id.map_or(0, |l| l.index);
         let dir = self.snap_dir.clone();
         let from = snapshot.path.clone();
         let loaded = glommio::executor()
             .spawn_blocking(move || -> Result<_, String> {
                 let f = std::fs::File::open(&from).map_err(|e| e.to_string())?;
-                let (app, store) = read_snapshot(&mut std::io::BufReader::new(f), &from).map_err(|e| e.to_string())?;
+                let (app, store) = read_snapshot(&mut std::io::BufReader::new(f), &from)
+                    .map_err(|e| e.to_string())?;
                 let path = dir.join(snapshot_file_name(index));
                 if from != path {
                     std::fs::rename(&from, &path).map_err(|e| e.to_string())?;

@@ -69,7 +69,10 @@ impl Proposal {
 
     /// A proposal read back from the log: the reply went with the original.
     pub fn from_log(command: Bytes) -> Proposal {
-        Proposal { command, reply: None }
+        Proposal {
+            command,
+            reply: None,
+        }
     }
 }
 
@@ -109,10 +112,14 @@ impl Responder<TypeConfig> for ReplyResponder {
         let Some(tx) = self.0 else { return };
         let reply = match result {
             Ok(resp) => Ok(resp.data),
-            Err(openraft::error::ClientWriteError::ForwardToLeader(f)) => Err(ProposeError::NotLeader {
-                leader: f.leader_id,
-            }),
-            Err(openraft::error::ClientWriteError::ChangeMembershipError(_)) => Err(ProposeError::Stopped),
+            Err(openraft::error::ClientWriteError::ForwardToLeader(f)) => {
+                Err(ProposeError::NotLeader {
+                    leader: f.leader_id,
+                })
+            }
+            Err(openraft::error::ClientWriteError::ChangeMembershipError(_)) => {
+                Err(ProposeError::Stopped)
+            }
         };
         // The waiter may have given up (client gone); nothing to do then.
         let _ = tx.send(reply);

@@ -37,21 +37,36 @@ async fn healthy(ctx: &ServerCtx) -> bool {
 
 pub async fn handle<B>(req: http::Request<B>, ctx: &ServerCtx) -> Response<ResponseBody> {
     match req.uri().path() {
-        "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4", metrics().render()),
+        "/metrics" => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            metrics().render(),
+        ),
         "/health" | "/readyz" => {
             let ok = healthy(ctx).await;
-            let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            let code = if ok {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
             if req.uri().path() == "/readyz" {
                 return reply(code, "text/plain", if ok { "ok" } else { "not ready" });
             }
-            let body = if ok { r#"{"health":"true"}"# } else { r#"{"health":"false"}"# };
+            let body = if ok {
+                r#"{"health":"true"}"#
+            } else {
+                r#"{"health":"false"}"#
+            };
             reply(code, "application/json", body)
         }
         "/livez" => reply(StatusCode::OK, "text/plain", "ok"),
         "/version" => reply(
             StatusCode::OK,
             "application/json",
-            format!(r#"{{"etcdserver":"{v}","etcdcluster":"{v}"}}"#, v = crate::API_VERSION),
+            format!(
+                r#"{{"etcdserver":"{v}","etcdcluster":"{v}"}}"#,
+                v = crate::API_VERSION
+            ),
         ),
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "404 page not found\n"),
     }

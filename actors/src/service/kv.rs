@@ -114,7 +114,9 @@ fn check_intervals(ops: &[pb::RequestOp]) -> Result<(HashSet<Bytes>, Vec<Interva
         .collect();
     let mut puts: HashSet<Bytes> = HashSet::new();
     for op in ops {
-        let Some(Request::RequestTxn(t)) = &op.request else { continue };
+        let Some(Request::RequestTxn(t)) = &op.request else {
+            continue;
+        };
         let (puts_then, dels_then) = check_intervals(&t.success)?;
         let (puts_else, dels_else) = check_intervals(&t.failure)?;
         for k in &puts_then {
@@ -136,7 +138,9 @@ fn check_intervals(ops: &[pb::RequestOp]) -> Result<(HashSet<Bytes>, Vec<Interva
         dels.extend(dels_else);
     }
     for op in ops {
-        let Some(Request::RequestPut(p)) = &op.request else { continue };
+        let Some(Request::RequestPut(p)) = &op.request else {
+            continue;
+        };
         if puts.contains(&p.key) || dels.iter().any(|d| d.contains(&p.key)) {
             return Err(Status::duplicate_key());
         }
@@ -154,14 +158,21 @@ pub fn validate_txn(t: &pb::TxnRequest, max_ops: usize) -> Result<(), Status> {
 }
 
 /// Waits for `fut`, or fails with etcd's timeout after `timeout`.
-pub async fn with_timeout<T>(timeout: std::time::Duration, fut: impl Future<Output = T>) -> Result<T, Status> {
+pub async fn with_timeout<T>(
+    timeout: std::time::Duration,
+    fut: impl Future<Output = T>,
+) -> Result<T, Status> {
     glommio::timer::timeout(timeout, async { Ok(fut.await) })
         .await
         .map_err(|_| Status::timeout())
 }
 
 /// Proposes a command and waits until it is applied.
-pub async fn propose(ctx: &ServerCtx, cmd: Command, request_bytes: usize) -> Result<CommandResponse, Status> {
+pub async fn propose(
+    ctx: &ServerCtx,
+    cmd: Command,
+    request_bytes: usize,
+) -> Result<CommandResponse, Status> {
     if request_bytes > ctx.cfg.max_request_bytes {
         return Err(Status::request_too_large());
     }
@@ -175,7 +186,10 @@ pub async fn propose(ctx: &ServerCtx, cmd: Command, request_bytes: usize) -> Res
         Err(_) => Err(Status::stopped()),
         Ok(Err(ProposeError::NotLeader { .. })) => Err(Status::no_leader()),
         Ok(Err(ProposeError::Stopped)) => Err(Status::stopped()),
-        Ok(Ok(None)) => Err(Status::new(crate::grpc::status::Code::Internal, "entry produced no result")),
+        Ok(Ok(None)) => Err(Status::new(
+            crate::grpc::status::Code::Internal,
+            "entry produced no result",
+        )),
         Ok(Ok(Some(outcome))) => outcome.map_err(Status::from),
     }
 }
@@ -217,7 +231,11 @@ pub async fn range(ctx: &ServerCtx, req: pb::RangeRequest) -> Result<pb::RangeRe
     read(ctx, req).await
 }
 
-pub async fn put(ctx: &ServerCtx, req: pb::PutRequest, len: usize) -> Result<pb::PutResponse, Status> {
+pub async fn put(
+    ctx: &ServerCtx,
+    req: pb::PutRequest,
+    len: usize,
+) -> Result<pb::PutResponse, Status> {
     check_put(&req)?;
     match propose(ctx, Command::Put(PutCmd::from(req)), len).await? {
         CommandResponse::Put(r) => Ok(r),
@@ -225,7 +243,11 @@ pub async fn put(ctx: &ServerCtx, req: pb::PutRequest, len: usize) -> Result<pb:
     }
 }
 
-pub async fn delete_range(ctx: &ServerCtx, req: pb::DeleteRangeRequest, len: usize) -> Result<pb::DeleteRangeResponse, Status> {
+pub async fn delete_range(
+    ctx: &ServerCtx,
+    req: pb::DeleteRangeRequest,
+    len: usize,
+) -> Result<pb::DeleteRangeResponse, Status> {
     check_delete(&req)?;
     match propose(ctx, Command::DeleteRange(DeleteRangeCmd::from(req)), len).await? {
         CommandResponse::DeleteRange(r) => Ok(r),
@@ -233,7 +255,11 @@ pub async fn delete_range(ctx: &ServerCtx, req: pb::DeleteRangeRequest, len: usi
     }
 }
 
-pub async fn txn(ctx: &ServerCtx, req: pb::TxnRequest, len: usize) -> Result<pb::TxnResponse, Status> {
+pub async fn txn(
+    ctx: &ServerCtx,
+    req: pb::TxnRequest,
+    len: usize,
+) -> Result<pb::TxnResponse, Status> {
     validate_txn(&req, ctx.cfg.max_txn_ops)?;
     match propose(ctx, Command::Txn(TxnCmd::from(req)), len).await? {
         CommandResponse::Txn(r) => Ok(r),
@@ -241,7 +267,11 @@ pub async fn txn(ctx: &ServerCtx, req: pb::TxnRequest, len: usize) -> Result<pb:
     }
 }
 
-pub async fn compact(ctx: &ServerCtx, req: pb::CompactionRequest, len: usize) -> Result<pb::CompactionResponse, Status> {
+pub async fn compact(
+    ctx: &ServerCtx,
+    req: pb::CompactionRequest,
+    len: usize,
+) -> Result<pb::CompactionResponse, Status> {
     match propose(ctx, Command::Compact(CompactCmd::from(req)), len).await? {
         CommandResponse::Compact(r) => Ok(r),
         _ => Err(mismatch()),
@@ -249,7 +279,10 @@ pub async fn compact(ctx: &ServerCtx, req: pb::CompactionRequest, len: usize) ->
 }
 
 fn mismatch() -> Status {
-    Status::new(crate::grpc::status::Code::Internal, "response does not match the request")
+    Status::new(
+        crate::grpc::status::Code::Internal,
+        "response does not match the request",
+    )
 }
 
 #[cfg(test)]
@@ -292,9 +325,18 @@ mod tests {
 
     #[test]
     fn duplicate_puts_and_put_in_deleted_range() {
-        assert_eq!(validate_txn(&txn(vec![put("a"), put("a")], vec![]), 128), Err(Status::duplicate_key()));
-        assert_eq!(validate_txn(&txn(vec![del("a", "c"), put("b")], vec![]), 128), Err(Status::duplicate_key()));
-        assert_eq!(validate_txn(&txn(vec![del("a", ""), put("a")], vec![]), 128), Err(Status::duplicate_key()));
+        assert_eq!(
+            validate_txn(&txn(vec![put("a"), put("a")], vec![]), 128),
+            Err(Status::duplicate_key())
+        );
+        assert_eq!(
+            validate_txn(&txn(vec![del("a", "c"), put("b")], vec![]), 128),
+            Err(Status::duplicate_key())
+        );
+        assert_eq!(
+            validate_txn(&txn(vec![del("a", ""), put("a")], vec![]), 128),
+            Err(Status::duplicate_key())
+        );
         assert!(validate_txn(&txn(vec![del("a", ""), put("b")], vec![]), 128).is_ok());
         // Success and failure branches are checked separately.
         assert!(validate_txn(&txn(vec![put("a")], vec![put("a")]), 128).is_ok());
@@ -305,15 +347,25 @@ mod tests {
     #[test]
     fn nesting_rules() {
         // A nested txn's branches may put the same key.
-        assert!(validate_txn(&txn(vec![nested(vec![put("a")], vec![put("a")])], vec![]), 128).is_ok());
+        assert!(validate_txn(
+            &txn(vec![nested(vec![put("a")], vec![put("a")])], vec![]),
+            128
+        )
+        .is_ok());
         // But not one the outer level also puts.
         assert_eq!(
-            validate_txn(&txn(vec![nested(vec![put("a")], vec![]), put("a")], vec![]), 128),
+            validate_txn(
+                &txn(vec![nested(vec![put("a")], vec![]), put("a")], vec![]),
+                128
+            ),
             Err(Status::duplicate_key())
         );
         // Nor one an outer delete covers.
         assert_eq!(
-            validate_txn(&txn(vec![del("a", "z"), nested(vec![], vec![put("b")])], vec![]), 128),
+            validate_txn(
+                &txn(vec![del("a", "z"), nested(vec![], vec![put("b")])], vec![]),
+                128
+            ),
             Err(Status::duplicate_key())
         );
     }
@@ -321,12 +373,18 @@ mod tests {
     #[test]
     fn op_limits_and_empty_parts() {
         let ops: Vec<_> = (0..129).map(|i| put(&format!("k{i}"))).collect();
-        assert_eq!(validate_txn(&txn(ops, vec![]), 128), Err(Status::too_many_ops()));
+        assert_eq!(
+            validate_txn(&txn(ops, vec![]), 128),
+            Err(Status::too_many_ops())
+        );
         assert_eq!(
             validate_txn(&txn(vec![pb::RequestOp { request: None }], vec![]), 128),
             Err(Status::key_not_found())
         );
-        assert_eq!(validate_txn(&txn(vec![put("")], vec![]), 128), Err(Status::empty_key()));
+        assert_eq!(
+            validate_txn(&txn(vec![put("")], vec![]), 128),
+            Err(Status::empty_key())
+        );
         let mut t = txn(vec![], vec![]);
         t.compare.push(pb::Compare::default());
         assert_eq!(validate_txn(&t, 128), Err(Status::empty_key()));

@@ -59,7 +59,10 @@ pub async fn status(ctx: &ServerCtx) -> Result<pb::StatusResponse, Status> {
 
 pub async fn alarm(ctx: &ServerCtx, req: pb::AlarmRequest) -> Result<pb::AlarmResponse, Status> {
     if req.action != pb::alarm_request::AlarmAction::Get as i32 {
-        return Err(Status::new(Code::Unimplemented, "keel: raising and clearing alarms is not implemented yet"));
+        return Err(Status::new(
+            Code::Unimplemented,
+            "keel: raising and clearing alarms is not implemented yet",
+        ));
     }
     let raft = ask_raft(ctx).await?;
     let mvcc = ask_mvcc(ctx).await?;
@@ -85,7 +88,10 @@ pub async fn member_list(ctx: &ServerCtx) -> Result<pb::MemberListResponse, Stat
     })
 }
 
-pub async fn health_check(ctx: &ServerCtx, req: health::HealthCheckRequest) -> Result<health::HealthCheckResponse, Status> {
+pub async fn health_check(
+    ctx: &ServerCtx,
+    req: health::HealthCheckRequest,
+) -> Result<health::HealthCheckResponse, Status> {
     use health::health_check_response::ServingStatus;
     if !req.service.is_empty() {
         return Err(Status::new(Code::NotFound, "unknown service"));
@@ -96,5 +102,7 @@ pub async fn health_check(ctx: &ServerCtx, req: health::HealthCheckRequest) -> R
     } else {
         ServingStatus::NotServing
     };
-    Ok(health::HealthCheckResponse { status: status as i32 })
+    Ok(health::HealthCheckResponse {
+        status: status as i32,
+    })
 }

@@ -109,7 +109,8 @@ impl KeyIndex {
         range: KeyRange<'s>,
         rev: i64,
     ) -> impl Iterator<Item = (&'s Bytes, &'s KeyVersion)> + 's {
-        let bounds: Option<(Bound<&[u8]>, Bound<&[u8]>)> = match range {
+        type Bounds<'b> = (Bound<&'b [u8]>, Bound<&'b [u8]>);
+        let bounds: Option<Bounds<'_>> = match range {
             KeyRange::Single(k) => Some((Bound::Included(k), Bound::Included(k))),
             KeyRange::From(k) => Some((Bound::Included(k), Bound::Unbounded)),
             KeyRange::Between(k, end) if end > k => {
@@ -216,13 +217,27 @@ mod tests {
         let mut ix = example();
         let mut kept = HashSet::new();
         ix.compact(5, &mut kept);
-        let revs: Vec<_> = ix.iter().next().unwrap().1.iter().map(|v| v.rev.main).collect();
+        let revs: Vec<_> = ix
+            .iter()
+            .next()
+            .unwrap()
+            .1
+            .iter()
+            .map(|v| v.rev.main)
+            .collect();
         assert_eq!(revs, vec![6]);
         assert!(kept.is_empty());
 
         let mut ix = example();
         ix.compact(3, &mut kept);
-        let revs: Vec<_> = ix.iter().next().unwrap().1.iter().map(|v| v.rev.main).collect();
+        let revs: Vec<_> = ix
+            .iter()
+            .next()
+            .unwrap()
+            .1
+            .iter()
+            .map(|v| v.rev.main)
+            .collect();
         assert_eq!(revs, vec![3, 4, 6]);
         assert!(kept.contains(&Revision { main: 3, sub: 0 }));
     }
@@ -249,7 +264,10 @@ mod tests {
         assert_eq!(keys(KeyRange::new(b"a", b"b")).len(), 2);
         assert_eq!(keys(KeyRange::new(b"ab", b"\0")).len(), 3);
         assert_eq!(keys(KeyRange::new(b"\0", b"\0")).len(), 4);
-        assert!(keys(KeyRange::new(b"c", b"a")).is_empty(), "inverted range is empty");
+        assert!(
+            keys(KeyRange::new(b"c", b"a")).is_empty(),
+            "inverted range is empty"
+        );
         assert!(keys(KeyRange::new(b"a", b"a")).is_empty());
         // Revision 3 sees only the first two puts.
         assert_eq!(ix.range(KeyRange::From(b"a"), 3).count(), 2);

@@ -60,7 +60,10 @@ impl LogView {
 
 impl RevisionLog {
     pub fn push(&mut self, e: Event) {
-        debug_assert!(self.last_rev().is_none_or(|r| r < e.rev()), "revisions ascend");
+        debug_assert!(
+            self.last_rev().is_none_or(|r| r < e.rev()),
+            "revisions ascend"
+        );
         self.open.push(e);
         if self.open.len() == CHUNK_EVENTS {
             let full = std::mem::replace(&mut self.open, Vec::with_capacity(CHUNK_EVENTS));
@@ -92,7 +95,10 @@ impl RevisionLog {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Event> {
-        self.sealed.iter().flat_map(|c| c.iter()).chain(self.open.iter())
+        self.sealed
+            .iter()
+            .flat_map(|c| c.iter())
+            .chain(self.open.iter())
     }
 
     /// Keeps only the events `keep` accepts, rebuilding the chunks.

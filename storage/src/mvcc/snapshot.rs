@@ -68,7 +68,13 @@ pub struct LoadedSnapshot {
 
 fn put_event(out: &mut Vec<u8>, e: &Event) {
     let kv = &e.kv;
-    for x in [kv.rev.main, kv.rev.sub, kv.create_revision, kv.version, kv.lease] {
+    for x in [
+        kv.rev.main,
+        kv.rev.sub,
+        kv.create_revision,
+        kv.version,
+        kv.lease,
+    ] {
         out.extend_from_slice(&x.to_le_bytes());
     }
     out.extend_from_slice(&(e.key.len() as u32).to_le_bytes());
@@ -191,13 +197,17 @@ pub fn read_snapshot(r: &mut impl Read, path: &Path) -> Result<(Vec<u8>, KvStore
         source,
     };
     let mut head = [0u8; 16];
-    r.read_exact(&mut head).map_err(|_| corrupt(0, "file shorter than its header"))?;
+    r.read_exact(&mut head)
+        .map_err(|_| corrupt(0, "file shorter than its header"))?;
     if head[0..8] != SNAPSHOT_MAGIC {
         return Err(corrupt(0, "not a keel snapshot (bad magic)"));
     }
     let version = u32::from_le_bytes(head[8..12].try_into().expect("4 bytes"));
     if version != SNAPSHOT_VERSION {
-        return Err(corrupt(8, &format!("snapshot version {version} is not {SNAPSHOT_VERSION}")));
+        return Err(corrupt(
+            8,
+            &format!("snapshot version {version} is not {SNAPSHOT_VERSION}"),
+        ));
     }
     offset += 16;
 
@@ -223,7 +233,10 @@ pub fn read_snapshot(r: &mut impl Read, path: &Path) -> Result<(Vec<u8>, KvStore
         if crc32c::crc32c(&body) != crc {
             return Err(corrupt(offset, "frame checksum mismatch"));
         }
-        let mut c = Cursor { b: &body[1..], at: 0 };
+        let mut c = Cursor {
+            b: &body[1..],
+            at: 0,
+        };
         match (body[0], &meta) {
             (KIND_META, None) => {
                 let parsed = (|| {
@@ -235,18 +248,25 @@ pub fn read_snapshot(r: &mut impl Read, path: &Path) -> Result<(Vec<u8>, KvStore
                 meta = Some(parsed.ok_or_else(|| corrupt(offset, "malformed meta frame"))?);
             }
             (KIND_EVENTS, Some(_)) => {
-                let n = c.u32().ok_or_else(|| corrupt(offset, "malformed events frame"))?;
+                let n = c
+                    .u32()
+                    .ok_or_else(|| corrupt(offset, "malformed events frame"))?;
                 for _ in 0..n {
-                    events.push(parse_event(&mut c).ok_or_else(|| corrupt(offset, "malformed event"))?);
+                    events.push(
+                        parse_event(&mut c).ok_or_else(|| corrupt(offset, "malformed event"))?,
+                    );
                 }
             }
             (KIND_END, Some(_)) => {
-                let total = c.u64().ok_or_else(|| corrupt(offset, "malformed end frame"))?;
+                let total = c
+                    .u64()
+                    .ok_or_else(|| corrupt(offset, "malformed end frame"))?;
                 if total != events.len() as u64 {
                     return Err(corrupt(offset, "event count does not match end frame"));
                 }
                 let (cur, compact, app) = meta.take().expect("matched Some");
-                let store = KvStore::restore(cur, compact, events).map_err(|e| corrupt(offset, &e))?;
+                let store =
+                    KvStore::restore(cur, compact, events).map_err(|e| corrupt(offset, &e))?;
                 return Ok((app, store));
             }
             (kind, _) => return Err(corrupt(offset, &format!("unexpected frame kind {kind}"))),
@@ -352,7 +372,11 @@ mod tests {
             if i % 11 == 5 {
                 t.delete_range(KeyRange::Single(format!("key{}", i % 13).as_bytes()));
             } else {
-                t.put(format!("key{}", i % 13).as_bytes(), Bytes::from(vec![b'x'; i % 700]), i as i64 % 3);
+                t.put(
+                    format!("key{}", i % 13).as_bytes(),
+                    Bytes::from(vec![b'x'; i % 700]),
+                    i as i64 % 3,
+                );
             }
             t.end();
         }
@@ -364,7 +388,14 @@ mod tests {
     fn round_trip_preserves_store_and_meta() {
         let s = sample();
         let mut buf = Vec::new();
-        write_snapshot(&mut buf, b"raft-meta", s.current_rev(), s.compact_rev(), &s.view()).unwrap();
+        write_snapshot(
+            &mut buf,
+            b"raft-meta",
+            s.current_rev(),
+            s.compact_rev(),
+            &s.view(),
+        )
+        .unwrap();
         let (meta, r) = read_snapshot(&mut &buf[..], Path::new("x")).unwrap();
         assert_eq!(meta, b"raft-meta");
         assert_eq!(r.current_rev(), s.current_rev());
@@ -381,16 +412,24 @@ mod tests {
         write_snapshot(&mut buf, b"m", s.current_rev(), s.compact_rev(), &s.view()).unwrap();
         // Truncation anywhere.
         for cut in [10, 20, buf.len() / 2, buf.len() - 1] {
-            assert!(read_snapshot(&mut &buf[..cut], Path::new("x")).is_err(), "cut {cut}");
+            assert!(
+                read_snapshot(&mut &buf[..cut], Path::new("x")).is_err(),
+                "cut {cut}"
+            );
         }
         // A flipped byte anywhere.
         let mut rng = 12345u64;
         for _ in 0..50 {
-            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let at = (rng >> 33) as usize % buf.len();
             let mut b = buf.clone();
             b[at] ^= 0x20;
-            assert!(read_snapshot(&mut &b[..], Path::new("x")).is_err(), "flip at {at}");
+            assert!(
+                read_snapshot(&mut &b[..], Path::new("x")).is_err(),
+                "flip at {at}"
+            );
         }
     }
 
@@ -399,10 +438,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = sample();
         for index in [10, 20, 30] {
-            save_snapshot_file(dir.path(), index, b"m", s.current_rev(), s.compact_rev(), &s.view()).unwrap();
+            save_snapshot_file(
+                dir.path(),
+                index,
+                b"m",
+                s.current_rev(),
+                s.compact_rev(),
+                &s.view(),
+            )
+            .unwrap();
         }
         fs::write(dir.path().join("0000000000000040.snap.tmp"), b"partial").unwrap();
-        let names: Vec<_> = snapshot_files(dir.path()).unwrap().into_iter().map(|(i, _)| i).collect();
+        let names: Vec<_> = snapshot_files(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|(i, _)| i)
+            .collect();
         assert_eq!(names, vec![20, 30]);
         let loaded = load_latest_snapshot(dir.path()).unwrap().unwrap();
         assert!(loaded.path.ends_with(snapshot_file_name(30)));

@@ -138,10 +138,16 @@ impl KvStore {
         let mut last = Revision::default();
         for e in events {
             if e.rev() <= last && last != Revision::default() {
-                return Err(format!("revision {:?} out of order after {last:?}", e.rev()));
+                return Err(format!(
+                    "revision {:?} out of order after {last:?}",
+                    e.rev()
+                ));
             }
             if e.rev().main > current_rev {
-                return Err(format!("revision {} beyond current {current_rev}", e.rev().main));
+                return Err(format!(
+                    "revision {} beyond current {current_rev}",
+                    e.rev().main
+                ));
             }
             last = e.rev();
             s.size_bytes += version_bytes(&e.key, &e.kv);
@@ -329,7 +335,11 @@ mod tests {
             if i % 7 == 3 {
                 t.delete_range(KeyRange::From(b"k1"));
             } else {
-                t.put(format!("k{}", i % 9).as_bytes(), Bytes::from(format!("v{i}")), 0);
+                t.put(
+                    format!("k{}", i % 9).as_bytes(),
+                    Bytes::from(format!("v{i}")),
+                    0,
+                );
             }
             t.end();
         }
@@ -338,8 +348,16 @@ mod tests {
         let r = KvStore::restore(s.current_rev(), s.compact_rev(), view.iter().cloned()).unwrap();
         assert_eq!(r.live_keys(), s.live_keys());
         assert_eq!(r.size_bytes(), s.size_bytes());
-        let a: Vec<_> = s.index().iter().map(|(k, v)| (k.clone(), v.to_vec())).collect();
-        let b: Vec<_> = r.index().iter().map(|(k, v)| (k.clone(), v.to_vec())).collect();
+        let a: Vec<_> = s
+            .index()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_vec()))
+            .collect();
+        let b: Vec<_> = r
+            .index()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_vec()))
+            .collect();
         assert_eq!(a, b);
     }
 }

@@ -112,7 +112,9 @@ impl KvStore {
         let fetch_limit = if fetch_all || args.limit <= 0 {
             usize::MAX
         } else {
-            usize::try_from(args.limit).unwrap_or(usize::MAX).saturating_add(1)
+            usize::try_from(args.limit)
+                .unwrap_or(usize::MAX)
+                .saturating_add(1)
         };
 
         let mut count = 0i64;
@@ -129,7 +131,8 @@ impl KvStore {
             kvs.retain(|(_, v)| {
                 !(args.max_mod_revision != 0 && v.rev.main > args.max_mod_revision
                     || args.min_mod_revision != 0 && v.rev.main < args.min_mod_revision
-                    || args.max_create_revision != 0 && v.create_revision > args.max_create_revision
+                    || args.max_create_revision != 0
+                        && v.create_revision > args.max_create_revision
                     || args.min_create_revision != 0
                         && v.create_revision < args.min_create_revision)
             });
@@ -138,13 +141,14 @@ impl KvStore {
             order = SortOrder::Ascend;
         }
         if order != SortOrder::None {
-            let cmp = |a: &(&bytes::Bytes, &KeyVersion), b: &(&bytes::Bytes, &KeyVersion)| match target {
-                SortTarget::Key => a.0.cmp(b.0),
-                SortTarget::Version => a.1.version.cmp(&b.1.version),
-                SortTarget::Create => a.1.create_revision.cmp(&b.1.create_revision),
-                SortTarget::Mod => a.1.rev.main.cmp(&b.1.rev.main),
-                SortTarget::Value => a.1.value.cmp(&b.1.value),
-            };
+            let cmp =
+                |a: &(&bytes::Bytes, &KeyVersion), b: &(&bytes::Bytes, &KeyVersion)| match target {
+                    SortTarget::Key => a.0.cmp(b.0),
+                    SortTarget::Version => a.1.version.cmp(&b.1.version),
+                    SortTarget::Create => a.1.create_revision.cmp(&b.1.create_revision),
+                    SortTarget::Mod => a.1.rev.main.cmp(&b.1.rev.main),
+                    SortTarget::Value => a.1.value.cmp(&b.1.value),
+                };
             match order {
                 SortOrder::Descend => kvs.sort_by(|a, b| cmp(b, a)),
                 _ => kvs.sort_by(cmp),
@@ -232,7 +236,11 @@ mod tests {
         };
         let r = s.range(&args, 5).unwrap();
         assert_eq!(&r.kvs[0].value[..], b"3");
-        assert_eq!(r.header.unwrap().revision, 5, "header carries the newest revision");
+        assert_eq!(
+            r.header.unwrap().revision,
+            5,
+            "header carries the newest revision"
+        );
         let args = RangeArgs {
             key: b"a",
             range_end: b"\0",

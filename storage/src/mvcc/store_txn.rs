@@ -72,7 +72,12 @@ fn share_or_copy(owner: &Bytes, part: &[u8]) -> Bytes {
 
 impl KvStore {
     /// Applies one command. `owner` is the buffer `cmd` was read from.
-    pub fn apply(&mut self, cmd: &ArchivedCommand, owner: &Bytes, leases: &dyn LeaseCheck) -> ApplyOutcome {
+    pub fn apply(
+        &mut self,
+        cmd: &ArchivedCommand,
+        owner: &Bytes,
+        leases: &dyn LeaseCheck,
+    ) -> ApplyOutcome {
         match cmd {
             ArchivedCommand::Put(p) => {
                 let lease = p.lease.to_native();
@@ -119,7 +124,11 @@ impl KvStore {
 
         let mut txn = self.begin_write();
         let (mut resp, _) = exec_txn(&mut txn, t, &path, owner);
-        let rev = if txn.changed() { txn.write_rev() } else { txn.read_rev() };
+        let rev = if txn.changed() {
+            txn.write_rev()
+        } else {
+            txn.read_rev()
+        };
         txn.end();
         resp.header = header(rev);
         Ok(resp)
@@ -133,10 +142,13 @@ fn key_exists(txn: &WriteTxn<'_>, key: &[u8]) -> bool {
 fn put(txn: &mut WriteTxn<'_>, p: &ArchivedPutCmd, owner: &Bytes) -> pb::PutResponse {
     let key = p.key.as_slice();
     let prev = if p.ignore_value || p.ignore_lease || p.prev_kv {
-        txn.store()
-            .index()
-            .get(key, txn.read_rev())
-            .map(|v| (v.value.clone(), v.lease, to_key_value(&Bytes::copy_from_slice(key), v)))
+        txn.store().index().get(key, txn.read_rev()).map(|v| {
+            (
+                v.value.clone(),
+                v.lease,
+                to_key_value(&Bytes::copy_from_slice(key), v),
+            )
+        })
     } else {
         None
     };
@@ -151,7 +163,11 @@ fn put(txn: &mut WriteTxn<'_>, p: &ArchivedPutCmd, owner: &Bytes) -> pb::PutResp
     let rev = txn.put(key, value, lease);
     pb::PutResponse {
         header: header(rev),
-        prev_kv: if p.prev_kv { prev.map(|(_, _, kv)| kv) } else { None },
+        prev_kv: if p.prev_kv {
+            prev.map(|(_, _, kv)| kv)
+        } else {
+            None
+        },
     }
 }
 
@@ -167,7 +183,11 @@ fn delete_range(txn: &mut WriteTxn<'_>, d: &ArchivedDeleteRangeCmd) -> pb::Delet
         Vec::new()
     };
     let deleted = txn.delete_range(range);
-    let rev = if txn.changed() { txn.write_rev() } else { txn.read_rev() };
+    let rev = if txn.changed() {
+        txn.write_rev()
+    } else {
+        txn.read_rev()
+    };
     pb::DeleteRangeResponse {
         header: header(rev),
         deleted,
@@ -227,7 +247,11 @@ struct CmpKv<'a> {
 }
 
 /// etcd's compareKV: the union is read only if its member matches the target.
-fn compare_kv(c: &ArchivedCompareCmd, target: Option<pb::compare::CompareTarget>, kv: &CmpKv<'_>) -> bool {
+fn compare_kv(
+    c: &ArchivedCompareCmd,
+    target: Option<pb::compare::CompareTarget>,
+    kv: &CmpKv<'_>,
+) -> bool {
     use pb::compare::{CompareResult as R, CompareTarget as T};
     use std::cmp::Ordering;
     let int = |want: fn(&ArchivedCompareValue) -> Option<i64>| want(&c.value).unwrap_or(0);
@@ -297,7 +321,12 @@ fn check_requests(
     Ok(walked)
 }
 
-fn check_put(store: &KvStore, rev: i64, op: &ArchivedOpCmd, leases: &dyn LeaseCheck) -> Result<(), MvccError> {
+fn check_put(
+    store: &KvStore,
+    rev: i64,
+    op: &ArchivedOpCmd,
+    leases: &dyn LeaseCheck,
+) -> Result<(), MvccError> {
     let ArchivedOpCmd::Put(p) = op else {
         return Ok(());
     };

@@ -38,8 +38,8 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 
 const _: () = assert!(RECORD_HEADER_BYTES <= RECORD_ALIGN);
-const _: () = assert!(SECTOR_BYTES % RECORD_ALIGN == 0);
-const _: () = assert!(BLOCK_BYTES % SECTOR_BYTES == 0);
+const _: () = assert!(SECTOR_BYTES.is_multiple_of(RECORD_ALIGN));
+const _: () = assert!(BLOCK_BYTES.is_multiple_of(SECTOR_BYTES));
 
 /// Why the WAL could not be opened.
 #[derive(Debug, thiserror::Error)]

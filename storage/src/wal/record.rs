@@ -264,7 +264,10 @@ mod tests {
         assert_eq!(crc32c::crc32c_append(99, b), crc);
         assert_eq!(decode_body(h.kind, b).unwrap(), body);
         assert_eq!(buf.len() % RECORD_ALIGN, 0);
-        assert!(buf[32 + h.body_len..].iter().all(|&x| x == 0), "padding is zero");
+        assert!(
+            buf[32 + h.body_len..].iter().all(|&x| x == 0),
+            "padding is zero"
+        );
     }
 
     #[test]

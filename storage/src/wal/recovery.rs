@@ -143,7 +143,10 @@ pub fn recover(dir: &Path) -> Result<Recovered, WalError> {
         if scan.header.seq != seq {
             return Err(corrupt(
                 16,
-                format!("header names segment {}, file name says {seq}", scan.header.seq),
+                format!(
+                    "header names segment {}, file name says {seq}",
+                    scan.header.seq
+                ),
             ));
         }
         let mut info = SegmentInfo {
@@ -154,7 +157,10 @@ pub fn recover(dir: &Path) -> Result<Recovered, WalError> {
         for r in &scan.records {
             max_batch = Some(max_batch.map_or(r.batch, |m| m.max(r.batch)));
             if let Body::Purge(id) = r.body {
-                final_purge = Some(final_purge.map_or(id, |p: LogIdRecord| if id.index > p.index { id } else { p }));
+                final_purge = Some(
+                    final_purge
+                        .map_or(id, |p: LogIdRecord| if id.index > p.index { id } else { p }),
+                );
             }
             if let Body::Entry { log_id, .. } = r.body {
                 info.last_index = Some(log_id.index);
@@ -165,7 +171,10 @@ pub fn recover(dir: &Path) -> Result<Recovered, WalError> {
             ScanEnd::Clean { offset } => (offset, None),
             ScanEnd::Torn { offset, reason } if is_last => (offset, Some(reason)),
             ScanEnd::Torn { offset, reason } => {
-                return Err(corrupt(offset, format!("{reason}, in a segment that is not the newest")))
+                return Err(corrupt(
+                    offset,
+                    format!("{reason}, in a segment that is not the newest"),
+                ))
             }
             ScanEnd::Corrupt { offset, reason } => return Err(corrupt(offset, reason)),
         };
@@ -217,11 +226,12 @@ pub fn recover(dir: &Path) -> Result<Recovered, WalError> {
     // checked for gaps only where entries must exist.
     log.purged = final_purge;
     for (file, offset, body) in &records {
-        log.apply(&body.as_body()).map_err(|reason| WalError::Corrupt {
-            file: file.clone(),
-            offset: *offset as u64,
-            reason,
-        })?;
+        log.apply(&body.as_body())
+            .map_err(|reason| WalError::Corrupt {
+                file: file.clone(),
+                offset: *offset as u64,
+                reason,
+            })?;
     }
     out.vote = log.vote;
     out.purged = log.purged;
@@ -531,7 +541,10 @@ mod tests {
         w.entry(1, b"a");
         w.entry(3, b"c");
         fs::write(dir.path().join(segment_file_name(0)), &w.buf).unwrap();
-        assert!(recover(dir.path()).unwrap_err().to_string().contains("missing"));
+        assert!(recover(dir.path())
+            .unwrap_err()
+            .to_string()
+            .contains("missing"));
     }
 
     /// Regression: segment 1 opened with purge point 2 (current at its
@@ -542,7 +555,11 @@ mod tests {
     #[test]
     fn purge_record_after_a_released_segment_covers_the_gap() {
         let dir = tempfile::tempdir().unwrap();
-        let id = |index| LogIdRecord { term: 1, leader: 1, index };
+        let id = |index| LogIdRecord {
+            term: 1,
+            leader: 1,
+            index,
+        };
         let mut b = Writer::new(1);
         b.put(Body::Purge(id(2)));
         b.entry(6, b"six");

@@ -58,7 +58,10 @@ pub fn encode_segment_header(seq: u64, segment_bytes: u64) -> (Vec<u8>, SegmentH
 
 fn decode_segment_header(b: &[u8]) -> Result<SegmentHeader, String> {
     if b.len() < BLOCK_BYTES {
-        return Err(format!("file is {} bytes, shorter than its header block", b.len()));
+        return Err(format!(
+            "file is {} bytes, shorter than its header block",
+            b.len()
+        ));
     }
     if b[0..8] != SEGMENT_MAGIC {
         return Err("not a keel WAL segment (bad magic)".into());
@@ -138,8 +141,9 @@ pub fn scan_segment(buf: &[u8], file_len: usize) -> Result<SegmentScan<'_>, Stri
             if single_flush && follows_last {
                 break ScanEnd::Torn {
                     offset: off,
-                    reason: "unwritten record header followed by the remains of one unfinished flush"
-                        .into(),
+                    reason:
+                        "unwritten record header followed by the remains of one unfinished flush"
+                            .into(),
                 };
             }
             break ScanEnd::Corrupt {
@@ -170,8 +174,8 @@ pub fn scan_segment(buf: &[u8], file_len: usize) -> Result<SegmentScan<'_>, Stri
         let next = off + encoded_len(hd.body_len);
         let crc = crc32c::crc32c_append(prev_crc, body);
         if crc != hd.body_crc {
-            let unwritten =
-                body_start + hd.body_len > file_len || has_zero_sector_chunk(buf, body_start, hd.body_len);
+            let unwritten = body_start + hd.body_len > file_len
+                || has_zero_sector_chunk(buf, body_start, hd.body_len);
             let later_flush = batches_after(buf, next.min(buf.len()))
                 .iter()
                 .any(|&b| b != hd.batch);
@@ -300,7 +304,12 @@ mod tests {
         let (seg, _) = build(&[]);
         let scan = scan_segment(&seg, seg.len()).unwrap();
         assert!(scan.records.is_empty());
-        assert_eq!(scan.end, ScanEnd::Clean { offset: BLOCK_BYTES });
+        assert_eq!(
+            scan.end,
+            ScanEnd::Clean {
+                offset: BLOCK_BYTES
+            }
+        );
     }
 
     #[test]
