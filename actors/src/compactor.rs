@@ -133,8 +133,8 @@ pub async fn run(
             return;
         }
         let ok = match rx.await {
-            Ok(Ok(Some(Ok(_)))) => true,
-            Ok(Ok(Some(Err(keel_storage::mvcc::MvccError::Compacted)))) => true,
+            Ok(Ok(Ok(_))) => true,
+            Ok(Ok(Err(keel_storage::mvcc::MvccError::Compacted))) => true,
             other => {
                 tracing::warn!(rev, "auto-compaction failed: {other:?}");
                 false

@@ -239,25 +239,31 @@ impl MvccActor {
         for e in entries {
             self.term = e.log_id.leader_id.term;
             let result = match e.payload {
-                ApplyPayload::Blank => None,
+                ApplyPayload::Blank => Vec::new(),
                 ApplyPayload::Membership(m) => {
                     self.membership = StoredMembership::new(Some(e.log_id), m);
-                    None
+                    Vec::new()
                 }
-                ApplyPayload::Normal(bytes) => {
+                ApplyPayload::Normal(batch) => {
                     // The bytes were validated when proposed and are covered
                     // by WAL checksums since; failing here means a bug or
                     // undetected corruption, and applying past it would make
                     // this member diverge. Stop instead.
-                    let cmd = Command::access(&bytes)
+                    let commands = keel_proto::batch::decode(&batch)
                         .map_err(|err| format!("entry {}: {err}", e.log_id.index))?;
-                    let mut outcome = self.store.apply(cmd, &bytes, &NoLeases);
-                    if let Ok(resp) = &mut outcome {
-                        count_ops(resp);
-                        let h = header_of(resp);
-                        *h = Some(self.header(h.as_ref().map_or(0, |h| h.revision)));
+                    let mut outcomes = Vec::with_capacity(commands.len());
+                    for bytes in commands {
+                        let cmd = Command::access(&bytes)
+                            .map_err(|err| format!("entry {}: {err}", e.log_id.index))?;
+                        let mut outcome = self.store.apply(cmd, &bytes, &NoLeases);
+                        if let Ok(resp) = &mut outcome {
+                            count_ops(resp);
+                            let h = header_of(resp);
+                            *h = Some(self.header(h.as_ref().map_or(0, |h| h.revision)));
+                        }
+                        outcomes.push(outcome);
                     }
-                    Some(outcome)
+                    outcomes
                 }
             };
             self.applied = Some(e.log_id);

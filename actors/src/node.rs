@@ -365,7 +365,8 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
                                 .detach();
                         }
                         let _ = ready_tx.send(true);
-                        crate::raft::actor::run(raft, mvcc_tx, raft_rx).await;
+                        crate::raft::actor::run(raft, mvcc_tx, raft_rx, cfg.max_request_bytes)
+                            .await;
                     })
                     .detach();
                 }

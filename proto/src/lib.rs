@@ -7,6 +7,7 @@
 //! * [`command`]: the rkyv-archived commands that travel through the raft log,
 //!   the WAL and the apply actor without re-encoding.
 
+pub mod batch;
 pub mod command;
 pub mod method;
 

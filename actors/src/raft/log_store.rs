@@ -76,7 +76,7 @@ fn entry_from_record(r: EntryRecord) -> Result<Entry, String> {
 fn to_wal_entry(e: &Entry) -> WalEntry {
     let (payload_kind, payload) = match &e.payload {
         EntryPayload::Blank => (PAYLOAD_BLANK, Bytes::new()),
-        EntryPayload::Normal(p) => (PAYLOAD_NORMAL, p.command.clone()),
+        EntryPayload::Normal(p) => (PAYLOAD_NORMAL, p.batch.clone()),
         EntryPayload::Membership(m) => {
             let mut out = Vec::new();
             encode_membership(m, &mut out);

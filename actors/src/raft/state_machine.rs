@@ -132,7 +132,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 log_id: e.log_id,
                 payload: match e.payload {
                     EntryPayload::Blank => ApplyPayload::Blank,
-                    EntryPayload::Normal(p) => ApplyPayload::Normal(p.command),
+                    EntryPayload::Normal(p) => ApplyPayload::Normal(p.batch),
                     EntryPayload::Membership(m) => ApplyPayload::Membership(m),
                 },
             })

@@ -1,6 +1,8 @@
 //! openraft type configuration and the proposal / reply types.
 
+use std::cell::Cell;
 use std::fmt;
+use std::rc::Rc;
 
 use bytes::Bytes;
 use keel_storage::mvcc::ApplyOutcome;
@@ -34,9 +36,9 @@ impl openraft::RaftTypeConfig for TypeConfig {
     type Responder = ReplyResponder;
 }
 
-/// What applying an entry produced: a command's outcome, or nothing for
-/// raft's own entries (blank, membership).
-pub type AppliedResult = Option<ApplyOutcome>;
+/// What applying an entry produced: one outcome per command of its batch
+/// (none for raft's own entries: blank, membership).
+pub type AppliedResult = Vec<ApplyOutcome>;
 
 /// Why a proposal produced no applied result.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,46 +49,76 @@ pub enum ProposeError {
     Stopped,
 }
 
-/// The reply a reactor awaits for a proposal.
-pub type WriteReply = Result<AppliedResult, ProposeError>;
+/// The reply a reactor awaits for one proposed command.
+pub type WriteReply = Result<ApplyOutcome, ProposeError>;
 pub type ReplyTx = tokio::sync::oneshot::Sender<WriteReply>;
 
-/// A client's command on its way into the log: the archived command bytes
-/// (16-byte aligned, see `keel_proto::command`) and, until openraft takes it
-/// out, the channel its reply goes to.
+/// Counts batches between proposal and apply, so the raft actor keeps a
+/// bounded number in flight and gathers everything else into the next one.
+#[derive(Default)]
+pub struct InflightGate {
+    inflight: Cell<usize>,
+    freed: tokio::sync::Notify,
+}
+
+impl InflightGate {
+    pub fn inflight(&self) -> usize {
+        self.inflight.get()
+    }
+
+    pub fn acquire(self: &Rc<Self>) -> InflightPermit {
+        self.inflight.set(self.inflight.get() + 1);
+        InflightPermit(self.clone())
+    }
+
+    /// Resolves after a permit is released (at once if one was released
+    /// since the last call).
+    pub async fn freed(&self) {
+        self.freed.notified().await;
+    }
+}
+
+/// Held by a batch until it is applied (or dropped on failure).
+pub struct InflightPermit(Rc<InflightGate>);
+
+impl Drop for InflightPermit {
+    fn drop(&mut self) {
+        self.0.inflight.set(self.0.inflight.get() - 1);
+        self.0.freed.notify_one();
+    }
+}
+
+/// A batch of clients' commands on its way into the log: the encoded batch
+/// (see `keel_proto::batch`) and, until openraft takes them out, the
+/// channels the replies go to, one per command.
 pub struct Proposal {
-    pub command: Bytes,
-    pub reply: Option<ReplyTx>,
+    pub batch: Bytes,
+    pub replies: Vec<ReplyTx>,
+    pub permit: Option<InflightPermit>,
 }
 
 impl Proposal {
-    pub fn new(command: Bytes, reply: ReplyTx) -> Proposal {
+    /// A proposal read back from the log: the replies went with the original.
+    pub fn from_log(batch: Bytes) -> Proposal {
         Proposal {
-            command,
-            reply: Some(reply),
-        }
-    }
-
-    /// A proposal read back from the log: the reply went with the original.
-    pub fn from_log(command: Bytes) -> Proposal {
-        Proposal {
-            command,
-            reply: None,
+            batch,
+            replies: Vec::new(),
+            permit: None,
         }
     }
 }
 
-/// A copy carries the command, never the reply channel: only the original
-/// proposal's waiter may be answered.
+/// A copy carries the commands, never the reply channels: only the original
+/// proposal's waiters may be answered.
 impl Clone for Proposal {
     fn clone(&self) -> Self {
-        Proposal::from_log(self.command.clone())
+        Proposal::from_log(self.batch.clone())
     }
 }
 
 impl fmt::Debug for Proposal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Proposal({} bytes)", self.command.len())
+        write!(f, "Proposal({} bytes)", self.batch.len())
     }
 }
 
@@ -96,33 +128,44 @@ impl fmt::Display for Proposal {
     }
 }
 
-/// Answers a proposal's waiter directly from where openraft completes it,
+/// Answers a proposal's waiters directly from where openraft completes it,
 /// without a hop through the raft actor.
-pub struct ReplyResponder(Option<ReplyTx>);
+pub struct ReplyResponder {
+    replies: Vec<ReplyTx>,
+    _permit: Option<InflightPermit>,
+}
 
 impl Responder<TypeConfig> for ReplyResponder {
     type Receiver = ();
 
     fn from_app_data(mut app_data: Proposal) -> (Proposal, Self, ()) {
-        let reply = app_data.reply.take();
-        (app_data, ReplyResponder(reply), ())
+        let responder = ReplyResponder {
+            replies: std::mem::take(&mut app_data.replies),
+            _permit: app_data.permit.take(),
+        };
+        (app_data, responder, ())
     }
 
     fn send(self, result: ClientWriteResult<TypeConfig>) {
-        let Some(tx) = self.0 else { return };
-        let reply = match result {
-            Ok(resp) => Ok(resp.data),
-            Err(openraft::error::ClientWriteError::ForwardToLeader(f)) => {
-                Err(ProposeError::NotLeader {
-                    leader: f.leader_id,
-                })
+        let error = match result {
+            Ok(resp) => {
+                let mut outcomes = resp.data.into_iter();
+                for tx in self.replies {
+                    // A waiter may have given up (client gone); nothing to do then.
+                    let _ = tx.send(outcomes.next().ok_or(ProposeError::Stopped));
+                }
+                return;
             }
+            Err(openraft::error::ClientWriteError::ForwardToLeader(f)) => ProposeError::NotLeader {
+                leader: f.leader_id,
+            },
             Err(openraft::error::ClientWriteError::ChangeMembershipError(_)) => {
-                Err(ProposeError::Stopped)
+                ProposeError::Stopped
             }
         };
-        // The waiter may have given up (client gone); nothing to do then.
-        let _ = tx.send(reply);
+        for tx in self.replies {
+            let _ = tx.send(Err(error.clone()));
+        }
     }
 }
 

@@ -186,11 +186,7 @@ pub async fn propose(
         Err(_) => Err(Status::stopped()),
         Ok(Err(ProposeError::NotLeader { .. })) => Err(Status::no_leader()),
         Ok(Err(ProposeError::Stopped)) => Err(Status::stopped()),
-        Ok(Ok(None)) => Err(Status::new(
-            crate::grpc::status::Code::Internal,
-            "entry produced no result",
-        )),
-        Ok(Ok(Some(outcome))) => outcome.map_err(Status::from),
+        Ok(Ok(outcome)) => outcome.map_err(Status::from),
     }
 }
 
