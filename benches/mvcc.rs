@@ -1,1 +1,70 @@
-fn main() {}
+//! MVCC store costs without I/O: applying archived puts, and ranges over a
+//! populated store.
+//!
+//!   cargo bench --bench mvcc
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use keel_proto::command::{Command, PutCmd};
+use keel_storage::mvcc::{KvStore, NoLeases, RangeArgs};
+
+fn put_cmd(i: u64) -> Bytes {
+    Bytes::from_owner(
+        Command::Put(PutCmd {
+            key: format!("key/{:08}", i % 100_000).into_bytes(),
+            value: vec![b'v'; 256],
+            ..Default::default()
+        })
+        .to_bytes(),
+    )
+}
+
+fn populated(n: u64) -> KvStore {
+    let mut s = KvStore::default();
+    for i in 0..n {
+        let b = put_cmd(i);
+        s.apply(Command::access(&b).unwrap(), &b, &NoLeases)
+            .unwrap();
+    }
+    s
+}
+
+fn mvcc(c: &mut Criterion) {
+    let mut g = c.benchmark_group("mvcc");
+    g.throughput(Throughput::Elements(1000));
+    let cmds: Vec<Bytes> = (0..1000).map(put_cmd).collect();
+    g.bench_function("apply_put_256B", |b| {
+        b.iter_batched(
+            || populated(10_000),
+            |mut s| {
+                for c in &cmds {
+                    s.apply(Command::access(c).unwrap(), c, &NoLeases).unwrap();
+                }
+                s
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    let s = populated(100_000);
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("range_one_key_of_100k", |b| {
+        let args = RangeArgs {
+            key: b"key/00050000",
+            ..Default::default()
+        };
+        b.iter(|| s.range(&args, s.current_rev()).unwrap())
+    });
+    g.throughput(Throughput::Elements(100));
+    g.bench_function("range_100_keys_of_100k", |b| {
+        let args = RangeArgs {
+            key: b"key/00050000",
+            range_end: b"key/00050100",
+            ..Default::default()
+        };
+        b.iter(|| s.range(&args, s.current_rev()).unwrap())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, mvcc);
+criterion_main!(benches);

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use keel_actors::compactor::AutoCompaction;
-use keel_actors::node::NodeConfig;
+use keel_actors::node::{ActorPlacement, NodeConfig};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -107,6 +107,11 @@ pub struct Flags {
     /// Number of cores to run on (one executor each) [default: all available].
     #[arg(long, env = "KEEL_CORES")]
     pub cores: Option<usize>,
+
+    /// Where raft, WAL and MVCC actors run on multi-core hosts: packed (all on
+    /// core 0) or spread (MVCC apply on core 1) (keel).
+    #[arg(long, env = "KEEL_ACTOR_PLACEMENT", default_value = "packed", value_parser = ["packed", "spread"])]
+    pub actor_placement: String,
 
     /// WAL segment file size in bytes (keel).
     #[arg(long, env = "KEEL_WAL_SEGMENT_BYTES", default_value_t = 64 * 1024 * 1024)]
@@ -316,6 +321,11 @@ impl Flags {
             initial_advertise_peer_urls: peer_urls,
             initial_cluster_token: self.initial_cluster_token,
             cores,
+            actor_placement: if self.actor_placement == "spread" {
+                ActorPlacement::Spread
+            } else {
+                ActorPlacement::Packed
+            },
             max_request_bytes: self.max_request_bytes as usize,
             max_txn_ops: self.max_txn_ops as usize,
             snapshot_count: self.snapshot_count,

@@ -55,6 +55,7 @@ pub struct NodeConfig {
     pub initial_advertise_peer_urls: Vec<String>,
     pub initial_cluster_token: String,
     pub cores: usize,
+    pub actor_placement: ActorPlacement,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
     pub snapshot_count: u64,
@@ -82,13 +83,26 @@ pub struct Placement {
     pub cores: usize,
 }
 
-/// One core: everything together. More: the MVCC actor gets its own core
-/// (shared with that core's reactor), away from raft and the WAL.
-pub fn plan(cores: usize) -> Placement {
+/// Where the actors go when there is more than one core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActorPlacement {
+    /// Raft, WAL writer and MVCC apply share core 0: no cross-core message
+    /// on the write path except to and from other cores' reactors.
+    Packed,
+    /// The MVCC apply actor gets core 1, away from raft and the WAL.
+    Spread,
+}
+
+/// One core: everything together. More: as `how` says.
+pub fn plan(cores: usize, how: ActorPlacement) -> Placement {
     assert!(cores >= 1);
     Placement {
         raft_core: 0,
-        mvcc_core: if cores >= 2 { 1 } else { 0 },
+        mvcc_core: if cores >= 2 && how == ActorPlacement::Spread {
+            1
+        } else {
+            0
+        },
         cores,
     }
 }
@@ -240,7 +254,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
             cfg.cores
         )));
     }
-    let placement = plan(cfg.cores);
+    let placement = plan(cfg.cores, cfg.actor_placement);
     let member_dir = cfg.data_dir.join("member");
     std::fs::create_dir_all(&member_dir).map_err(|e| StartError::DataDir {
         dir: cfg.data_dir.clone(),
