@@ -174,3 +174,22 @@ async fn status_health_and_member_list() {
     let resp = keel_proto::grpc_health_v1::HealthCheckResponse::decode(&resp[..]).unwrap();
     assert_eq!(resp.status, 1, "SERVING");
 }
+
+#[tokio::test]
+async fn unbuilt_streaming_services_fail_fast() {
+    let s = Server::start(&["--cores", "1"]);
+    let mut c = s.client().await;
+    // Watch is a bidirectional stream the client keeps open; the server must
+    // still answer at once, not hang.
+    let watch = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let (_w, mut stream) = c.watch("k", None).await?;
+        stream.message().await
+    })
+    .await
+    .expect("watch answered within the bound");
+    let e = watch.expect_err("watch is not built yet");
+    assert_eq!(common::status_of(e).0, tonic::Code::Unimplemented);
+    let e = c.lease_grant(10, None).await.unwrap_err();
+    assert_eq!(common::status_of(e).0, tonic::Code::Unimplemented);
+    still_serving(&s).await;
+}
