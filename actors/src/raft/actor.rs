@@ -201,13 +201,18 @@ async fn read_index_rounds(
     }
 }
 
-/// Mirrors leadership into etcd's server gauges.
+/// Mirrors leadership into etcd's server gauges, and stops the process if
+/// openraft stops on a fatal error (a failed snapshot write, say): serving
+/// on without a log would only answer "server stopped" forever.
 async fn watch_leadership(raft: Raft) {
     let mut rx = raft.metrics();
     let mut last_leader = None;
     loop {
         let (leader, me, log_index) = {
             let m = rx.borrow_and_update();
+            if let Err(e) = &m.running_state {
+                crate::fatal(&format!("raft stopped: {e}"));
+            }
             (m.current_leader, m.id, m.last_log_index.unwrap_or(0))
         };
         let mx = metrics();
