@@ -246,3 +246,41 @@ async fn revision_auto_compaction_is_accepted() {
     ]);
     s.client().await.put("k", "v", None).await.unwrap();
 }
+
+/// Regression: with the default, relative data dir (`default.keel`), the
+/// WAL writer failed to open its directory (glommio refuses relative paths
+/// with EBADF) and the server stopped at start-up. Every other test passes an
+/// absolute --data-dir, so none saw it.
+#[tokio::test]
+async fn default_relative_data_dir() {
+    let cwd = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let mut child = keel()
+        .current_dir(cwd.path())
+        .args([
+            "--cores",
+            "1",
+            "--listen-client-urls",
+            &format!("http://127.0.0.1:{port}"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + common::START_TIMEOUT;
+    while http_get(port, "/health").map(|r| r.0).ok() != Some(200) {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "keel exited at start-up"
+        );
+        assert!(Instant::now() < deadline, "not healthy");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut c = etcd_client::Client::connect([format!("http://127.0.0.1:{port}")], None)
+        .await
+        .unwrap();
+    c.put("relative", "ok", None).await.unwrap();
+    assert!(cwd.path().join("default.keel/member/wal").is_dir());
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

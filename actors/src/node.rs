@@ -255,11 +255,14 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
         )));
     }
     let placement = plan(cfg.cores, cfg.actor_placement);
-    let member_dir = cfg.data_dir.join("member");
-    std::fs::create_dir_all(&member_dir).map_err(|e| StartError::DataDir {
+    let data_dir_err = |e: std::io::Error| StartError::DataDir {
         dir: cfg.data_dir.clone(),
         msg: e.to_string(),
-    })?;
+    };
+    std::fs::create_dir_all(cfg.data_dir.join("member")).map_err(data_dir_err)?;
+    // Absolute from here on: glommio's directory handles refuse relative
+    // paths (EBADF), and the default data dir is relative (`default.keel`).
+    let member_dir = std::fs::canonicalize(cfg.data_dir.join("member")).map_err(data_dir_err)?;
     let _lock = lock_data_dir(&member_dir)?;
     let ids = identity(&member_dir, &cfg)?;
     let wal_dir = member_dir.join("wal");
