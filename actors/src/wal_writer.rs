@@ -84,11 +84,6 @@ pub struct WalConfig {
     pub linger: Duration,
 }
 
-/// Records being written, borrowing payloads from the batch's commands.
-struct Pending<'a> {
-    bodies: Vec<Body<'a>>,
-}
-
 pub struct WalWriter {
     cfg: WalConfig,
     file: Rc<DmaFile>,
@@ -261,23 +256,24 @@ impl WalWriter {
 
     /// Makes every record of `cmds` durable.
     async fn commit(&mut self, cmds: &[WalCmd]) -> io::Result<()> {
-        let mut p = Pending { bodies: Vec::new() };
+        // The records to write, borrowing payloads from the commands.
+        let mut bodies: Vec<Body<'_>> = Vec::new();
         for c in cmds {
             match c {
                 WalCmd::Append { entries, .. } => {
-                    p.bodies.extend(entries.iter().map(|e| Body::Entry {
+                    bodies.extend(entries.iter().map(|e| Body::Entry {
                         log_id: e.log_id,
                         payload_kind: e.payload_kind,
                         payload: &e.payload,
                     }))
                 }
-                WalCmd::SaveVote { vote, .. } => p.bodies.push(Body::Vote(*vote)),
-                WalCmd::Truncate { index } => p.bodies.push(Body::Truncate { index: *index }),
-                WalCmd::Purge { log_id } => p.bodies.push(Body::Purge(*log_id)),
+                WalCmd::SaveVote { vote, .. } => bodies.push(Body::Vote(*vote)),
+                WalCmd::Truncate { index } => bodies.push(Body::Truncate { index: *index }),
+                WalCmd::Purge { log_id } => bodies.push(Body::Purge(*log_id)),
             }
         }
         let mut i = 0;
-        while i < p.bodies.len() {
+        while i < bodies.len() {
             let room = self.cfg.segment_bytes - self.offset;
             let prefix_len: u64 = self
                 .segment_prefix
@@ -286,8 +282,8 @@ impl WalWriter {
                 .sum();
             let mut used = prefix_len;
             let start = i;
-            while i < p.bodies.len() {
-                let n = encoded_len(p.bodies[i].body_len()) as u64;
+            while i < bodies.len() {
+                let n = encoded_len(bodies[i].body_len()) as u64;
                 if used + n > room {
                     break;
                 }
@@ -298,7 +294,7 @@ impl WalWriter {
                 if self.offset == BLOCK_BYTES as u64 && self.segment_prefix.is_empty() {
                     return Err(io::Error::other(format!(
                         "a {}-byte record does not fit a {}-byte segment",
-                        p.bodies[i].body_len(),
+                        bodies[i].body_len(),
                         self.cfg.segment_bytes
                     )));
                 }
@@ -306,9 +302,9 @@ impl WalWriter {
                 self.rotate().await?;
                 continue;
             }
-            let mut bodies: Vec<Body<'_>> = std::mem::take(&mut self.segment_prefix);
-            bodies.extend_from_slice(&p.bodies[start..i]);
-            self.write_and_sync(&bodies).await?;
+            let mut flush: Vec<Body<'_>> = std::mem::take(&mut self.segment_prefix);
+            flush.extend_from_slice(&bodies[start..i]);
+            self.write_and_sync(&flush).await?;
         }
         Ok(())
     }

@@ -99,18 +99,6 @@ pub fn recover(dir: &Path) -> Result<Recovered, WalError> {
         }
     }
 
-    // Later segments may be preallocated and never written; a torn tail is
-    // acceptable in the newest segment that holds any data.
-    let mut last_with_data = seqs.first().copied().unwrap_or(0);
-    for &seq in seqs.iter().rev() {
-        let path = dir.join(segment_file_name(seq));
-        let bytes = fs::read(&path).map_err(io_err(&path))?;
-        if bytes.iter().skip(BLOCK_BYTES).any(|&b| b != 0) {
-            last_with_data = seq;
-            break;
-        }
-    }
-
     let mut out = Recovered::default();
     let mut log = LogBuilder::default();
     let mut tail_candidates: Vec<TailPosition> = Vec::new();
@@ -118,14 +106,27 @@ pub fn recover(dir: &Path) -> Result<Recovered, WalError> {
     let mut max_batch: Option<u64> = None;
     let mut final_purge: Option<LogIdRecord> = None;
     let mut records: Vec<(PathBuf, usize, OwnedBody)> = Vec::new();
-    for (i, &seq) in seqs.iter().enumerate() {
+    // A torn tail is acceptable only in the newest segment holding any data;
+    // later segments may be preallocations never written to. So a torn tail
+    // waits here until no later segment turns out to hold data.
+    let mut pending_torn: Option<TornTail> = None;
+    for &seq in &seqs {
         let path = dir.join(segment_file_name(seq));
-        let is_last = i + 1 == seqs.len() || seq >= last_with_data;
         let mut buf = Vec::new();
         fs::File::open(&path)
             .and_then(|mut f| f.read_to_end(&mut buf))
             .map_err(io_err(&path))?;
         let file_len = buf.len();
+        let last_nonzero = buf.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
+        if last_nonzero > BLOCK_BYTES {
+            if let Some(t) = pending_torn.take() {
+                return Err(WalError::Corrupt {
+                    file: t.path,
+                    offset: t.offset as u64,
+                    reason: format!("{}, in a segment that is not the newest", t.reason),
+                });
+            }
+        }
         let corrupt = |offset: usize, reason: String| WalError::Corrupt {
             file: path.clone(),
             offset: offset as u64,
@@ -167,30 +168,35 @@ pub fn recover(dir: &Path) -> Result<Recovered, WalError> {
             }
             records.push((path.clone(), r.offset, OwnedBody::from(&r.body)));
         }
-        let (end_offset, torn) = match scan.end {
-            ScanEnd::Clean { offset } => (offset, None),
-            ScanEnd::Torn { offset, reason } if is_last => (offset, Some(reason)),
+        let end_offset = match scan.end {
+            ScanEnd::Clean { offset } => {
+                if file_len < buf.len() {
+                    // Clean, but the file was short: restore its full length
+                    // so that later writes do not grow it.
+                    zero_from(
+                        &path,
+                        offset,
+                        last_nonzero,
+                        file_len,
+                        scan.header.segment_bytes,
+                    )
+                    .map_err(io_err(&path))?;
+                }
+                offset
+            }
             ScanEnd::Torn { offset, reason } => {
-                return Err(corrupt(
+                pending_torn = Some(TornTail {
+                    path: path.clone(),
                     offset,
-                    format!("{reason}, in a segment that is not the newest"),
-                ))
+                    reason,
+                    last_nonzero,
+                    file_len,
+                    segment_bytes: scan.header.segment_bytes,
+                });
+                offset
             }
             ScanEnd::Corrupt { offset, reason } => return Err(corrupt(offset, reason)),
         };
-        if let Some(reason) = torn {
-            zero_from(&path, end_offset, &buf, file_len, scan.header.segment_bytes)
-                .map_err(io_err(&path))?;
-            out.repaired = Some(format!(
-                "truncated torn WAL tail in {} at offset {end_offset}: {reason}",
-                path.display()
-            ));
-        } else if file_len < buf.len() {
-            // Clean, but the file was short: restore its full length so that
-            // later writes do not grow it.
-            zero_from(&path, end_offset, &buf, file_len, scan.header.segment_bytes)
-                .map_err(io_err(&path))?;
-        }
         {
             let last_record = scan.records.last();
             tail_candidates.push(TailPosition {
@@ -204,6 +210,22 @@ pub fn recover(dir: &Path) -> Result<Recovered, WalError> {
             empty.push(scan.records.is_empty());
         }
         out.segments.push(info);
+    }
+    if let Some(t) = pending_torn {
+        zero_from(
+            &t.path,
+            t.offset,
+            t.last_nonzero,
+            t.file_len,
+            t.segment_bytes,
+        )
+        .map_err(io_err(&t.path))?;
+        out.repaired = Some(format!(
+            "truncated torn WAL tail in {} at offset {}: {}",
+            t.path.display(),
+            t.offset,
+            t.reason
+        ));
     }
     // The writer prepares the next segment before it needs it; one that was
     // never written to is only a preallocation. Remove it and continue in
@@ -239,20 +261,26 @@ pub fn recover(dir: &Path) -> Result<Recovered, WalError> {
     Ok(out)
 }
 
-/// Zeroes `[from, segment_bytes)` where the file holds non-zero bytes, and
-/// restores the file to its full length; then fsyncs.
+/// A torn tail found by the scan, repaired once it proves to be the newest data.
+struct TornTail {
+    path: PathBuf,
+    offset: usize,
+    reason: String,
+    last_nonzero: usize,
+    file_len: usize,
+    segment_bytes: u64,
+}
+
+/// Zeroes `[from, last_nonzero)`, restores the file to its full length, and
+/// fsyncs.
 fn zero_from(
     path: &Path,
     from: usize,
-    buf: &[u8],
+    last_nonzero: usize,
     file_len: usize,
     segment_bytes: u64,
 ) -> std::io::Result<()> {
     let mut f = fs::OpenOptions::new().write(true).open(path)?;
-    let last_nonzero = buf[..file_len.min(buf.len())]
-        .iter()
-        .rposition(|&b| b != 0)
-        .map_or(0, |p| p + 1);
     if last_nonzero > from {
         f.seek(SeekFrom::Start(from as u64))?;
         f.write_all(&vec![0u8; last_nonzero - from])?;
