@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use keel_actors::compactor::AutoCompaction;
-use keel_actors::node::{ActorPlacement, NodeConfig};
+use keel_actors::node::{ActorPlacement, ClusterState, NodeConfig};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -39,7 +39,7 @@ pub struct Flags {
     #[arg(long, env = "ETCD_ADVERTISE_CLIENT_URLS")]
     pub advertise_client_urls: Option<String>,
 
-    /// Comma-separated URLs to listen on for peer traffic (multi-member clusters: not yet).
+    /// Comma-separated URLs to listen on for peer traffic.
     #[arg(
         long,
         env = "ETCD_LISTEN_PEER_URLS",
@@ -55,7 +55,8 @@ pub struct Flags {
     )]
     pub initial_advertise_peer_urls: String,
 
-    /// Initial cluster configuration, name=peer-url,... (one member for now).
+    /// Initial cluster configuration for bootstrapping, name=peer-url,...
+    /// [default: <name>=<initial-advertise-peer-urls>].
     #[arg(long, env = "ETCD_INITIAL_CLUSTER")]
     pub initial_cluster: Option<String>,
 
@@ -194,6 +195,61 @@ fn parse_listen_url(url: &str) -> Result<Vec<SocketAddr>, String> {
     Ok(addrs)
 }
 
+/// `name=url,name=url,...` into members in order; a name given more than
+/// once has several URLs, as in etcd.
+fn parse_initial_cluster(ic: &str) -> Result<Vec<(String, Vec<String>)>, String> {
+    let mut members: Vec<(String, Vec<String>)> = Vec::new();
+    for m in split(ic) {
+        let Some((name, url)) = m.split_once('=') else {
+            return Err(format!("--initial-cluster: {m}: expected name=peer-url"));
+        };
+        if !url.starts_with("http://") {
+            return Err(format!(
+                "--initial-cluster: {url}: expected a URL like http://127.0.0.1:2380"
+            ));
+        }
+        if members
+            .iter()
+            .any(|(_, urls)| urls.iter().any(|u| u == url))
+        {
+            return Err(format!("--initial-cluster: {url} is given twice"));
+        }
+        match members.iter_mut().find(|(n, _)| n == name) {
+            Some((_, urls)) => urls.push(url.to_string()),
+            None => members.push((name.to_string(), vec![url.to_string()])),
+        }
+    }
+    if members.is_empty() {
+        return Err("--initial-cluster is empty".into());
+    }
+    Ok(members)
+}
+
+/// This member's entry must be there, with exactly its advertised URLs.
+fn check_own_entry(
+    members: &[(String, Vec<String>)],
+    name: &str,
+    advertised: &[String],
+) -> Result<(), String> {
+    let Some((_, urls)) = members.iter().find(|(n, _)| n == name) else {
+        return Err(format!(
+            "--initial-cluster has no entry for this member's --name {name:?}"
+        ));
+    };
+    let mut a = urls.clone();
+    let mut b = advertised.to_vec();
+    a.sort();
+    b.sort();
+    if a != b {
+        return Err(format!(
+            "--initial-cluster gives {} for {name}, but --initial-advertise-peer-urls is {}",
+            urls.join(","),
+            advertised.join(",")
+        ));
+    }
+    Ok(())
+}
+
 /// etcd's retention syntax: a bare integer is hours (periodic) or revisions.
 fn parse_retention(mode: &str, retention: &str) -> Result<Option<AutoCompaction>, String> {
     let bad = |why: &str| format!("--auto-compaction-retention={retention}: {why}");
@@ -255,39 +311,17 @@ impl Flags {
         for url in split(&self.listen_peer_urls) {
             parse_listen_url(&url).map_err(|e| format!("--listen-peer-urls: {e}"))?;
         }
+        let mut listen_peer = Vec::new();
+        for url in split(&self.listen_peer_urls) {
+            listen_peer
+                .extend(parse_listen_url(&url).map_err(|e| format!("--listen-peer-urls: {e}"))?);
+        }
         let peer_urls = split(&self.initial_advertise_peer_urls);
-        if let Some(ic) = &self.initial_cluster {
-            let members = split(ic);
-            if members.len() > 1 {
-                return Err(format!(
-                    "--initial-cluster names {} members; this keel runs single-member clusters only (replication is not built yet)",
-                    members.len()
-                ));
-            }
-            if let Some(m) = members.first() {
-                let Some((name, url)) = m.split_once('=') else {
-                    return Err(format!("--initial-cluster: {m}: expected name=peer-url"));
-                };
-                if name != self.name {
-                    return Err(format!(
-                        "--initial-cluster has no entry for this member's --name {:?} (found {name:?})",
-                        self.name
-                    ));
-                }
-                if !peer_urls.iter().any(|p| p == url) {
-                    return Err(format!(
-                        "--initial-cluster gives {url} for {name}, but --initial-advertise-peer-urls is {}",
-                        self.initial_advertise_peer_urls
-                    ));
-                }
-            }
-        }
-        if self.initial_cluster_state == "existing" {
-            return Err(
-                "--initial-cluster-state=existing needs cluster membership, which is not built yet"
-                    .into(),
-            );
-        }
+        let initial_cluster = match &self.initial_cluster {
+            Some(ic) => parse_initial_cluster(ic)?,
+            None => vec![(self.name.clone(), peer_urls.clone())],
+        };
+        check_own_entry(&initial_cluster, &self.name, &peer_urls)?;
         let auto_compaction =
             parse_retention(&self.auto_compaction_mode, &self.auto_compaction_retention)?;
         if self.election_timeout < 5 * self.heartbeat_interval {
@@ -318,7 +352,14 @@ impl Flags {
             data_dir,
             listen_client: listen,
             advertise_client_urls: advertise,
+            listen_peer,
             initial_advertise_peer_urls: peer_urls,
+            initial_cluster,
+            initial_cluster_state: if self.initial_cluster_state == "existing" {
+                ClusterState::Existing
+            } else {
+                ClusterState::New
+            },
             initial_cluster_token: self.initial_cluster_token,
             cores,
             actor_placement: if self.actor_placement == "spread" {
@@ -394,7 +435,31 @@ mod tests {
         assert_eq!(c.max_request_bytes, 1_572_864);
         assert_eq!(c.max_txn_ops, 128);
         assert_eq!(c.listen_client[0].to_string(), "127.0.0.1:2379");
-        let bad = Flags::parse_from(["keel", "--initial-cluster", "a=http://x:1,b=http://y:2"]);
-        assert!(bad.into_node_config().is_err());
+        assert_eq!(
+            c.initial_cluster,
+            vec![(
+                "default".to_string(),
+                vec!["http://127.0.0.1:2380".to_string()]
+            )]
+        );
+        let missing = Flags::parse_from(["keel", "--initial-cluster", "a=http://x:1,b=http://y:2"]);
+        assert!(missing.into_node_config().unwrap_err().contains("no entry"));
+    }
+
+    #[test]
+    fn initial_cluster_syntax() {
+        let m = parse_initial_cluster("a=http://h:1,b=http://h:2,a=http://h:3").unwrap();
+        assert_eq!(
+            m[0],
+            ("a".into(), vec!["http://h:1".into(), "http://h:3".into()])
+        );
+        assert_eq!(m[1], ("b".into(), vec!["http://h:2".into()]));
+        assert!(parse_initial_cluster("a=http://h:1,b=http://h:1").is_err());
+        assert!(parse_initial_cluster("a").is_err());
+        assert!(parse_initial_cluster("a=h:1").is_err());
+        assert!(check_own_entry(&m, "b", &["http://h:2".into()]).is_ok());
+        assert!(check_own_entry(&m, "b", &["http://h:9".into()])
+            .unwrap_err()
+            .contains("--initial-advertise-peer-urls"));
     }
 }

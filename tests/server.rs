@@ -107,7 +107,20 @@ fn bad_flags_are_clear_startup_errors() {
                 "--initial-cluster",
                 "a=http://127.0.0.1:1,b=http://127.0.0.1:2",
             ],
-            "single-member clusters only",
+            "no entry for this member's --name",
+        ),
+        (
+            &["--name", "a", "--initial-cluster", "a=http://127.0.0.1:1"],
+            "--initial-advertise-peer-urls is http://127.0.0.1:2380",
+        ),
+        (
+            &[
+                "--initial-cluster-state",
+                "existing",
+                "--initial-cluster",
+                "default=http://127.0.0.1:2380,b=http://127.0.0.1:9",
+            ],
+            "--initial-cluster-state=existing: no member of --initial-cluster answered",
         ),
     ];
     for (args, want) in cases {
@@ -146,6 +159,7 @@ fn bad_flags_are_clear_startup_errors() {
 async fn environment_variables_set_flags() {
     let tmp = tempfile::tempdir().unwrap();
     let port = common::free_port();
+    let peer = format!("http://127.0.0.1:{}", common::free_port());
     let mut cmd = keel();
     cmd.env("ETCD_NAME", "from-env")
         .env("ETCD_DATA_DIR", tmp.path().join("env.keel"))
@@ -153,6 +167,8 @@ async fn environment_variables_set_flags() {
             "ETCD_LISTEN_CLIENT_URLS",
             format!("http://127.0.0.1:{port}"),
         )
+        .env("ETCD_LISTEN_PEER_URLS", &peer)
+        .env("ETCD_INITIAL_ADVERTISE_PEER_URLS", &peer)
         .env("ETCD_MAX_TXN_OPS", "2")
         .env("KEEL_CORES", "1")
         .stdout(std::process::Stdio::null())
@@ -188,6 +204,8 @@ async fn data_dir_is_locked_against_a_second_server() {
         .arg("--data-dir")
         .arg(&s.dir)
         .arg("--listen-client-urls")
+        .arg(format!("http://127.0.0.1:{}", common::free_port()))
+        .arg("--listen-peer-urls")
         .arg(format!("http://127.0.0.1:{}", common::free_port()))
         .args(["--cores", "1"]);
     let (code, out) = run_to_exit(second, Duration::from_secs(20));
@@ -255,6 +273,7 @@ async fn revision_auto_compaction_is_accepted() {
 async fn default_relative_data_dir() {
     let cwd = tempfile::tempdir().unwrap();
     let port = common::free_port();
+    let peer = format!("http://127.0.0.1:{}", common::free_port());
     let mut child = keel()
         .current_dir(cwd.path())
         .args([
@@ -262,6 +281,10 @@ async fn default_relative_data_dir() {
             "1",
             "--listen-client-urls",
             &format!("http://127.0.0.1:{port}"),
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
         ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

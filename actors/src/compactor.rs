@@ -18,7 +18,7 @@ use keel_proto::command::{Command, CompactCmd};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::mvcc_actor::MvccMsg;
-use crate::raft::actor::RaftRequest;
+use crate::raft::actor::{Origin, RaftRequest};
 
 /// etcd's revision-mode check interval.
 pub const REVISION_CHECK_INTERVAL: Duration = Duration::from_secs(5 * 60);
@@ -117,6 +117,16 @@ pub async fn run(
         let Some(rev) = policy.tick(Instant::now(), status.current_rev) else {
             continue;
         };
+        // Like etcd, only the leader compacts (followers apply its command).
+        let (tx, rx) = oneshot::channel();
+        if raft.send(RaftRequest::Status { reply: tx }).await.is_err() {
+            return;
+        }
+        let Ok(raft_status) = rx.await else { return };
+        if raft_status.leader != Some(raft_status.me) {
+            policy.done(Instant::now(), rev, false);
+            continue;
+        }
         let command = Bytes::from_owner(
             Command::Compact(CompactCmd {
                 revision: rev,
@@ -126,15 +136,21 @@ pub async fn run(
         );
         let (tx, rx) = oneshot::channel();
         if raft
-            .send(RaftRequest::Propose { command, reply: tx })
+            .send(RaftRequest::Propose {
+                command,
+                origin: Origin::Client,
+                reply: tx,
+            })
             .await
             .is_err()
         {
             return;
         }
         let ok = match rx.await {
-            Ok(Ok(Ok(_))) => true,
-            Ok(Ok(Err(keel_storage::mvcc::MvccError::Compacted))) => true,
+            Ok(Ok(applied)) => matches!(
+                applied.outcome,
+                Ok(_) | Err(keel_storage::mvcc::MvccError::Compacted)
+            ),
             other => {
                 tracing::warn!(rev, "auto-compaction failed: {other:?}");
                 false

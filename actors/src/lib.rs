@@ -7,6 +7,7 @@ pub mod grpc;
 pub mod metrics;
 pub mod mvcc_actor;
 pub mod node;
+pub mod peer;
 pub mod raft;
 pub mod reactor;
 pub mod runtime;

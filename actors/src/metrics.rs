@@ -7,8 +7,8 @@
 use std::sync::OnceLock;
 
 use prometheus::{
-    exponential_buckets, Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec,
-    IntGauge, Opts, Registry, TextEncoder,
+    exponential_buckets, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -36,6 +36,9 @@ pub struct Metrics {
     pub grpc_handled: IntCounterVec,
     pub placement: GaugeVec,
     pub server_version: GaugeVec,
+    pub peer_sent_bytes: IntCounterVec,
+    pub peer_received_bytes: IntCounterVec,
+    pub peer_round_trip_seconds: HistogramVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -124,6 +127,34 @@ impl Metrics {
                 GaugeVec::new(
                     Opts::new("etcd_server_version", "Which version is running. 1 for 'server_version' label with current version."),
                     &["server_version"],
+                )
+                .expect("valid metric"),
+            ),
+            peer_sent_bytes: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("etcd_network_peer_sent_bytes_total", "The total number of bytes sent to peers."),
+                    &["To"],
+                )
+                .expect("valid metric"),
+            ),
+            peer_received_bytes: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("etcd_network_peer_received_bytes_total", "The total number of bytes received from peers."),
+                    &["From"],
+                )
+                .expect("valid metric"),
+            ),
+            peer_round_trip_seconds: reg(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "etcd_network_peer_round_trip_time_seconds",
+                        "Round-Trip-Time histogram between peers.",
+                    )
+                    .buckets(exponential_buckets(0.0001, 2.0, 16).expect("valid buckets")),
+                    &["To"],
                 )
                 .expect("valid metric"),
             ),

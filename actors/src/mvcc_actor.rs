@@ -81,6 +81,11 @@ pub enum MvccMsg {
     AppliedState {
         reply: oneshot::Sender<(Option<LogId>, StoredMembership)>,
     },
+    /// Answer once entries up to `index` are applied.
+    WaitApplied {
+        index: u64,
+        reply: oneshot::Sender<()>,
+    },
     SnapshotView {
         reply: oneshot::Sender<SnapshotView>,
     },
@@ -96,6 +101,12 @@ pub enum MvccMsg {
     },
 }
 
+/// Something waiting for an index to be applied.
+enum Waiter {
+    Range(pb::RangeRequest, RangeReply),
+    Applied(oneshot::Sender<()>),
+}
+
 pub struct MvccActor {
     store: KvStore,
     applied: Option<LogId>,
@@ -103,7 +114,7 @@ pub struct MvccActor {
     ids: HeaderIds,
     /// Term of the last applied entry, for response headers.
     term: u64,
-    waiting: BTreeMap<u64, Vec<(pb::RangeRequest, RangeReply)>>,
+    waiting: BTreeMap<u64, Vec<Waiter>>,
     waiting_len: usize,
 }
 
@@ -156,11 +167,16 @@ impl MvccActor {
                 } else if self.waiting_len >= WAITING_READS_MAX {
                     let _ = reply.send(Err(ReadError::Busy));
                 } else {
-                    self.waiting
-                        .entry(min_applied)
-                        .or_default()
-                        .push((req, reply));
-                    self.waiting_len += 1;
+                    self.wait(min_applied, Waiter::Range(req, reply));
+                }
+            }
+            MvccMsg::WaitApplied { index, reply } => {
+                if index <= self.applied_index() {
+                    let _ = reply.send(());
+                } else {
+                    // Bounded by the writes in flight that wait here (the
+                    // raft actor forwards at most a few batches at once).
+                    self.wait(index, Waiter::Applied(reply));
                 }
             }
             MvccMsg::AppliedState { reply } => {
@@ -221,15 +237,27 @@ impl MvccActor {
         Ok(resp)
     }
 
+    fn wait(&mut self, index: u64, w: Waiter) {
+        self.waiting.entry(index).or_default().push(w);
+        self.waiting_len += 1;
+    }
+
     fn serve_waiting(&mut self) {
         let applied = self.applied_index();
         while let Some(entry) = self.waiting.first_entry() {
             if *entry.key() > applied {
                 break;
             }
-            for (req, reply) in entry.remove() {
+            for w in entry.remove() {
                 self.waiting_len -= 1;
-                let _ = reply.send(self.range(&req));
+                match w {
+                    Waiter::Range(req, reply) => {
+                        let _ = reply.send(self.range(&req));
+                    }
+                    Waiter::Applied(reply) => {
+                        let _ = reply.send(());
+                    }
+                }
             }
         }
     }
@@ -281,6 +309,14 @@ impl MvccActor {
         m.mvcc_current_revision.set(self.store.current_rev());
         m.mvcc_compact_revision.set(self.store.compact_rev());
         m.proposals_applied.set(self.applied_index() as i64);
+    }
+}
+
+/// Stamps `member_id` on a response applied elsewhere (a forwarded write
+/// answers with the header of the member the client asked).
+pub fn set_member_id(r: &mut CommandResponse, member_id: u64) {
+    if let Some(h) = header_of(r) {
+        h.member_id = member_id;
     }
 }
 

@@ -18,22 +18,27 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use glommio::{LocalExecutorBuilder, Placement as CpuPlacement, PoolPlacement};
 use keel_storage::mvcc::snapshot::load_latest_snapshot;
 use keel_storage::mvcc::KvStore;
 use keel_storage::wal::recover;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::compactor::{self, AutoCompaction};
 use crate::metrics::metrics;
 use crate::mvcc_actor::{HeaderIds, MvccActor};
+use crate::peer::conn::PeerClients;
+use crate::peer::server::PeerCtx;
+use crate::peer::wire::MemberChange;
+use crate::raft::actor::{Origin, RaftHandles, RaftRequest};
 use crate::raft::codec::decode_snapshot_meta;
 use crate::raft::log_store::LogStore;
-use crate::raft::network::NoPeers;
+use crate::raft::members::MemberError;
+use crate::raft::network::PeerNetwork;
 use crate::raft::state_machine::StateMachine;
-use crate::raft::types::{Node, Raft, SnapshotMeta, StoredMembership};
+use crate::raft::types::{Node, NodeId, Raft, SnapshotMeta, StoredMembership};
 use crate::service::{ServeConfig, ServerCtx};
 use crate::wal_writer::{WalConfig, WalWriter};
 
@@ -43,8 +48,10 @@ pub const RAFT_INBOX: usize = 8192;
 pub const MVCC_INBOX: usize = 8192;
 /// Bound of the raft → WAL writer queue.
 pub const WAL_INBOX: usize = 4096;
-/// How long start-up waits for this member to become leader.
-const LEADER_WAIT: Duration = Duration::from_secs(30);
+/// Retry delays while a starting member publishes itself.
+const JOIN_RETRY_MIN: Duration = Duration::from_millis(20);
+const JOIN_RETRY_MAX: Duration = Duration::from_millis(500);
+const JOIN_WARN_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -52,7 +59,11 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     pub listen_client: Vec<SocketAddr>,
     pub advertise_client_urls: Vec<String>,
+    pub listen_peer: Vec<SocketAddr>,
     pub initial_advertise_peer_urls: Vec<String>,
+    /// Members to bootstrap with (or, joining, to ask): name and peer URLs.
+    pub initial_cluster: Vec<(String, Vec<String>)>,
+    pub initial_cluster_state: ClusterState,
     pub initial_cluster_token: String,
     pub cores: usize,
     pub actor_placement: ActorPlacement,
@@ -70,6 +81,13 @@ pub struct NodeConfig {
     pub spin_before_park: Duration,
     pub max_concurrent_streams: u32,
     pub connections_max: usize,
+}
+
+/// `--initial-cluster-state`: bootstrap a new cluster, or join a running one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterState {
+    New,
+    Existing,
 }
 
 /// Which core runs which actor. Every core runs a network reactor.
@@ -133,6 +151,81 @@ fn fnv64(parts: &[&[u8]]) -> u64 {
     h
 }
 
+/// A member's id: from its peer URLs and the cluster token, as etcd
+/// derives it, so every member computes the same ids from `--initial-cluster`.
+pub fn member_id_of(peer_urls: &[String], token: &str) -> u64 {
+    let mut urls = peer_urls.to_vec();
+    urls.sort();
+    fnv64(&[urls.join(",").as_bytes(), token.as_bytes()]).max(1)
+}
+
+/// The cluster's id: from its founding members' ids and the token.
+pub fn cluster_id_of(member_ids: &[u64], token: &str) -> u64 {
+    let mut ids = member_ids.to_vec();
+    ids.sort_unstable();
+    let bytes: Vec<u8> = ids.iter().flat_map(|id| id.to_le_bytes()).collect();
+    fnv64(&[&bytes, token.as_bytes()]).max(1)
+}
+
+/// The founding membership `--initial-cluster` describes (client URLs are
+/// published by each member once it runs).
+pub fn bootstrap_members(cfg: &NodeConfig) -> BTreeMap<NodeId, Node> {
+    cfg.initial_cluster
+        .iter()
+        .map(|(name, urls)| {
+            (
+                member_id_of(urls, &cfg.initial_cluster_token),
+                Node {
+                    name: name.clone(),
+                    peer_urls: urls.clone(),
+                    client_urls: Vec::new(),
+                },
+            )
+        })
+        .collect()
+}
+
+fn same_urls(a: &[String], b: &[String]) -> bool {
+    let (mut a, mut b) = (a.to_vec(), b.to_vec());
+    a.sort();
+    b.sort();
+    a == b
+}
+
+/// A joining member asks the running members for the cluster id and finds
+/// itself (added by `member add`) by its peer URLs.
+fn join_identity(cfg: &NodeConfig) -> Result<HeaderIds, StartError> {
+    let mut last = String::from("--initial-cluster names no other member");
+    for (name, urls) in &cfg.initial_cluster {
+        if *name == cfg.name {
+            continue;
+        }
+        for url in urls {
+            match crate::peer::conn::ask_membership(url, Duration::from_secs(2)) {
+                Ok((cluster_id, membership)) => {
+                    let me = membership
+                        .nodes()
+                        .find(|(_, n)| same_urls(&n.peer_urls, &cfg.initial_advertise_peer_urls));
+                    return match me {
+                        Some((id, _)) => Ok(HeaderIds {
+                            cluster_id,
+                            member_id: *id,
+                        }),
+                        None => Err(StartError::Config(format!(
+                            "cluster {cluster_id:x} (asked at {url}) has no member with peer URLs {}; add this member first (etcdctl member add)",
+                            cfg.initial_advertise_peer_urls.join(",")
+                        ))),
+                    };
+                }
+                Err(e) => last = format!("{url}: {e}"),
+            }
+        }
+    }
+    Err(StartError::Config(format!(
+        "--initial-cluster-state=existing: no member of --initial-cluster answered ({last})"
+    )))
+}
+
 /// Loads the member's identity, or fixes it at first start.
 fn identity(member_dir: &Path, cfg: &NodeConfig) -> Result<HeaderIds, StartError> {
     let path = member_dir.join("identity");
@@ -160,25 +253,26 @@ fn identity(member_dir: &Path, cfg: &NodeConfig) -> Result<HeaderIds, StartError
         }
         return Ok(ids);
     }
-    let mut peers = cfg.initial_advertise_peer_urls.clone();
-    peers.sort();
-    let peers = peers.join(",");
-    let member_id = fnv64(&[peers.as_bytes(), cfg.initial_cluster_token.as_bytes()]).max(1);
-    let cluster_id = fnv64(&[
-        &member_id.to_le_bytes(),
-        cfg.initial_cluster_token.as_bytes(),
-    ])
-    .max(1);
+    let ids = match cfg.initial_cluster_state {
+        ClusterState::New => {
+            let members: Vec<NodeId> = bootstrap_members(cfg).into_keys().collect();
+            HeaderIds {
+                member_id: member_id_of(
+                    &cfg.initial_advertise_peer_urls,
+                    &cfg.initial_cluster_token,
+                ),
+                cluster_id: cluster_id_of(&members, &cfg.initial_cluster_token),
+            }
+        }
+        ClusterState::Existing => join_identity(cfg)?,
+    };
     let text = format!(
-        "member_id={member_id:x}\ncluster_id={cluster_id:x}\nname={}\n",
-        cfg.name
+        "member_id={:x}\ncluster_id={:x}\nname={}\n",
+        ids.member_id, ids.cluster_id, cfg.name
     );
     keel_storage::write_file_atomically(&path, text.as_bytes())
         .map_err(|e| err(format!("writing identity: {e}")))?;
-    Ok(HeaderIds {
-        cluster_id,
-        member_id,
-    })
+    Ok(ids)
 }
 
 /// Holds an exclusive lock on the data directory for the process lifetime.
@@ -241,6 +335,25 @@ fn usable_cpus() -> Vec<usize> {
         }
     }
     (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect()
+}
+
+/// A listener for this executor. Every core's reactor binds the client
+/// port (SO_REUSEPORT, the kernel spreads connections); SO_REUSEADDR lets a
+/// restarted member bind while its predecessor's connections linger.
+pub fn listen(addr: &SocketAddr) -> std::io::Result<glommio::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let socket = Socket::new(
+        Domain::for_address(*addr),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&(*addr).into())?;
+    socket.listen(1024)?;
+    // SAFETY: a bound, listening socket whose ownership moves to glommio.
+    Ok(unsafe { glommio::net::TcpListener::from_raw_fd(socket.into_raw_fd()) })
 }
 
 /// Runs a member until the process is stopped.
@@ -322,10 +435,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
         .set(placement.mvcc_core as f64);
 
     let serve_cfg = Arc::new(ServeConfig {
-        name: cfg.name.clone(),
         ids,
-        client_urls: cfg.advertise_client_urls.clone(),
-        peer_urls: cfg.initial_advertise_peer_urls.clone(),
         max_request_bytes: cfg.max_request_bytes,
         max_txn_ops: cfg.max_txn_ops,
         request_timeout: cfg.request_timeout,
@@ -365,31 +475,66 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
                     glommio::spawn_local(actor.run(mvcc_rx)).detach();
                 }
                 if let Some((raft_rx, recovered, loaded_meta, ready_tx)) = raft_parts {
+                    let mut peer_listeners = Vec::new();
+                    for addr in &cfg.listen_peer {
+                        match listen(addr) {
+                            Ok(l) => peer_listeners.push(l),
+                            Err(e) => {
+                                crate::fatal(&format!("cannot listen for peers on {addr}: {e}"))
+                            }
+                        }
+                    }
                     let (raft_tx, mvcc_tx, cfg) = (raft_tx.clone(), mvcc_tx.clone(), cfg.clone());
                     glommio::spawn_local(async move {
-                        let raft = start_raft(
+                        let (raft, peers) = start_raft(
                             &cfg,
                             ids,
                             recovered,
                             loaded_meta,
                             wal_dir,
-                            snap_dir,
+                            snap_dir.clone(),
                             mvcc_tx.clone(),
                         )
                         .await;
-                        if let Some(mode) = cfg.auto_compaction {
-                            glommio::spawn_local(compactor::run(mode, raft_tx, mvcc_tx.clone()))
+                        let peer_ctx = Rc::new(PeerCtx {
+                            raft: raft.clone(),
+                            me: ids.member_id,
+                            cluster_id: ids.cluster_id,
+                            raft_tx: raft_tx.clone(),
+                            snap_dir,
+                        });
+                        for l in peer_listeners {
+                            glommio::spawn_local(crate::peer::server::serve(l, peer_ctx.clone()))
                                 .detach();
                         }
+                        let handles = RaftHandles {
+                            raft,
+                            mvcc: mvcc_tx.clone(),
+                            peers,
+                            request_timeout: cfg.request_timeout,
+                        };
+                        glommio::spawn_local(crate::raft::actor::run(
+                            handles,
+                            raft_rx,
+                            cfg.max_request_bytes,
+                        ))
+                        .detach();
+                        if let Some(mode) = cfg.auto_compaction {
+                            glommio::spawn_local(compactor::run(
+                                mode,
+                                raft_tx.clone(),
+                                mvcc_tx.clone(),
+                            ))
+                            .detach();
+                        }
+                        join_cluster(&cfg, ids, &raft_tx, &mvcc_tx).await;
                         let _ = ready_tx.send(true);
-                        crate::raft::actor::run(raft, mvcc_tx, raft_rx, cfg.max_request_bytes)
-                            .await;
                     })
                     .detach();
                 }
                 let mut listeners = Vec::new();
                 for addr in &cfg.listen_client {
-                    match glommio::net::TcpListener::bind(addr) {
+                    match listen(addr) {
                         Ok(l) => listeners.push(l),
                         Err(e) => {
                             crate::fatal(&format!("cannot listen for clients on {addr}: {e}"))
@@ -428,7 +573,8 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
     Ok(())
 }
 
-/// Opens the WAL writer and starts openraft; returns once this member leads.
+/// Opens the WAL writer and starts openraft (bootstrapping a new cluster's
+/// membership on first start).
 async fn start_raft(
     cfg: &NodeConfig,
     ids: HeaderIds,
@@ -437,7 +583,7 @@ async fn start_raft(
     wal_dir: PathBuf,
     snap_dir: PathBuf,
     mvcc_tx: mpsc::Sender<crate::mvcc_actor::MvccMsg>,
-) -> Raft {
+) -> (Raft, Rc<PeerClients>) {
     let (wal_tx, wal_rx) = mpsc::channel(WAL_INBOX);
     let wal_cfg = WalConfig {
         dir: wal_dir,
@@ -470,42 +616,106 @@ async fn start_raft(
     }
     .validate()
     .unwrap_or_else(|e| crate::fatal(&format!("raft configuration: {e}")));
-    let raft = Raft::new(ids.member_id, Arc::new(raft_config), NoPeers, log_store, sm)
+    // A member that never saw a leader and is refused by a peer was pointed
+    // at the wrong cluster: stop with the reason instead of retrying forever.
+    let on_rejected = Box::new(|peer: NodeId, reason: &str| {
+        if metrics().leader_changes.get() == 0 {
+            crate::fatal(&format!("member {peer:x} refused this member: {reason}"));
+        }
+        tracing::error!("member {peer:x} refused this member: {reason}");
+    });
+    let peers = Rc::new(PeerClients::new(ids.member_id, ids.cluster_id, on_rejected));
+    let network = PeerNetwork {
+        peers: peers.clone(),
+    };
+    let raft = Raft::new(ids.member_id, Arc::new(raft_config), network, log_store, sm)
         .await
         .unwrap_or_else(|e| crate::fatal(&format!("starting raft: {e}")));
     let initialized = raft
         .is_initialized()
         .await
         .unwrap_or_else(|e| crate::fatal(&format!("starting raft: {e}")));
-    if !initialized {
-        let addr = cfg
-            .initial_advertise_peer_urls
-            .first()
-            .cloned()
-            .unwrap_or_default();
-        let members = BTreeMap::from([(ids.member_id, Node { addr })]);
-        raft.initialize(members)
+    if !initialized && cfg.initial_cluster_state == ClusterState::New {
+        raft.initialize(bootstrap_members(cfg))
             .await
             .unwrap_or_else(|e| crate::fatal(&format!("bootstrapping the raft group: {e}")));
     }
-    // A single voter need not wait out an election timeout.
-    let _ = raft.trigger().elect().await;
-    let me = ids.member_id;
-    if let Err(e) = raft
-        .wait(Some(LEADER_WAIT))
-        .metrics(
-            |m| {
-                m.current_leader == Some(me)
-                    && m.last_applied
-                        .is_some_and(|a| Some(a.index) >= m.last_log_index)
-            },
-            "leader and applied",
-        )
-        .await
-    {
-        crate::fatal(&format!(
-            "this member did not become leader within {LEADER_WAIT:?}: {e}"
-        ));
+    let sole_voter = {
+        let m = raft.metrics();
+        let m = m.borrow();
+        let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+        voters == [ids.member_id]
+    };
+    if sole_voter {
+        // A single voter need not wait out an election timeout.
+        let _ = raft.trigger().elect().await;
     }
-    raft
+    (raft, peers)
+}
+
+/// Publishes this member's name and client URLs through raft (as etcd
+/// does before serving), then waits until it has applied everything the
+/// cluster had committed: only then does it serve clients.
+async fn join_cluster(
+    cfg: &NodeConfig,
+    ids: HeaderIds,
+    raft_tx: &mpsc::Sender<RaftRequest>,
+    mvcc_tx: &mpsc::Sender<crate::mvcc_actor::MvccMsg>,
+) {
+    let change = MemberChange::Publish {
+        id: ids.member_id,
+        name: cfg.name.clone(),
+        client_urls: cfg.advertise_client_urls.clone(),
+    };
+    let mut delay = JOIN_RETRY_MIN;
+    let mut last_warning = Instant::now();
+    loop {
+        let (tx, rx) = oneshot::channel();
+        let request = RaftRequest::ChangeMembers {
+            change: change.clone(),
+            reply: tx,
+        };
+        if raft_tx.send(request).await.is_err() {
+            return;
+        }
+        match rx.await {
+            Ok(Ok(())) => break,
+            Ok(Err(e)) if e == MemberError::not_found() => {
+                crate::fatal("this member is not in the cluster's membership (was it removed?)")
+            }
+            Ok(Err(e)) => {
+                if last_warning.elapsed() >= JOIN_WARN_EVERY {
+                    tracing::warn!(
+                        "waiting to publish this member to the cluster: {}",
+                        e.message
+                    );
+                    last_warning = Instant::now();
+                }
+            }
+            Err(_) => return,
+        }
+        glommio::timer::sleep(delay).await;
+        delay = (delay * 2).min(JOIN_RETRY_MAX);
+    }
+    let mut delay = JOIN_RETRY_MIN;
+    loop {
+        let (tx, rx) = oneshot::channel();
+        let request = RaftRequest::ReadIndex {
+            origin: Origin::Client,
+            reply: tx,
+        };
+        if raft_tx.send(request).await.is_err() {
+            return;
+        }
+        if let Ok(Ok(index)) = rx.await {
+            let (tx, rx) = oneshot::channel();
+            let wait = crate::mvcc_actor::MvccMsg::WaitApplied { index, reply: tx };
+            if mvcc_tx.send(wait).await.is_err() || rx.await.is_err() {
+                return;
+            }
+            return;
+        }
+        glommio::timer::sleep(delay).await;
+        delay = (delay * 2).min(JOIN_RETRY_MAX);
+    }
 }

@@ -23,6 +23,7 @@ pub fn free_port() -> u16 {
 
 pub struct Server {
     pub port: u16,
+    pub peer_port: u16,
     pub dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     pub args: Vec<String>,
@@ -55,24 +56,34 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
 impl Server {
     /// Starts a server with extra flags and waits until it is healthy.
     pub fn start(extra: &[&str]) -> Server {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("data");
-        let mut s = Server {
-            port: free_port(),
-            dir,
-            _tmp: Some(tmp),
-            args: extra.iter().map(|s| s.to_string()).collect(),
-            child: None,
-            log: PathBuf::new(),
-        };
-        s.log = s._tmp.as_ref().unwrap().path().join("keel.log");
+        let mut s = Server::new(extra.iter().map(|s| s.to_string()).collect());
         s.spawn();
         s.wait_healthy();
         s
     }
 
+    /// A server on fresh ports and a fresh data dir, not started yet.
+    pub fn new(args: Vec<String>) -> Server {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        let log = tmp.path().join("keel.log");
+        Server {
+            port: free_port(),
+            peer_port: free_port(),
+            dir,
+            _tmp: Some(tmp),
+            args,
+            child: None,
+            log,
+        }
+    }
+
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
     }
 
     fn command(&self) -> Command {
@@ -81,13 +92,22 @@ impl Server {
             .arg(&self.dir)
             .arg("--listen-client-urls")
             .arg(self.endpoint())
-            .args(&self.args)
+            .arg("--listen-peer-urls")
+            .arg(self.peer_url());
+        if !self
+            .args
+            .iter()
+            .any(|a| a == "--initial-advertise-peer-urls")
+        {
+            c.arg("--initial-advertise-peer-urls").arg(self.peer_url());
+        }
+        c.args(&self.args)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null());
         c
     }
 
-    fn spawn(&mut self) {
+    pub fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -135,6 +155,12 @@ impl Server {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
     }
 
     pub fn restart(&mut self) {
@@ -217,5 +243,73 @@ pub fn status_of(e: etcd_client::Error) -> (tonic::Code, String) {
     match e {
         etcd_client::Error::GRpcStatus(s) => (s.code(), s.message().to_string()),
         other => panic!("expected a gRPC status, got {other:?}"),
+    }
+}
+
+/// A cluster of real keel processes on loopback, bootstrapped with
+/// `--initial-cluster`. Members are named m0, m1, ...
+pub struct Cluster {
+    pub members: Vec<Server>,
+}
+
+impl Cluster {
+    /// Starts `n` members with `extra` flags each and waits until all serve.
+    pub fn start(n: usize, extra: &[&str]) -> Cluster {
+        let mut members: Vec<Server> = (0..n).map(|_| Server::new(Vec::new())).collect();
+        let initial: Vec<String> = members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| format!("m{i}={}", m.peer_url()))
+            .collect();
+        let initial = initial.join(",");
+        for (i, m) in members.iter_mut().enumerate() {
+            let mut args = vec![
+                "--name".to_string(),
+                format!("m{i}"),
+                "--initial-cluster".to_string(),
+                initial.clone(),
+                "--initial-cluster-token".to_string(),
+                "keel-test".to_string(),
+            ];
+            args.extend(extra.iter().map(|s| s.to_string()));
+            m.args = args;
+            m.spawn();
+        }
+        for m in &mut members {
+            m.wait_healthy();
+        }
+        Cluster { members }
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.endpoint()).collect()
+    }
+
+    /// The member every running member names as leader, asked with Status.
+    pub async fn leader(&mut self) -> usize {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let mut seen = Vec::new();
+            for i in 0..self.members.len() {
+                if !self.members[i].is_running() {
+                    continue;
+                }
+                let ep = self.members[i].endpoint();
+                let Ok(mut c) = etcd_client::Client::connect([ep.clone()], None).await else {
+                    continue;
+                };
+                if let Ok(s) = c.status().await {
+                    seen.push((i, s.header().unwrap().member_id(), s.leader()));
+                }
+            }
+            let leaders: Vec<u64> = seen.iter().map(|s| s.2).collect();
+            if !leaders.is_empty() && leaders[0] != 0 && leaders.iter().all(|l| *l == leaders[0]) {
+                if let Some((i, _, _)) = seen.iter().find(|s| s.1 == leaders[0]) {
+                    return *i;
+                }
+            }
+            assert!(Instant::now() < deadline, "no agreed leader: {seen:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }

@@ -26,6 +26,30 @@ pub enum Code {
 }
 
 impl Code {
+    /// The code with this number (Unknown for numbers gRPC does not define).
+    pub fn from_u8(n: u8) -> Code {
+        const ALL: [Code; 17] = [
+            Code::Ok,
+            Code::Cancelled,
+            Code::Unknown,
+            Code::InvalidArgument,
+            Code::DeadlineExceeded,
+            Code::NotFound,
+            Code::AlreadyExists,
+            Code::PermissionDenied,
+            Code::ResourceExhausted,
+            Code::FailedPrecondition,
+            Code::Aborted,
+            Code::OutOfRange,
+            Code::Unimplemented,
+            Code::Internal,
+            Code::Unavailable,
+            Code::DataLoss,
+            Code::Unauthenticated,
+        ];
+        ALL.get(n as usize).copied().unwrap_or(Code::Unknown)
+    }
+
     /// The label used by `grpc_server_handled_total`.
     pub fn name(self) -> &'static str {
         match self {
@@ -114,6 +138,15 @@ impl Status {
     }
     pub fn timeout() -> Status {
         Status::new(Code::Unavailable, "etcdserver: request timed out")
+    }
+    pub fn leader_changed() -> Status {
+        Status::new(Code::Unavailable, "etcdserver: leader changed")
+    }
+    pub fn learner_unsupported() -> Status {
+        Status::new(
+            Code::Unavailable,
+            "etcdserver: rpc not supported for learner",
+        )
     }
     pub fn stopped() -> Status {
         Status::new(Code::Unavailable, "etcdserver: server stopped")

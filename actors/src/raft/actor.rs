@@ -1,26 +1,42 @@
 //! The raft actor: owns the `Raft` handle on the raft core and serves the
-//! reactors of every core through one bounded inbox.
+//! reactors of every core (and the peer server) through one bounded inbox.
 //!
-//! * Proposals are batched: at most [`BATCHES_IN_FLIGHT_MAX`] raft entries
-//!   are between proposal and apply; proposals arriving meanwhile wait here
-//!   and go out together as the next entry (a `keel_proto::batch`). openraft
+//! * Proposals are batched: at most [`BATCHES_IN_FLIGHT_MAX`] batches are
+//!   between proposal and apply; proposals arriving meanwhile wait here and
+//!   go out together as the next batch (a `keel_proto::batch`). openraft
 //!   0.9 waits for each append's flush before the next, so this is where
-//!   group commit happens. A lone client's proposal goes out at once. Replies
-//!   travel with the entry and are sent by openraft's responder after apply.
+//!   group commit happens. A lone client's proposal goes out at once.
+//! * On the leader a batch becomes one raft entry. On a follower it is
+//!   forwarded to the leader in one peer request; the replies wait until
+//!   this member has applied the entries too, so a client that wrote through
+//!   a follower reads its write there. While no leader is known, proposals
+//!   wait (bounded) and clients time out with etcd's error.
 //! * Linearizable reads are batched: one read-index round is in flight at a
-//!   time, and every read that arrived before a round started is served at
-//!   that round's index (by the MVCC actor, once the index is applied).
+//!   time (asked of the leader when this member is a follower), and every
+//!   read that arrived before a round started is served at that round's
+//!   index, by the MVCC actor, once this member has applied it.
 
 use std::collections::VecDeque;
 use std::rc::Rc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use keel_proto::etcdserverpb as pb;
+use keel_storage::mvcc::ApplyOutcome;
+use openraft::error::ClientWriteError;
 use tokio::sync::{mpsc, oneshot};
 
-use super::types::{InflightGate, NodeId, Proposal, Raft, ReplyTx};
+use super::members::{self, MemberError};
+use super::types::{
+    Applied, InflightGate, Membership, Node, NodeId, Proposal, ProposeError, Raft, ReplyTx,
+};
+use crate::grpc::status::Code;
 use crate::metrics::metrics;
-use crate::mvcc_actor::{MvccMsg, RangeReply, ReadError};
+use crate::mvcc_actor::{set_member_id, MvccMsg, RangeReply, ReadError};
+use crate::peer::conn::{PeerClients, PeerError};
+use crate::peer::wire::{
+    failed_from_wire, outcome_from_wire, MemberChange, PeerRequest, PeerResponse, WireOutcome,
+};
 
 /// Raft entries between proposal and apply at once. Two keep the log busy:
 /// one is being flushed while the next is gathered.
@@ -36,136 +52,441 @@ pub const READ_BATCH_MAX: usize = 4096;
 /// Reads queued for the next read-index round.
 pub const READ_QUEUE: usize = 16_384;
 
+/// Where a request came from: a client of this member, or a follower
+/// forwarding to this member as its leader (never forwarded again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Client,
+    Peer,
+}
+
+pub type ReadIndexReply = oneshot::Sender<Result<u64, ReadError>>;
+
 pub enum RaftRequest {
     Propose {
         command: Bytes,
+        origin: Origin,
         reply: ReplyTx,
     },
     LinearizableRange {
         req: pb::RangeRequest,
         reply: RangeReply,
     },
+    /// The index a linearizable read must observe.
+    ReadIndex {
+        origin: Origin,
+        reply: ReadIndexReply,
+    },
     Status {
         reply: oneshot::Sender<RaftStatus>,
     },
+    ChangeMembers {
+        change: MemberChange,
+        reply: oneshot::Sender<Result<(), MemberError>>,
+    },
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RaftStatus {
+    pub me: NodeId,
     pub term: u64,
     pub leader: Option<NodeId>,
     pub last_log_index: u64,
     pub applied_index: u64,
+    pub membership: Membership,
+}
+
+impl RaftStatus {
+    pub fn is_learner(&self) -> bool {
+        !self.membership.voter_ids().any(|v| v == self.me)
+    }
 }
 
 pub fn status_of(raft: &Raft) -> RaftStatus {
     let m = raft.metrics().borrow().clone();
     RaftStatus {
+        me: m.id,
         term: m.current_term,
         leader: m.current_leader,
         last_log_index: m.last_log_index.unwrap_or(0),
         applied_index: m.last_applied.map_or(0, |l| l.index),
+        membership: m.membership_config.membership().clone(),
     }
+}
+
+/// Who leads, as far as this member knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Leader {
+    Me,
+    Other(NodeId, Node),
+    Unknown,
+}
+
+pub fn leader_of(raft: &Raft) -> Leader {
+    let m = raft.metrics();
+    let m = m.borrow();
+    match m.current_leader {
+        Some(l) if l == m.id => Leader::Me,
+        Some(l) => match m.membership_config.membership().get_node(&l) {
+            Some(n) => Leader::Other(l, n.clone()),
+            None => Leader::Unknown,
+        },
+        None => Leader::Unknown,
+    }
+}
+
+/// What every part of the actor shares.
+#[derive(Clone)]
+pub struct RaftHandles {
+    pub raft: Raft,
+    pub mvcc: mpsc::Sender<MvccMsg>,
+    pub peers: Rc<PeerClients>,
+    /// How long a request to the leader may take.
+    pub request_timeout: Duration,
 }
 
 enum Event {
     Request(RaftRequest),
-    Freed,
+    Wake,
     Closed,
 }
 
 /// Serves reactors until every sender is gone. `batch_bytes_max` bounds the
 /// commands of one batch (a single larger command still goes alone).
-pub async fn run(
-    raft: Raft,
-    mvcc: mpsc::Sender<MvccMsg>,
-    mut rx: mpsc::Receiver<RaftRequest>,
-    batch_bytes_max: usize,
-) {
+pub async fn run(h: RaftHandles, mut rx: mpsc::Receiver<RaftRequest>, batch_bytes_max: usize) {
     let (read_tx, read_rx) = mpsc::channel(READ_QUEUE);
-    glommio::spawn_local(read_index_rounds(raft.clone(), mvcc, read_rx)).detach();
-    glommio::spawn_local(watch_leadership(raft.clone())).detach();
+    glommio::spawn_local(read_index_rounds(h.clone(), read_rx)).detach();
+    glommio::spawn_local(watch_leadership(h.raft.clone())).detach();
     let gate = Rc::new(InflightGate::default());
-    let mut pending: VecDeque<(Bytes, ReplyTx)> = VecDeque::new();
+    let mut leader_rx = h.raft.metrics();
+    let mut pending: VecDeque<(Bytes, Origin, ReplyTx)> = VecDeque::new();
     loop {
-        let must_wait = pending.is_empty() || gate.inflight() >= BATCHES_IN_FLIGHT_MAX;
+        let leader_known = leader_of(&h.raft) != Leader::Unknown;
+        let must_wait =
+            pending.is_empty() || gate.inflight() >= BATCHES_IN_FLIGHT_MAX || !leader_known;
         if must_wait {
             let event = futures_lite::future::or(
                 async { rx.recv().await.map_or(Event::Closed, Event::Request) },
-                async {
-                    gate.freed().await;
-                    Event::Freed
-                },
+                futures_lite::future::or(
+                    async {
+                        gate.freed().await;
+                        Event::Wake
+                    },
+                    async {
+                        if leader_known || leader_rx.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                        Event::Wake
+                    },
+                ),
             )
             .await;
             match event {
                 Event::Closed => return,
-                Event::Freed => {}
-                Event::Request(r) => handle(r, &raft, &read_tx, &mut pending).await,
+                Event::Wake => {}
+                Event::Request(r) => handle(r, &h, &read_tx, &mut pending).await,
             }
         }
         while pending.len() < PENDING_PROPOSALS_MAX {
             match rx.try_recv() {
-                Ok(r) => handle(r, &raft, &read_tx, &mut pending).await,
+                Ok(r) => handle(r, &h, &read_tx, &mut pending).await,
                 Err(_) => break,
             }
         }
         while !pending.is_empty() && gate.inflight() < BATCHES_IN_FLIGHT_MAX {
+            let leader = leader_of(&h.raft);
+            if leader == Leader::Unknown {
+                break;
+            }
             let mut commands = Vec::new();
             let mut replies = Vec::new();
             let mut bytes = 0;
-            while let Some((command, _)) = pending.front() {
+            while let Some((command, _, _)) = pending.front() {
                 if !commands.is_empty()
                     && (bytes + command.len() > batch_bytes_max
                         || commands.len() >= BATCH_COMMANDS_MAX)
                 {
                     break;
                 }
+                let (command, origin, reply) = pending.pop_front().expect("front exists");
+                if origin == Origin::Peer && leader != Leader::Me {
+                    // A follower took us for the leader; it must ask the real one.
+                    let _ = reply.send(Err(ProposeError::NotLeader {
+                        leader: match &leader {
+                            Leader::Other(id, _) => Some(*id),
+                            _ => None,
+                        },
+                    }));
+                    continue;
+                }
                 bytes += command.len();
-                let (command, reply) = pending.pop_front().expect("front exists");
                 commands.push(command);
                 replies.push(reply);
             }
-            let proposal = Proposal {
-                batch: keel_proto::batch::encode(&commands),
-                replies,
-                permit: Some(gate.acquire()),
-            };
             metrics().proposals_pending.set(pending.len() as i64);
-            // On failure openraft drops the proposal, and with it the reply
-            // channels and the permit: the waiters see the group stopped.
-            if raft.client_write_ff(proposal).await.is_err() {
-                metrics().proposals_failed.inc();
+            if commands.is_empty() {
+                continue;
+            }
+            let permit = gate.acquire();
+            match leader {
+                Leader::Me => {
+                    let proposal = Proposal::from_log(keel_proto::batch::encode(&commands));
+                    match h.raft.client_write_ff(proposal).await {
+                        Ok(done) => {
+                            glommio::spawn_local(async move {
+                                answer_applied(replies, done.await);
+                                drop(permit);
+                            })
+                            .detach();
+                        }
+                        Err(_) => {
+                            metrics().proposals_failed.inc();
+                            fail_all(replies, ProposeError::Stopped);
+                        }
+                    }
+                }
+                Leader::Other(id, node) => {
+                    let h = h.clone();
+                    glommio::spawn_local(async move {
+                        forward(&h, id, &node, commands, replies).await;
+                        drop(permit);
+                    })
+                    .detach();
+                }
+                Leader::Unknown => unreachable!("checked above"),
             }
         }
     }
+}
+
+fn fail_all(replies: Vec<ReplyTx>, e: ProposeError) {
+    for tx in replies {
+        let _ = tx.send(Err(e.clone()));
+    }
+}
+
+type CommitResult = Result<
+    Result<
+        openraft::raft::ClientWriteResponse<super::types::TypeConfig>,
+        ClientWriteError<NodeId, Node>,
+    >,
+    tokio::sync::oneshot::error::RecvError,
+>;
+
+/// Answers each command of a batch this leader proposed.
+fn answer_applied(replies: Vec<ReplyTx>, result: CommitResult) {
+    match result {
+        Ok(Ok(resp)) => {
+            let index = resp.log_id.index;
+            let mut outcomes = resp.data.into_iter();
+            for tx in replies {
+                let r = outcomes
+                    .next()
+                    .map(|outcome| Applied { index, outcome })
+                    .ok_or(ProposeError::Stopped);
+                // A waiter may have given up (client gone); nothing to do then.
+                let _ = tx.send(r);
+            }
+        }
+        Ok(Err(ClientWriteError::ForwardToLeader(f))) => {
+            metrics().proposals_failed.inc();
+            fail_all(
+                replies,
+                ProposeError::NotLeader {
+                    leader: f.leader_id,
+                },
+            );
+        }
+        Ok(Err(ClientWriteError::ChangeMembershipError(_))) | Err(_) => {
+            metrics().proposals_failed.inc();
+            fail_all(replies, ProposeError::Stopped);
+        }
+    }
+}
+
+/// Sends a batch to the leader, then answers each command once this member
+/// has applied it as well.
+async fn forward(
+    h: &RaftHandles,
+    leader: NodeId,
+    node: &Node,
+    commands: Vec<Bytes>,
+    replies: Vec<ReplyTx>,
+) {
+    let req = PeerRequest::Forward {
+        commands: commands.iter().map(|c| c.to_vec()).collect(),
+    };
+    let outcomes = match h.peers.call(leader, node, &req, h.request_timeout).await {
+        Ok(PeerResponse::Forwarded { outcomes }) if outcomes.len() == replies.len() => outcomes,
+        Ok(PeerResponse::NotLeader { leader }) => {
+            return fail_all(replies, ProposeError::NotLeader { leader })
+        }
+        // Nothing reached the leader.
+        Err(PeerError::Unreachable(..) | PeerError::Rejected(..)) => {
+            return fail_all(replies, ProposeError::NotLeader { leader: None })
+        }
+        Ok(_) | Err(_) => {
+            metrics().proposals_failed.inc();
+            return fail_all(replies, ProposeError::LeaderChanged);
+        }
+    };
+    let last = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            WireOutcome::Applied { index, .. } | WireOutcome::Failed { index, .. } => Some(*index),
+            _ => None,
+        })
+        .max();
+    if let Some(index) = last {
+        let (tx, rx) = oneshot::channel();
+        let waited = h
+            .mvcc
+            .send(MvccMsg::WaitApplied { index, reply: tx })
+            .await
+            .is_ok()
+            && glommio::timer::timeout(h.request_timeout, async { Ok(rx.await) })
+                .await
+                .is_ok_and(|r| r.is_ok());
+        if !waited {
+            return fail_all(replies, ProposeError::Stopped);
+        }
+    }
+    let me = h.raft.metrics().borrow().id;
+    for (tx, o) in replies.into_iter().zip(outcomes) {
+        let r = match o {
+            WireOutcome::Applied { index, kind, body } => match outcome_from_wire(kind, &body) {
+                Ok(mut resp) => {
+                    set_member_id(&mut resp, me);
+                    Ok(Applied {
+                        index,
+                        outcome: Ok(resp),
+                    })
+                }
+                Err(e) => {
+                    tracing::error!("undecodable forwarded outcome: {e}");
+                    Err(ProposeError::Stopped)
+                }
+            },
+            WireOutcome::Failed { index, error } => match failed_from_wire(error) {
+                Ok(e) => Ok(Applied {
+                    index,
+                    outcome: ApplyOutcome::Err(e),
+                }),
+                Err(_) => Err(ProposeError::Stopped),
+            },
+            WireOutcome::NotLeader => Err(ProposeError::NotLeader { leader: None }),
+            WireOutcome::Stopped => Err(ProposeError::Stopped),
+        };
+        let _ = tx.send(r);
+    }
+}
+
+enum ReadWaiter {
+    Range(pb::RangeRequest, RangeReply),
+    Index(Origin, ReadIndexReply),
 }
 
 async fn handle(
     req: RaftRequest,
-    raft: &Raft,
-    read_tx: &mpsc::Sender<(pb::RangeRequest, RangeReply)>,
-    pending: &mut VecDeque<(Bytes, ReplyTx)>,
+    h: &RaftHandles,
+    read_tx: &mpsc::Sender<ReadWaiter>,
+    pending: &mut VecDeque<(Bytes, Origin, ReplyTx)>,
 ) {
-    match req {
-        RaftRequest::Propose { command, reply } => pending.push_back((command, reply)),
-        RaftRequest::LinearizableRange { req, reply } => {
-            if let Err(e) = read_tx.send((req, reply)).await {
-                let (_, reply) = e.0;
-                let _ = reply.send(Err(ReadError::NoLeader));
+    let queue_read = |w: ReadWaiter| async move {
+        if let Err(e) = read_tx.send(w).await {
+            match e.0 {
+                ReadWaiter::Range(_, reply) => {
+                    let _ = reply.send(Err(ReadError::NoLeader));
+                }
+                ReadWaiter::Index(_, reply) => {
+                    let _ = reply.send(Err(ReadError::NoLeader));
+                }
             }
         }
+    };
+    match req {
+        RaftRequest::Propose {
+            command,
+            origin,
+            reply,
+        } => pending.push_back((command, origin, reply)),
+        RaftRequest::LinearizableRange { req, reply } => {
+            queue_read(ReadWaiter::Range(req, reply)).await
+        }
+        RaftRequest::ReadIndex { origin, reply } => {
+            queue_read(ReadWaiter::Index(origin, reply)).await
+        }
         RaftRequest::Status { reply } => {
-            let _ = reply.send(status_of(raft));
+            let _ = reply.send(status_of(&h.raft));
+        }
+        RaftRequest::ChangeMembers { change, reply } => {
+            let h = h.clone();
+            glommio::spawn_local(async move {
+                let _ = reply.send(change_members(&h, change).await);
+            })
+            .detach();
         }
     }
 }
 
-async fn read_index_rounds(
-    raft: Raft,
-    mvcc: mpsc::Sender<MvccMsg>,
-    mut rx: mpsc::Receiver<(pb::RangeRequest, RangeReply)>,
-) {
+/// Runs a membership change here if this member leads, else on the leader.
+async fn change_members(h: &RaftHandles, change: MemberChange) -> Result<(), MemberError> {
+    match leader_of(&h.raft) {
+        Leader::Me => members::execute(&h.raft, change).await,
+        Leader::Unknown => Err(MemberError::not_leader()),
+        Leader::Other(id, node) => {
+            let req = PeerRequest::ChangeMembers(change);
+            match h.peers.call(id, &node, &req, h.request_timeout).await {
+                Ok(PeerResponse::Members { .. }) => Ok(()),
+                Ok(PeerResponse::MemberError { code, message }) => Err(MemberError {
+                    code: Code::from_u8(code),
+                    message,
+                }),
+                Ok(PeerResponse::NotLeader { .. }) | Err(_) | Ok(_) => {
+                    Err(MemberError::not_leader())
+                }
+            }
+        }
+    }
+}
+
+/// The index a linearizable read must see applied: confirmed by this
+/// member as leader, or asked of the leader. Waits up to the request
+/// timeout for a leader to be known.
+async fn read_index(h: &RaftHandles, may_forward: bool) -> Result<u64, ReadError> {
+    let mut rx = h.raft.metrics();
+    let waited = glommio::timer::timeout(h.request_timeout, async {
+        loop {
+            let leader = leader_of(&h.raft);
+            if leader != Leader::Unknown {
+                return Ok(leader);
+            }
+            if rx.changed().await.is_err() {
+                return Ok(Leader::Unknown);
+            }
+        }
+    })
+    .await;
+    match waited {
+        Ok(Leader::Me) => match h.raft.get_read_log_id().await {
+            Ok((read_log_id, _)) => Ok(read_log_id.map_or(0, |l| l.index)),
+            Err(_) => Err(ReadError::NoLeader),
+        },
+        Ok(Leader::Other(id, node)) if may_forward => {
+            match h
+                .peers
+                .call(id, &node, &PeerRequest::ReadIndex, h.request_timeout)
+                .await
+            {
+                Ok(PeerResponse::ReadIndex { index }) => Ok(index),
+                _ => Err(ReadError::NoLeader),
+            }
+        }
+        _ => Err(ReadError::NoLeader),
+    }
+}
+
+async fn read_index_rounds(h: RaftHandles, mut rx: mpsc::Receiver<ReadWaiter>) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < READ_BATCH_MAX {
@@ -174,28 +495,42 @@ async fn read_index_rounds(
                 Err(_) => break,
             }
         }
-        match raft.get_read_log_id().await {
-            Ok((read_log_id, _)) => {
-                let min_applied = read_log_id.map_or(0, |l| l.index);
-                for (req, reply) in batch {
-                    if let Err(e) = mvcc
-                        .send(MvccMsg::Range {
-                            req,
-                            min_applied,
-                            reply,
-                        })
-                        .await
-                    {
-                        if let MvccMsg::Range { reply, .. } = e.0 {
-                            let _ = reply.send(Err(ReadError::NoLeader));
+        // Peers ask this member as their leader; they are not forwarded on.
+        let only_peers = batch
+            .iter()
+            .all(|w| matches!(w, ReadWaiter::Index(Origin::Peer, _)));
+        let index = read_index(&h, !only_peers).await;
+        let am_leader = leader_of(&h.raft) == Leader::Me;
+        for w in batch {
+            match w {
+                ReadWaiter::Index(origin, reply) => {
+                    let r = if origin == Origin::Peer && !am_leader {
+                        Err(ReadError::NoLeader)
+                    } else {
+                        index
+                    };
+                    let _ = reply.send(r);
+                }
+                ReadWaiter::Range(req, reply) => match index {
+                    Ok(min_applied) => {
+                        if let Err(e) = h
+                            .mvcc
+                            .send(MvccMsg::Range {
+                                req,
+                                min_applied,
+                                reply,
+                            })
+                            .await
+                        {
+                            if let MvccMsg::Range { reply, .. } = e.0 {
+                                let _ = reply.send(Err(ReadError::NoLeader));
+                            }
                         }
                     }
-                }
-            }
-            Err(_) => {
-                for (_, reply) in batch {
-                    let _ = reply.send(Err(ReadError::NoLeader));
-                }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                },
             }
         }
     }

@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! membership: n_configs u32, per config: n u32, n x node_id u64;
-//!             n_nodes u32, per node: node_id u64, addr_len u32, addr
+//!             n_nodes u32, per node: node_id u64, name (len u32, utf-8),
+//!             n_peer_urls u32, each (len u32, utf-8), n_client_urls u32, each
 //! snapshot meta: flags u8 (bit0 applied present, bit1 membership log id present),
 //!                applied (term u64, leader u64, index u64),
 //!                membership log id (term, leader, index), membership
@@ -57,9 +58,19 @@ pub fn encode_membership(m: &Membership, out: &mut Vec<u8>) {
     out.extend_from_slice(&(nodes.len() as u32).to_le_bytes());
     for (id, node) in nodes {
         out.extend_from_slice(&id.to_le_bytes());
-        out.extend_from_slice(&(node.addr.len() as u32).to_le_bytes());
-        out.extend_from_slice(node.addr.as_bytes());
+        put_str(out, &node.name);
+        for urls in [&node.peer_urls, &node.client_urls] {
+            out.extend_from_slice(&(urls.len() as u32).to_le_bytes());
+            for u in urls {
+                put_str(out, u);
+            }
+        }
     }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
 }
 
 struct Reader<'a> {
@@ -84,6 +95,14 @@ impl<'a> Reader<'a> {
         Ok(u64::from_le_bytes(
             self.take(8)?.try_into().expect("8 bytes"),
         ))
+    }
+    fn string(&mut self) -> Result<String, String> {
+        let len = self.u32()? as usize;
+        String::from_utf8(self.take(len)?.to_vec()).map_err(|e| e.to_string())
+    }
+    fn strings(&mut self) -> Result<Vec<String>, String> {
+        let n = self.u32()?;
+        (0..n).map(|_| self.string()).collect()
     }
     fn log_id(&mut self) -> Result<LogId, String> {
         let term = self.u64()?;
@@ -110,9 +129,17 @@ impl<'a> Reader<'a> {
         let mut nodes = BTreeMap::<NodeId, Node>::new();
         for _ in 0..n_nodes {
             let id = self.u64()?;
-            let len = self.u32()? as usize;
-            let addr = String::from_utf8(self.take(len)?.to_vec()).map_err(|e| e.to_string())?;
-            nodes.insert(id, Node { addr });
+            let name = self.string()?;
+            let peer_urls = self.strings()?;
+            let client_urls = self.strings()?;
+            nodes.insert(
+                id,
+                Node {
+                    name,
+                    peer_urls,
+                    client_urls,
+                },
+            );
         }
         Ok(Membership::new(configs, nodes))
     }
@@ -162,7 +189,9 @@ mod tests {
         nodes.insert(
             7u64,
             Node {
-                addr: "http://127.0.0.1:2380".into(),
+                name: "a".into(),
+                peer_urls: vec!["http://127.0.0.1:2380".into()],
+                client_urls: vec!["http://127.0.0.1:2379".into(), "http://[::1]:2379".into()],
             },
         );
         let m = Membership::new(vec![BTreeSet::from([7u64])], nodes);

@@ -73,8 +73,10 @@ fn entry_from_record(r: EntryRecord) -> Result<Entry, String> {
     Ok(Entry { log_id, payload })
 }
 
-fn to_wal_entry(e: &Entry) -> WalEntry {
-    let (payload_kind, payload) = match &e.payload {
+/// An entry's payload as the WAL and the peer transport carry it: its
+/// `PAYLOAD_*` kind and bytes.
+pub fn payload_of(e: &Entry) -> (u8, Bytes) {
+    match &e.payload {
         EntryPayload::Blank => (PAYLOAD_BLANK, Bytes::new()),
         EntryPayload::Normal(p) => (PAYLOAD_NORMAL, p.batch.clone()),
         EntryPayload::Membership(m) => {
@@ -82,7 +84,11 @@ fn to_wal_entry(e: &Entry) -> WalEntry {
             encode_membership(m, &mut out);
             (PAYLOAD_MEMBERSHIP, Bytes::from(out))
         }
-    };
+    }
+}
+
+fn to_wal_entry(e: &Entry) -> WalEntry {
+    let (payload_kind, payload) = payload_of(e);
     WalEntry {
         log_id: log_id_record(&e.log_id),
         payload_kind,

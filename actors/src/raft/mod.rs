@@ -4,12 +4,14 @@
 //! * [`codec`]: byte encodings of raft metadata for the WAL and snapshots;
 //! * [`log_store`]: openraft's log storage over the WAL writer;
 //! * [`state_machine`]: openraft's state machine over the MVCC apply actor;
-//! * [`network`]: the peer transport (none yet: single-member groups);
+//! * [`network`]: openraft's RPCs over the peer transport (`crate::peer`);
+//! * [`members`]: membership changes with etcd's rules;
 //! * [`actor`]: the raft actor that owns the `Raft` handle and serves reactors.
 
 pub mod actor;
 pub mod codec;
 pub mod log_store;
+pub mod members;
 pub mod network;
 pub mod state_machine;
 pub mod types;

@@ -1,11 +1,13 @@
-//! The peer transport seen by openraft.
-//!
-//! keel currently runs single-member raft groups, where openraft never
-//! contacts a peer. Every call reports the peer unreachable, so a
-//! misconfigured multi-member group fails loudly instead of hanging.
+//! The peer transport seen by openraft: each RPC is one request/response on
+//! a pooled peer connection; a snapshot streams the leader's snapshot file
+//! in chunks over a connection of its own.
 
 use std::future::Future;
+use std::rc::Rc;
+use std::time::Duration;
 
+use futures_lite::AsyncReadExt;
+use glommio::io::{BufferedFile, StreamReaderBuilder};
 use openraft::error::{
     Fatal, NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
 };
@@ -15,50 +17,181 @@ use openraft::raft::{
 };
 use openraft::storage::Snapshot;
 
+use super::codec::encode_snapshot_meta;
 use super::types::{Node, NodeId, TypeConfig, Vote};
+use crate::peer::conn::{request_frame, PeerClients, PeerError};
+use crate::peer::wire::{
+    append_from_wire, entry_to_wire, log_id_from_wire, log_id_to_wire, vote_from_wire,
+    vote_to_wire, PeerRequest, PeerResponse,
+};
 
-pub struct NoPeers;
+/// Bytes of snapshot data per frame.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 
-fn unreachable() -> Unreachable {
-    Unreachable::new(&std::io::Error::other(
-        "no peer transport: this keel runs single-member raft groups",
-    ))
+pub struct PeerNetwork {
+    pub peers: Rc<PeerClients>,
 }
 
-impl RaftNetworkFactory<TypeConfig> for NoPeers {
-    type Network = NoPeers;
+impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = PeerLink;
 
-    async fn new_client(&mut self, _target: NodeId, _node: &Node) -> NoPeers {
-        NoPeers
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerLink {
+        PeerLink {
+            peers: self.peers.clone(),
+            target,
+            node: node.clone(),
+        }
     }
 }
 
-impl RaftNetwork<TypeConfig> for NoPeers {
+/// openraft's handle on one peer.
+pub struct PeerLink {
+    peers: Rc<PeerClients>,
+    target: NodeId,
+    node: Node,
+}
+
+type RpcError = RPCError<NodeId, Node, RaftError<NodeId>>;
+
+fn rpc_error(e: PeerError) -> RpcError {
+    match e {
+        PeerError::Unreachable(..) | PeerError::Rejected(..) => {
+            RPCError::Unreachable(Unreachable::new(&e))
+        }
+        PeerError::Io(..) | PeerError::Timeout(..) => RPCError::Network(NetworkError::new(&e)),
+    }
+}
+
+/// The peer answered, but could not serve the RPC (its raft stopped, say).
+fn remote_failure(target: NodeId, reason: String) -> RpcError {
+    RPCError::Network(NetworkError::new(&std::io::Error::other(format!(
+        "peer {target:x}: {reason}"
+    ))))
+}
+
+fn unexpected(target: NodeId, resp: &PeerResponse) -> RpcError {
+    RPCError::Network(NetworkError::new(&std::io::Error::other(format!(
+        "peer {target:x} sent an unexpected response: {resp:?}"
+    ))))
+}
+
+impl PeerLink {
+    async fn call(&self, req: &PeerRequest, ttl: Duration) -> Result<PeerResponse, RpcError> {
+        self.peers
+            .call(self.target, &self.node, req, ttl)
+            .await
+            .map_err(rpc_error)
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerLink {
     async fn append_entries(
         &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        Err(RPCError::Unreachable(unreachable()))
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcError> {
+        let req = PeerRequest::AppendEntries {
+            vote: vote_to_wire(&rpc.vote),
+            prev_log_id: rpc.prev_log_id.as_ref().map(log_id_to_wire),
+            leader_commit: rpc.leader_commit.as_ref().map(log_id_to_wire),
+            entries: rpc.entries.iter().map(entry_to_wire).collect(),
+        };
+        match self.call(&req, option.hard_ttl()).await? {
+            PeerResponse::AppendEntries(r) => Ok(append_from_wire(&r)),
+            PeerResponse::Failed { reason } => Err(remote_failure(self.target, reason)),
+            other => Err(unexpected(self.target, &other)),
+        }
     }
 
     async fn vote(
         &mut self,
-        _rpc: VoteRequest<NodeId>,
-        _option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
-        Err(RPCError::Unreachable(unreachable()))
+        rpc: openraft::raft::VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RpcError> {
+        let VoteRequest { vote, last_log_id } = rpc;
+        let req = PeerRequest::Vote {
+            vote: vote_to_wire(&vote),
+            last_log_id: last_log_id.as_ref().map(log_id_to_wire),
+        };
+        match self.call(&req, option.hard_ttl()).await? {
+            PeerResponse::Vote {
+                vote,
+                granted,
+                last_log_id,
+            } => Ok(VoteResponse {
+                vote: vote_from_wire(&vote),
+                vote_granted: granted,
+                last_log_id: last_log_id.as_ref().map(log_id_from_wire),
+            }),
+            PeerResponse::Failed { reason } => Err(remote_failure(self.target, reason)),
+            other => Err(unexpected(self.target, &other)),
+        }
     }
 
     async fn full_snapshot(
         &mut self,
-        _vote: Vote,
-        _snapshot: Snapshot<TypeConfig>,
-        _cancel: impl Future<Output = ReplicationClosed> + 'static,
-        _option: RPCOption,
+        vote: Vote,
+        snapshot: Snapshot<TypeConfig>,
+        cancel: impl Future<Output = ReplicationClosed> + 'static,
+        option: RPCOption,
     ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
-        Err(StreamingError::Network(NetworkError::new(
-            &std::io::Error::other("no peer transport: this keel runs single-member raft groups"),
-        )))
+        let net = |e: &dyn std::fmt::Display| {
+            StreamingError::Network(NetworkError::new(&std::io::Error::other(e.to_string())))
+        };
+        let send = async {
+            let path = &snapshot.snapshot.path;
+            let file = BufferedFile::open(path).await.map_err(|e| net(&e))?;
+            let size = file.file_size().await.map_err(|e| net(&e))?;
+            let mut reader = StreamReaderBuilder::new(file)
+                .with_buffer_size(SNAPSHOT_CHUNK_BYTES)
+                .build();
+            let mut conn = self
+                .peers
+                .connect(self.target, &self.node)
+                .await
+                .map_err(|e| net(&e))?;
+            let meta = &snapshot.meta;
+            let begin = request_frame(&PeerRequest::SnapshotBegin {
+                vote: vote_to_wire(&vote),
+                snapshot_id: meta.snapshot_id.clone(),
+                meta: encode_snapshot_meta(meta.last_log_id.as_ref(), &meta.last_membership),
+                size,
+            });
+            conn.send(&begin).await.map_err(|e| net(&e))?;
+            let mut sent = 0u64;
+            let mut buf = vec![0u8; SNAPSHOT_CHUNK_BYTES];
+            while sent < size {
+                let n = reader.read(&mut buf).await.map_err(|e| net(&e))?;
+                if n == 0 {
+                    return Err(net(&"snapshot file ended early"));
+                }
+                let chunk = request_frame(&PeerRequest::SnapshotChunk {
+                    data: buf[..n].to_vec(),
+                });
+                conn.send(&chunk).await.map_err(|e| net(&e))?;
+                sent += n as u64;
+            }
+            let _ = reader.close().await;
+            match conn.recv().await.map_err(|e| net(&e))? {
+                PeerResponse::Snapshot { vote } => Ok(SnapshotResponse {
+                    vote: vote_from_wire(&vote),
+                }),
+                other => Err(net(&format!("unexpected snapshot response {other:?}"))),
+            }
+        };
+        // A snapshot may be large: its deadline scales with the soft TTL
+        // per chunk rather than one RPC's.
+        let deadline = option.hard_ttl().max(Duration::from_secs(60));
+        let timed = async {
+            match glommio::timer::timeout(deadline, async { Ok(send.await) }).await {
+                Ok(result) => result,
+                Err(_) => Err(net(&"snapshot transfer timed out")),
+            }
+        };
+        futures_lite::future::or(timed, async {
+            let closed = cancel.await;
+            Err(StreamingError::Closed(closed))
+        })
+        .await
     }
 }

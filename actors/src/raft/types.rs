@@ -6,13 +6,10 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use keel_storage::mvcc::ApplyOutcome;
-use openraft::raft::responder::Responder;
-use openraft::raft::ClientWriteResult;
 
 use crate::runtime::GlommioRuntime;
 
 pub type NodeId = u64;
-pub type Node = openraft::BasicNode;
 pub type Entry = openraft::Entry<TypeConfig>;
 pub type LogId = openraft::LogId<NodeId>;
 pub type Vote = openraft::Vote<NodeId>;
@@ -21,6 +18,21 @@ pub type StoredMembership = openraft::StoredMembership<NodeId, Node>;
 pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Node>;
 pub type StorageError = openraft::StorageError<NodeId>;
 pub type Raft = openraft::Raft<TypeConfig>;
+
+/// What the cluster knows about a member besides its id: etcd's `Member`.
+/// Client URLs are empty until the member has started and published them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Node {
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+}
+
+impl fmt::Display for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}({})", self.name, self.peer_urls.join(","))
+    }
+}
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct TypeConfig;
@@ -33,7 +45,7 @@ impl openraft::RaftTypeConfig for TypeConfig {
     type Entry = Entry;
     type SnapshotData = SnapshotFile;
     type AsyncRuntime = GlommioRuntime;
-    type Responder = ReplyResponder;
+    type Responder = openraft::raft::responder::OneshotResponder<TypeConfig>;
 }
 
 /// What applying an entry produced: one outcome per command of its batch
@@ -45,12 +57,22 @@ pub type AppliedResult = Vec<ApplyOutcome>;
 pub enum ProposeError {
     /// This member is not the leader (`leader` is the one it knows of).
     NotLeader { leader: Option<NodeId> },
+    /// The command went to a leader that stopped answering: it may or may
+    /// not have been applied.
+    LeaderChanged,
     /// The raft group stopped (shutdown or a fatal storage error).
     Stopped,
 }
 
+/// A command's outcome and the log index it was applied at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    pub index: u64,
+    pub outcome: ApplyOutcome,
+}
+
 /// The reply a reactor awaits for one proposed command.
-pub type WriteReply = Result<ApplyOutcome, ProposeError>;
+pub type WriteReply = Result<Applied, ProposeError>;
 pub type ReplyTx = tokio::sync::oneshot::Sender<WriteReply>;
 
 /// Counts batches between proposal and apply, so the raft actor keeps a
@@ -88,31 +110,16 @@ impl Drop for InflightPermit {
     }
 }
 
-/// A batch of clients' commands on its way into the log: the encoded batch
-/// (see `keel_proto::batch`) and, until openraft takes them out, the
-/// channels the replies go to, one per command.
+/// A batch of clients' commands as a raft entry's payload: an encoded
+/// batch (see `keel_proto::batch`).
+#[derive(Clone)]
 pub struct Proposal {
     pub batch: Bytes,
-    pub replies: Vec<ReplyTx>,
-    pub permit: Option<InflightPermit>,
 }
 
 impl Proposal {
-    /// A proposal read back from the log: the replies went with the original.
     pub fn from_log(batch: Bytes) -> Proposal {
-        Proposal {
-            batch,
-            replies: Vec::new(),
-            permit: None,
-        }
-    }
-}
-
-/// A copy carries the commands, never the reply channels: only the original
-/// proposal's waiters may be answered.
-impl Clone for Proposal {
-    fn clone(&self) -> Self {
-        Proposal::from_log(self.batch.clone())
+        Proposal { batch }
     }
 }
 
@@ -125,47 +132,6 @@ impl fmt::Debug for Proposal {
 impl fmt::Display for Proposal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(self, f)
-    }
-}
-
-/// Answers a proposal's waiters directly from where openraft completes it,
-/// without a hop through the raft actor.
-pub struct ReplyResponder {
-    replies: Vec<ReplyTx>,
-    _permit: Option<InflightPermit>,
-}
-
-impl Responder<TypeConfig> for ReplyResponder {
-    type Receiver = ();
-
-    fn from_app_data(mut app_data: Proposal) -> (Proposal, Self, ()) {
-        let responder = ReplyResponder {
-            replies: std::mem::take(&mut app_data.replies),
-            _permit: app_data.permit.take(),
-        };
-        (app_data, responder, ())
-    }
-
-    fn send(self, result: ClientWriteResult<TypeConfig>) {
-        let error = match result {
-            Ok(resp) => {
-                let mut outcomes = resp.data.into_iter();
-                for tx in self.replies {
-                    // A waiter may have given up (client gone); nothing to do then.
-                    let _ = tx.send(outcomes.next().ok_or(ProposeError::Stopped));
-                }
-                return;
-            }
-            Err(openraft::error::ClientWriteError::ForwardToLeader(f)) => ProposeError::NotLeader {
-                leader: f.leader_id,
-            },
-            Err(openraft::error::ClientWriteError::ChangeMembershipError(_)) => {
-                ProposeError::Stopped
-            }
-        };
-        for tx in self.replies {
-            let _ = tx.send(Err(error.clone()));
-        }
     }
 }
 

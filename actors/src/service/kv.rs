@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 use super::ServerCtx;
 use crate::grpc::status::Status;
 use crate::mvcc_actor::{MvccMsg, ReadError};
-use crate::raft::actor::RaftRequest;
+use crate::raft::actor::{Origin, RaftRequest};
 use crate::raft::types::{ProposeError, WriteReply};
 
 pub fn check_range(r: &pb::RangeRequest) -> Result<(), Status> {
@@ -179,14 +179,19 @@ pub async fn propose(
     let command = Bytes::from_owner(cmd.to_bytes());
     let (tx, rx) = oneshot::channel::<WriteReply>();
     ctx.raft
-        .send(RaftRequest::Propose { command, reply: tx })
+        .send(RaftRequest::Propose {
+            command,
+            origin: Origin::Client,
+            reply: tx,
+        })
         .await
         .map_err(|_| Status::stopped())?;
     match with_timeout(ctx.cfg.request_timeout, rx).await? {
         Err(_) => Err(Status::stopped()),
         Ok(Err(ProposeError::NotLeader { .. })) => Err(Status::no_leader()),
+        Ok(Err(ProposeError::LeaderChanged)) => Err(Status::leader_changed()),
         Ok(Err(ProposeError::Stopped)) => Err(Status::stopped()),
-        Ok(Ok(outcome)) => outcome.map_err(Status::from),
+        Ok(Ok(applied)) => applied.outcome.map_err(Status::from),
     }
 }
 

@@ -9,6 +9,7 @@ use super::ServerCtx;
 use crate::grpc::status::{Code, Status};
 use crate::mvcc_actor::{MvccMsg, MvccStatus};
 use crate::raft::actor::{RaftRequest, RaftStatus};
+use crate::raft::types::Node;
 
 async fn ask_raft(ctx: &ServerCtx) -> Result<RaftStatus, Status> {
     let (tx, rx) = oneshot::channel();
@@ -50,7 +51,7 @@ pub async fn status(ctx: &ServerCtx) -> Result<pb::StatusResponse, Status> {
         raft_applied_index: raft.applied_index,
         errors: Vec::new(),
         db_size_in_use: mvcc.size_bytes as i64,
-        is_learner: false,
+        is_learner: raft.is_learner(),
         storage_version: String::new(),
         db_size_quota: 0,
         downgrade_info: None,
@@ -73,18 +74,32 @@ pub async fn alarm(ctx: &ServerCtx, req: pb::AlarmRequest) -> Result<pb::AlarmRe
     })
 }
 
+/// etcd's view of one member.
+pub fn member_of(id: u64, node: &Node, learner: bool) -> pb::Member {
+    pb::Member {
+        id,
+        name: node.name.clone(),
+        peer_ur_ls: node.peer_urls.clone(),
+        client_ur_ls: node.client_urls.clone(),
+        is_learner: learner,
+    }
+}
+
+/// Every member of the membership this member has applied, voters and learners.
+pub fn members_of(raft: &RaftStatus) -> Vec<pb::Member> {
+    let voters: Vec<u64> = raft.membership.voter_ids().collect();
+    raft.membership
+        .nodes()
+        .map(|(id, node)| member_of(*id, node, !voters.contains(id)))
+        .collect()
+}
+
 pub async fn member_list(ctx: &ServerCtx) -> Result<pb::MemberListResponse, Status> {
     let raft = ask_raft(ctx).await?;
     let mvcc = ask_mvcc(ctx).await?;
     Ok(pb::MemberListResponse {
         header: header(ctx, &raft, &mvcc),
-        members: vec![pb::Member {
-            id: ctx.cfg.ids.member_id,
-            name: ctx.cfg.name.clone(),
-            peer_ur_ls: ctx.cfg.peer_urls.clone(),
-            client_ur_ls: ctx.cfg.client_urls.clone(),
-            is_learner: false,
-        }],
+        members: members_of(&raft),
     })
 }
 

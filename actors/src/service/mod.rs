@@ -16,10 +16,7 @@ use crate::raft::actor::RaftRequest;
 /// What every core's reactor knows about its member.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
-    pub name: String,
     pub ids: HeaderIds,
-    pub client_urls: Vec<String>,
-    pub peer_urls: Vec<String>,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
     /// How long a write or linearizable read may take before

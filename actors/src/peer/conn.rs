@@ -1,0 +1,379 @@
+//! Frames on a peer connection, and the dialing side's connection pool.
+//!
+//! A frame is a 16-byte header (body length u32 LE, crc32c of the body u32
+//! LE, 8 zero bytes) and an rkyv archive. The archive is built right after
+//! the header in one buffer, so a frame is one write; the header's length
+//! keeps the archive 16-byte aligned for reading in place.
+//!
+//! [`PeerClients`] keeps idle connections per peer and hands one to each
+//! call; a call owns its connection until the response arrives, so requests
+//! never interleave on a connection. A peer that refused a connection is
+//! not dialed again until its backoff (doubling up to a second) has passed.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use rkyv::util::AlignedVec;
+
+use super::wire::{ArchivedPeerResponse, PeerRequest, PeerResponse};
+use crate::metrics::metrics;
+use crate::raft::codec::decode_membership;
+use crate::raft::types::{Membership, Node, NodeId};
+
+pub const HEADER_BYTES: usize = 16;
+/// Largest frame accepted: a full AppendEntries batch or snapshot chunk with room to spare.
+pub const FRAME_MAX: usize = 256 << 20;
+/// Idle connections kept per peer.
+const IDLE_PER_PEER: usize = 8;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const BACKOFF_MIN: Duration = Duration::from_millis(20);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Archives `value` after room for the frame header, then fills the header in.
+fn frame_of(archive: impl FnOnce(AlignedVec) -> AlignedVec) -> AlignedVec {
+    let mut buf = AlignedVec::with_capacity(256);
+    buf.extend_from_slice(&[0u8; HEADER_BYTES]);
+    let mut buf = archive(buf);
+    let body_len = (buf.len() - HEADER_BYTES) as u32;
+    let crc = crc32c::crc32c(&buf[HEADER_BYTES..]);
+    buf[0..4].copy_from_slice(&body_len.to_le_bytes());
+    buf[4..8].copy_from_slice(&crc.to_le_bytes());
+    buf
+}
+
+pub fn request_frame(req: &PeerRequest) -> AlignedVec {
+    frame_of(|buf| {
+        // Archiving owned data into a growable buffer cannot fail.
+        rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(req, buf)
+            .expect("archiving a peer request")
+    })
+}
+
+pub fn response_frame(resp: &PeerResponse) -> AlignedVec {
+    frame_of(|buf| {
+        rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(resp, buf)
+            .expect("archiving a peer response")
+    })
+}
+
+/// The body length a frame header announces, and its checksum.
+fn parse_header(header: &[u8; HEADER_BYTES]) -> io::Result<(usize, u32)> {
+    let len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+    if len > FRAME_MAX {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("peer frame of {len} bytes exceeds the {FRAME_MAX} byte limit"),
+        ));
+    }
+    Ok((len, crc))
+}
+
+fn check_body(body: &[u8], crc: u32) -> io::Result<()> {
+    if crc32c::crc32c(body) != crc {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "peer frame checksum mismatch",
+        ));
+    }
+    Ok(())
+}
+
+fn body_buffer(len: usize) -> AlignedVec<16> {
+    let mut body = AlignedVec::<16>::with_capacity(len);
+    body.resize(len, 0);
+    body
+}
+
+/// Reads one frame's body (16-byte aligned), checking its length and checksum.
+pub async fn read_frame(stream: &mut TcpStream) -> io::Result<AlignedVec<16>> {
+    let mut header = [0u8; HEADER_BYTES];
+    stream.read_exact(&mut header).await?;
+    let (len, crc) = parse_header(&header)?;
+    let mut body = body_buffer(len);
+    stream.read_exact(&mut body).await?;
+    check_body(&body, crc)?;
+    Ok(body)
+}
+
+/// Asks the member at `url` for the cluster's id and membership, with
+/// blocking I/O: a member joining an existing cluster does this at start-up,
+/// before its executors run.
+pub fn ask_membership(url: &str, timeout: Duration) -> io::Result<(u64, Membership)> {
+    use std::io::{Read, Write};
+    let mut last = io::Error::other(format!("{url}: resolves to no address"));
+    for addr in resolve_peer_url(url)? {
+        let attempt = (|| -> io::Result<(u64, Membership)> {
+            let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+            s.set_read_timeout(Some(timeout))?;
+            s.set_write_timeout(Some(timeout))?;
+            let mut exchange = |req: &PeerRequest| -> io::Result<PeerResponse> {
+                s.write_all(&request_frame(req))?;
+                let mut header = [0u8; HEADER_BYTES];
+                s.read_exact(&mut header)?;
+                let (len, crc) = parse_header(&header)?;
+                let mut body = body_buffer(len);
+                s.read_exact(&mut body)?;
+                check_body(&body, crc)?;
+                decode_response(&body)
+            };
+            let hello = PeerRequest::Hello {
+                cluster_id: 0,
+                from: 0,
+                to: 0,
+            };
+            match exchange(&hello)? {
+                PeerResponse::Hello { .. } => {}
+                other => return Err(io::Error::other(format!("unexpected greeting {other:?}"))),
+            }
+            match exchange(&PeerRequest::Members)? {
+                PeerResponse::Members {
+                    cluster_id,
+                    membership,
+                    ..
+                } => Ok((
+                    cluster_id,
+                    decode_membership(&membership).map_err(io::Error::other)?,
+                )),
+                other => Err(io::Error::other(format!("unexpected answer {other:?}"))),
+            }
+        })();
+        match attempt {
+            Ok(r) => return Ok(r),
+            Err(e) => last = io::Error::new(e.kind(), format!("{addr}: {e}")),
+        }
+    }
+    Err(last)
+}
+
+pub fn decode_response(body: &[u8]) -> io::Result<PeerResponse> {
+    let archived = rkyv::access::<ArchivedPeerResponse, rkyv::rancor::Error>(body)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+    rkyv::deserialize::<PeerResponse, rkyv::rancor::Error>(archived)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+}
+
+/// `http://host:port` → socket addresses.
+pub fn resolve_peer_url(url: &str) -> io::Result<Vec<SocketAddr>> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| io::Error::other(format!("peer URL {url}: only http:// is supported")))?;
+    let hostport = rest.trim_end_matches('/');
+    Ok(hostport.to_socket_addrs()?.collect())
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PeerError {
+    /// No connection could be made (or the peer is in backoff).
+    #[error("peer {0:x} unreachable: {1}")]
+    Unreachable(NodeId, String),
+    /// The connection failed mid-call: the request may or may not have arrived.
+    #[error("peer {0:x}: {1}")]
+    Io(NodeId, String),
+    #[error("peer {0:x} did not answer within {1:?}")]
+    Timeout(NodeId, Duration),
+    #[error("peer {0:x} refused the connection: {1}")]
+    Rejected(NodeId, String),
+}
+
+/// An open, greeted connection to one peer.
+pub struct PeerConn {
+    target: NodeId,
+    label: String,
+    stream: TcpStream,
+}
+
+impl PeerConn {
+    pub async fn send(&mut self, frame: &[u8]) -> io::Result<()> {
+        self.stream.write_all(frame).await?;
+        metrics()
+            .peer_sent_bytes
+            .with_label_values(&[&self.label])
+            .inc_by(frame.len() as u64);
+        Ok(())
+    }
+
+    pub async fn recv(&mut self) -> io::Result<PeerResponse> {
+        let body = read_frame(&mut self.stream).await?;
+        metrics()
+            .peer_received_bytes
+            .with_label_values(&[&self.label])
+            .inc_by((body.len() + HEADER_BYTES) as u64);
+        decode_response(&body)
+    }
+
+    pub fn target(&self) -> NodeId {
+        self.target
+    }
+}
+
+/// Called when a peer refuses this member (another cluster, say).
+pub type OnRejected = Box<dyn Fn(NodeId, &str)>;
+
+#[derive(Default, Clone, Copy)]
+struct Backoff {
+    until: Option<Instant>,
+    delay: Duration,
+}
+
+/// The dialing side of the peer transport, shared by everything on the
+/// raft core that talks to other members.
+pub struct PeerClients {
+    me: NodeId,
+    cluster_id: Cell<u64>,
+    idle: RefCell<HashMap<NodeId, Vec<PeerConn>>>,
+    backoff: RefCell<HashMap<NodeId, Backoff>>,
+    on_rejected: OnRejected,
+}
+
+impl PeerClients {
+    pub fn new(me: NodeId, cluster_id: u64, on_rejected: OnRejected) -> Self {
+        PeerClients {
+            me,
+            cluster_id: Cell::new(cluster_id),
+            idle: RefCell::default(),
+            backoff: RefCell::default(),
+            on_rejected,
+        }
+    }
+
+    fn in_backoff(&self, target: NodeId) -> bool {
+        self.backoff
+            .borrow()
+            .get(&target)
+            .and_then(|b| b.until)
+            .is_some_and(|u| Instant::now() < u)
+    }
+
+    fn failed(&self, target: NodeId) {
+        let mut map = self.backoff.borrow_mut();
+        let b = map.entry(target).or_default();
+        b.delay = (b.delay * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
+        b.until = Some(Instant::now() + b.delay);
+        self.idle.borrow_mut().remove(&target);
+    }
+
+    fn succeeded(&self, target: NodeId) {
+        self.backoff.borrow_mut().remove(&target);
+    }
+
+    /// Opens and greets a new connection to `target`.
+    pub async fn connect(&self, target: NodeId, node: &Node) -> Result<PeerConn, PeerError> {
+        if self.in_backoff(target) {
+            return Err(PeerError::Unreachable(target, "backing off".into()));
+        }
+        let conn = self.dial(target, node).await;
+        if conn.is_err() {
+            self.failed(target);
+        }
+        conn
+    }
+
+    async fn dial(&self, target: NodeId, node: &Node) -> Result<PeerConn, PeerError> {
+        let unreachable = |e: String| PeerError::Unreachable(target, e);
+        let mut last = String::from("no peer URL");
+        for url in &node.peer_urls {
+            let addrs = match resolve_peer_url(url) {
+                Ok(a) => a,
+                Err(e) => {
+                    last = e.to_string();
+                    continue;
+                }
+            };
+            for addr in addrs {
+                match TcpStream::connect_timeout(addr, CONNECT_TIMEOUT).await {
+                    Ok(stream) => {
+                        let _ = stream.set_nodelay(true);
+                        let mut conn = PeerConn {
+                            target,
+                            label: format!("{target:x}"),
+                            stream,
+                        };
+                        return self.greet(&mut conn).await.map(|()| conn);
+                    }
+                    Err(e) => last = format!("{addr}: {e}"),
+                }
+            }
+        }
+        Err(unreachable(last))
+    }
+
+    async fn greet(&self, conn: &mut PeerConn) -> Result<(), PeerError> {
+        let target = conn.target;
+        let hello = request_frame(&PeerRequest::Hello {
+            cluster_id: self.cluster_id.get(),
+            from: self.me,
+            to: target,
+        });
+        let io_err = |e: io::Error| PeerError::Unreachable(target, e.to_string());
+        conn.send(&hello).await.map_err(io_err)?;
+        match conn.recv().await.map_err(io_err)? {
+            PeerResponse::Hello { .. } => Ok(()),
+            PeerResponse::Rejected { reason } => {
+                (self.on_rejected)(target, &reason);
+                Err(PeerError::Rejected(target, reason))
+            }
+            other => Err(PeerError::Unreachable(
+                target,
+                format!("unexpected greeting {other:?}"),
+            )),
+        }
+    }
+
+    /// Sends `req` to `target` and waits up to `timeout` for its response.
+    pub async fn call(
+        &self,
+        target: NodeId,
+        node: &Node,
+        req: &PeerRequest,
+        timeout: Duration,
+    ) -> Result<PeerResponse, PeerError> {
+        let frame = request_frame(req);
+        let pooled = self
+            .idle
+            .borrow_mut()
+            .get_mut(&target)
+            .and_then(|v| v.pop());
+        let mut conn = match pooled {
+            Some(c) => c,
+            None => self.connect(target, node).await?,
+        };
+        let started = Instant::now();
+        let exchange = async {
+            conn.send(&frame).await?;
+            conn.recv().await
+        };
+        let result = glommio::timer::timeout(timeout, async { Ok(exchange.await) }).await;
+        match result {
+            Err(_) => Err(PeerError::Timeout(target, timeout)),
+            Ok(Err(e)) => {
+                self.failed(target);
+                Err(PeerError::Io(target, e.to_string()))
+            }
+            Ok(Ok(resp)) => {
+                metrics()
+                    .peer_round_trip_seconds
+                    .with_label_values(&[&conn.label])
+                    .observe(started.elapsed().as_secs_f64());
+                self.succeeded(target);
+                let mut idle = self.idle.borrow_mut();
+                let list = idle.entry(target).or_default();
+                if list.len() < IDLE_PER_PEER {
+                    list.push(conn);
+                }
+                Ok(resp)
+            }
+        }
+    }
+
+    /// Forgets connections to members that left.
+    pub fn retain(&self, keep: impl Fn(NodeId) -> bool) {
+        self.idle.borrow_mut().retain(|id, _| keep(*id));
+        self.backoff.borrow_mut().retain(|id, _| keep(*id));
+    }
+}

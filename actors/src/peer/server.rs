@@ -1,0 +1,368 @@
+//! The accepting side of the peer transport, on the raft core.
+//!
+//! Each connection is greeted (cluster and member ids checked), then serves
+//! one request at a time: raft RPCs go straight to openraft, forwarded
+//! client commands and read-index requests to the raft actor, membership
+//! changes to [`crate::raft::members`].
+
+use std::path::PathBuf;
+use std::rc::Rc;
+
+use futures_lite::AsyncWriteExt;
+use glommio::io::{BufferedFile, StreamWriterBuilder};
+use glommio::net::{TcpListener, TcpStream};
+use keel_proto::command::Command;
+use openraft::raft::{AppendEntriesRequest, VoteRequest};
+use openraft::storage::Snapshot;
+use tokio::sync::{mpsc, oneshot};
+
+use super::conn::{read_frame, response_frame, HEADER_BYTES};
+use super::wire::{
+    append_to_wire, entry_from_archived, log_id_from_wire, log_id_to_wire, outcome_to_wire,
+    vote_from_wire, vote_to_wire, ArchivedPeerRequest, MemberChange, PeerResponse, WireOutcome,
+};
+use crate::metrics::metrics;
+use crate::raft::actor::{Origin, RaftRequest};
+use crate::raft::codec::{decode_snapshot_meta, encode_membership};
+use crate::raft::log_store::aligned_bytes;
+use crate::raft::members;
+use crate::raft::types::{NodeId, ProposeError, Raft, SnapshotFile, SnapshotMeta};
+
+pub struct PeerCtx {
+    pub raft: Raft,
+    pub me: NodeId,
+    pub cluster_id: u64,
+    pub raft_tx: mpsc::Sender<RaftRequest>,
+    pub snap_dir: PathBuf,
+}
+
+/// Serves peer connections until the process ends.
+pub async fn serve(listener: TcpListener, ctx: Rc<PeerCtx>) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                let ctx = ctx.clone();
+                glommio::spawn_local(async move {
+                    if let Err(e) = serve_connection(stream, &ctx).await {
+                        tracing::debug!("peer connection ended: {e}");
+                    }
+                })
+                .detach();
+            }
+            Err(e) => {
+                tracing::warn!("peer accept failed: {e}");
+                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+async fn reply(stream: &mut TcpStream, label: &str, resp: &PeerResponse) -> std::io::Result<()> {
+    let frame = response_frame(resp);
+    stream.write_all(&frame).await?;
+    metrics()
+        .peer_sent_bytes
+        .with_label_values(&[label])
+        .inc_by(frame.len() as u64);
+    Ok(())
+}
+
+fn invalid(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
+}
+
+async fn serve_connection(mut stream: TcpStream, ctx: &PeerCtx) -> std::io::Result<()> {
+    let _ = stream.set_nodelay(true);
+    let hello = read_frame(&mut stream).await?;
+    let archived =
+        rkyv::access::<ArchivedPeerRequest, rkyv::rancor::Error>(&hello).map_err(invalid)?;
+    let ArchivedPeerRequest::Hello {
+        cluster_id,
+        from,
+        to,
+    } = archived
+    else {
+        return Err(invalid("peer connection did not start with Hello"));
+    };
+    let (cluster_id, from, to) = (cluster_id.to_native(), from.to_native(), to.to_native());
+    let label = format!("{from:x}");
+    // cluster id 0: a member joining an existing cluster, asking who is in it.
+    let membership_only = cluster_id == 0;
+    let refusal = if !membership_only && cluster_id != ctx.cluster_id {
+        Some(format!(
+            "cluster ID mismatch: member {:x} belongs to cluster {:x}, the caller {from:x} to cluster {cluster_id:x} (check --initial-cluster and --initial-cluster-token)",
+            ctx.me, ctx.cluster_id
+        ))
+    } else if !membership_only && to != ctx.me {
+        Some(format!(
+            "member ID mismatch: this is member {:x}, the caller expected {to:x}",
+            ctx.me
+        ))
+    } else {
+        None
+    };
+    if let Some(reason) = refusal {
+        tracing::warn!(from = format!("{from:x}"), "refused a peer: {reason}");
+        return reply(&mut stream, &label, &PeerResponse::Rejected { reason }).await;
+    }
+    reply(
+        &mut stream,
+        &label,
+        &PeerResponse::Hello {
+            cluster_id: ctx.cluster_id,
+        },
+    )
+    .await?;
+    loop {
+        let body = read_frame(&mut stream).await?;
+        metrics()
+            .peer_received_bytes
+            .with_label_values(&[&label])
+            .inc_by((body.len() + HEADER_BYTES) as u64);
+        let req =
+            rkyv::access::<ArchivedPeerRequest, rkyv::rancor::Error>(&body).map_err(invalid)?;
+        if membership_only && !matches!(req, ArchivedPeerRequest::Members) {
+            return Err(invalid("only Members may be asked before joining"));
+        }
+        let resp = match req {
+            ArchivedPeerRequest::SnapshotBegin {
+                vote,
+                snapshot_id,
+                meta,
+                size,
+            } => {
+                receive_snapshot(
+                    &mut stream,
+                    ctx,
+                    &label,
+                    vote_from_wire(
+                        &rkyv::deserialize::<_, rkyv::rancor::Error>(vote).map_err(invalid)?,
+                    ),
+                    snapshot_id.as_str(),
+                    meta,
+                    size.to_native(),
+                )
+                .await?
+            }
+            other => handle(other, ctx).await.map_err(invalid)?,
+        };
+        reply(&mut stream, &label, &resp).await?;
+    }
+}
+
+async fn handle(req: &ArchivedPeerRequest, ctx: &PeerCtx) -> Result<PeerResponse, String> {
+    let de = |e: rkyv::rancor::Error| e.to_string();
+    Ok(match req {
+        ArchivedPeerRequest::AppendEntries {
+            vote,
+            prev_log_id,
+            leader_commit,
+            entries,
+        } => {
+            let rpc = AppendEntriesRequest {
+                vote: vote_from_wire(
+                    &rkyv::deserialize::<_, rkyv::rancor::Error>(vote).map_err(de)?,
+                ),
+                prev_log_id: rkyv::deserialize::<_, rkyv::rancor::Error>(prev_log_id)
+                    .map_err(de)?
+                    .as_ref()
+                    .map(log_id_from_wire),
+                leader_commit: rkyv::deserialize::<_, rkyv::rancor::Error>(leader_commit)
+                    .map_err(de)?
+                    .as_ref()
+                    .map(log_id_from_wire),
+                entries: entries
+                    .iter()
+                    .map(entry_from_archived)
+                    .collect::<Result<_, _>>()?,
+            };
+            match ctx.raft.append_entries(rpc).await {
+                Ok(r) => PeerResponse::AppendEntries(append_to_wire(&r)),
+                Err(e) => PeerResponse::Failed {
+                    reason: e.to_string(),
+                },
+            }
+        }
+        ArchivedPeerRequest::Vote { vote, last_log_id } => {
+            let rpc = VoteRequest {
+                vote: vote_from_wire(
+                    &rkyv::deserialize::<_, rkyv::rancor::Error>(vote).map_err(de)?,
+                ),
+                last_log_id: rkyv::deserialize::<_, rkyv::rancor::Error>(last_log_id)
+                    .map_err(de)?
+                    .as_ref()
+                    .map(log_id_from_wire),
+            };
+            match ctx.raft.vote(rpc).await {
+                Ok(r) => PeerResponse::Vote {
+                    vote: vote_to_wire(&r.vote),
+                    granted: r.vote_granted,
+                    last_log_id: r.last_log_id.as_ref().map(log_id_to_wire),
+                },
+                Err(e) => PeerResponse::Failed {
+                    reason: e.to_string(),
+                },
+            }
+        }
+        ArchivedPeerRequest::Forward { commands } => forward(ctx, commands).await,
+        ArchivedPeerRequest::ReadIndex => {
+            let (tx, rx) = oneshot::channel();
+            let sent = ctx
+                .raft_tx
+                .send(RaftRequest::ReadIndex {
+                    origin: Origin::Peer,
+                    reply: tx,
+                })
+                .await;
+            match (sent, rx.await) {
+                (Ok(()), Ok(Ok(index))) => PeerResponse::ReadIndex { index },
+                _ => not_leader(ctx),
+            }
+        }
+        ArchivedPeerRequest::Members => {
+            let m = ctx.raft.metrics().borrow().clone();
+            let mut membership = Vec::new();
+            encode_membership(m.membership_config.membership(), &mut membership);
+            PeerResponse::Members {
+                cluster_id: ctx.cluster_id,
+                leader: m.current_leader,
+                membership,
+            }
+        }
+        ArchivedPeerRequest::ChangeMembers(change) => {
+            let change: MemberChange =
+                rkyv::deserialize::<_, rkyv::rancor::Error>(change).map_err(de)?;
+            if ctx.raft.metrics().borrow().current_leader != Some(ctx.me) {
+                not_leader(ctx)
+            } else {
+                match members::execute(&ctx.raft, change).await {
+                    Ok(()) => PeerResponse::Members {
+                        cluster_id: ctx.cluster_id,
+                        leader: Some(ctx.me),
+                        membership: Vec::new(),
+                    },
+                    Err(e) => e.into_wire(),
+                }
+            }
+        }
+        ArchivedPeerRequest::Hello { .. }
+        | ArchivedPeerRequest::SnapshotBegin { .. }
+        | ArchivedPeerRequest::SnapshotChunk { .. } => return Err("unexpected peer request".into()),
+    })
+}
+
+fn not_leader(ctx: &PeerCtx) -> PeerResponse {
+    PeerResponse::NotLeader {
+        leader: ctx.raft.metrics().borrow().current_leader,
+    }
+}
+
+/// Proposes a follower's commands here (they join this leader's batches)
+/// and answers with each one's outcome and log index.
+async fn forward(
+    ctx: &PeerCtx,
+    commands: &rkyv::vec::ArchivedVec<rkyv::vec::ArchivedVec<u8>>,
+) -> PeerResponse {
+    let mut waiting = Vec::with_capacity(commands.len());
+    for c in commands.iter() {
+        let command = aligned_bytes(c);
+        // What this leader proposes, every member applies: never let
+        // bytes that do not decode into the log.
+        if Command::access(&command).is_err() {
+            waiting.push(None);
+            continue;
+        }
+        let (tx, rx) = oneshot::channel();
+        if ctx
+            .raft_tx
+            .send(RaftRequest::Propose {
+                command,
+                origin: Origin::Peer,
+                reply: tx,
+            })
+            .await
+            .is_err()
+        {
+            waiting.push(None);
+            continue;
+        }
+        waiting.push(Some(rx));
+    }
+    let mut outcomes = Vec::with_capacity(waiting.len());
+    for w in waiting {
+        let outcome = match w {
+            None => WireOutcome::Stopped,
+            Some(rx) => match rx.await {
+                Ok(Ok(applied)) => outcome_to_wire(applied.index, &applied.outcome),
+                Ok(Err(ProposeError::NotLeader { .. })) => WireOutcome::NotLeader,
+                Ok(Err(_)) | Err(_) => WireOutcome::Stopped,
+            },
+        };
+        outcomes.push(outcome);
+    }
+    PeerResponse::Forwarded { outcomes }
+}
+
+/// Reads a snapshot's chunks into a file, then hands it to openraft.
+async fn receive_snapshot(
+    stream: &mut TcpStream,
+    ctx: &PeerCtx,
+    label: &str,
+    vote: crate::raft::types::Vote,
+    snapshot_id: &str,
+    meta: &rkyv::vec::ArchivedVec<u8>,
+    size: u64,
+) -> std::io::Result<PeerResponse> {
+    let (last_log_id, last_membership) = decode_snapshot_meta(meta).map_err(invalid)?;
+    let meta = SnapshotMeta {
+        last_log_id,
+        last_membership,
+        snapshot_id: snapshot_id.to_string(),
+    };
+    std::fs::create_dir_all(&ctx.snap_dir)?;
+    let path = ctx.snap_dir.join("incoming.snap.tmp");
+    let file = BufferedFile::create(&path).await?;
+    let mut writer = StreamWriterBuilder::new(file).build();
+    let mut received = 0u64;
+    while received < size {
+        let body = read_frame(stream).await?;
+        metrics()
+            .peer_received_bytes
+            .with_label_values(&[label])
+            .inc_by((body.len() + HEADER_BYTES) as u64);
+        let req =
+            rkyv::access::<ArchivedPeerRequest, rkyv::rancor::Error>(&body).map_err(invalid)?;
+        let ArchivedPeerRequest::SnapshotChunk { data } = req else {
+            return Err(invalid("expected a snapshot chunk"));
+        };
+        received += data.len() as u64;
+        if received > size {
+            return Err(invalid("snapshot longer than announced"));
+        }
+        writer.write_all(data).await?;
+    }
+    // Closing syncs the file: it must be durable before raft relies on it.
+    writer.close().await?;
+    let index = meta.last_log_id.map_or(0, |l| l.index);
+    tracing::info!(size, index, "received a snapshot from the leader");
+    let result = ctx
+        .raft
+        .install_full_snapshot(
+            vote,
+            Snapshot {
+                meta,
+                snapshot: Box::new(SnapshotFile { path: path.clone() }),
+            },
+        )
+        .await;
+    // Installed snapshots were renamed; an outdated one is dropped here.
+    let _ = std::fs::remove_file(&path);
+    Ok(match result {
+        Ok(r) => PeerResponse::Snapshot {
+            vote: vote_to_wire(&r.vote),
+        },
+        Err(e) => PeerResponse::Failed {
+            reason: e.to_string(),
+        },
+    })
+}

@@ -1,0 +1,320 @@
+//! Membership changes with etcd's rules and messages, run on the leader.
+//!
+//! The checks are pure ([`check`]) over the current membership; the change
+//! itself is an openraft membership change (joint consensus when the voter
+//! set changes), committed before the caller hears back.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
+use openraft::ChangeMembers;
+
+use super::types::{Membership, Node, NodeId, Raft};
+use crate::grpc::status::{Code, Status};
+use crate::peer::wire::{node_from_wire, MemberChange, PeerResponse};
+
+/// Learners a cluster may have at once (etcd's default).
+pub const LEARNERS_MAX: usize = 1;
+
+/// A refused membership change: etcd's gRPC code and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberError {
+    pub code: Code,
+    pub message: String,
+}
+
+impl MemberError {
+    fn new(code: Code, message: &str) -> MemberError {
+        MemberError {
+            code,
+            message: message.to_string(),
+        }
+    }
+    pub fn not_found() -> MemberError {
+        MemberError::new(Code::NotFound, "etcdserver: member not found")
+    }
+    pub fn id_exists() -> MemberError {
+        MemberError::new(
+            Code::FailedPrecondition,
+            "etcdserver: member ID already exist",
+        )
+    }
+    pub fn peer_url_exists() -> MemberError {
+        MemberError::new(
+            Code::FailedPrecondition,
+            "etcdserver: Peer URLs already exists",
+        )
+    }
+    pub fn not_learner() -> MemberError {
+        MemberError::new(
+            Code::FailedPrecondition,
+            "etcdserver: can only promote a learner member",
+        )
+    }
+    pub fn learner_not_ready() -> MemberError {
+        MemberError::new(
+            Code::FailedPrecondition,
+            "etcdserver: can only promote a learner member which is in sync with leader",
+        )
+    }
+    pub fn too_many_learners() -> MemberError {
+        MemberError::new(
+            Code::FailedPrecondition,
+            "etcdserver: too many learner members in cluster",
+        )
+    }
+    pub fn unhealthy() -> MemberError {
+        MemberError::new(Code::Unavailable, "etcdserver: unhealthy cluster")
+    }
+    pub fn not_leader() -> MemberError {
+        MemberError::new(Code::Unavailable, "etcdserver: no leader")
+    }
+
+    pub fn into_wire(self) -> PeerResponse {
+        PeerResponse::MemberError {
+            code: self.code as u8,
+            message: self.message,
+        }
+    }
+
+    pub fn into_status(self) -> Status {
+        Status::new(self.code, self.message)
+    }
+}
+
+fn node_of(m: &Membership, id: NodeId) -> Result<&Node, MemberError> {
+    m.get_node(&id).ok_or_else(MemberError::not_found)
+}
+
+fn is_voter(m: &Membership, id: NodeId) -> bool {
+    m.voter_ids().any(|v| v == id)
+}
+
+fn urls_taken(m: &Membership, except: Option<NodeId>, urls: &[String]) -> bool {
+    m.nodes()
+        .filter(|(id, _)| Some(**id) != except)
+        .any(|(_, n)| n.peer_urls.iter().any(|u| urls.contains(u)))
+}
+
+/// The openraft change `change` makes of membership `m`, or etcd's refusal.
+/// `learner_matched` is how far the learner's log is replicated (for
+/// Promote) and `leader_last` the leader's last log index.
+pub fn check(
+    m: &Membership,
+    change: MemberChange,
+    learner_matched: Option<u64>,
+    leader_last: u64,
+) -> Result<Option<ChangeMembers<NodeId, Node>>, MemberError> {
+    Ok(Some(match change {
+        MemberChange::Add { id, node, learner } => {
+            if m.get_node(&id).is_some() {
+                return Err(MemberError::id_exists());
+            }
+            if urls_taken(m, None, &node.peer_urls) {
+                return Err(MemberError::peer_url_exists());
+            }
+            let node = node_from_wire(node);
+            if learner {
+                let learners = m.nodes().filter(|(id, _)| !is_voter(m, **id)).count();
+                if learners >= LEARNERS_MAX {
+                    return Err(MemberError::too_many_learners());
+                }
+                ChangeMembers::AddNodes(BTreeMap::from([(id, node)]))
+            } else {
+                ChangeMembers::AddVoters(BTreeMap::from([(id, node)]))
+            }
+        }
+        MemberChange::Remove { id } => {
+            node_of(m, id)?;
+            if is_voter(m, id) {
+                ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+            } else {
+                ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+            }
+        }
+        MemberChange::UpdatePeers { id, peer_urls } => {
+            let node = node_of(m, id)?;
+            if urls_taken(m, Some(id), &peer_urls) {
+                return Err(MemberError::peer_url_exists());
+            }
+            if node.peer_urls == peer_urls {
+                return Ok(None);
+            }
+            let node = Node {
+                peer_urls,
+                ..node.clone()
+            };
+            ChangeMembers::SetNodes(BTreeMap::from([(id, node)]))
+        }
+        MemberChange::Promote { id } => {
+            node_of(m, id)?;
+            if is_voter(m, id) {
+                return Err(MemberError::not_learner());
+            }
+            // etcd: the learner's match index must be at least 90% of the leader's.
+            let matched = learner_matched.unwrap_or(0);
+            if (matched as f64) < (leader_last as f64) * 0.9 {
+                return Err(MemberError::learner_not_ready());
+            }
+            ChangeMembers::AddVoterIds(BTreeSet::from([id]))
+        }
+        MemberChange::Publish {
+            id,
+            name,
+            client_urls,
+        } => {
+            let node = node_of(m, id)?;
+            if node.name == name && node.client_urls == client_urls {
+                return Ok(None);
+            }
+            let node = Node {
+                name,
+                client_urls,
+                ..node.clone()
+            };
+            ChangeMembers::SetNodes(BTreeMap::from([(id, node)]))
+        }
+    }))
+}
+
+/// Runs `change` on this member, which must lead; returns once committed.
+pub async fn execute(raft: &Raft, change: MemberChange) -> Result<(), MemberError> {
+    let (membership, matched, last) = {
+        let m = raft.metrics();
+        let m = m.borrow();
+        let target = match &change {
+            MemberChange::Promote { id } => Some(*id),
+            _ => None,
+        };
+        let matched = target.and_then(|t| {
+            m.replication
+                .as_ref()
+                .and_then(|r| r.get(&t).cloned().flatten())
+                .map(|l| l.index)
+        });
+        (
+            m.membership_config.membership().clone(),
+            matched,
+            m.last_log_index.unwrap_or(0),
+        )
+    };
+    let Some(changes) = check(&membership, change, matched, last)? else {
+        return Ok(());
+    };
+    match raft.change_membership(changes, false).await {
+        Ok(_) => Ok(()),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+            Err(MemberError::not_leader())
+        }
+        Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => Err(match e {
+            ChangeMembershipError::LearnerNotFound(_) => MemberError::not_found(),
+            ChangeMembershipError::InProgress(_) | ChangeMembershipError::EmptyMembership(_) => {
+                MemberError::unhealthy()
+            }
+        }),
+        Err(RaftError::Fatal(_)) => Err(MemberError::new(
+            Code::Unavailable,
+            "etcdserver: server stopped",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::peer::wire::WireNode;
+
+    fn node(name: &str, port: u16) -> Node {
+        Node {
+            name: name.into(),
+            peer_urls: vec![format!("http://127.0.0.1:{port}")],
+            client_urls: vec![],
+        }
+    }
+
+    fn three_voters_one_learner() -> Membership {
+        let nodes = BTreeMap::from([
+            (1, node("a", 1)),
+            (2, node("b", 2)),
+            (3, node("c", 3)),
+            (4, node("d", 4)),
+        ]);
+        Membership::new(vec![BTreeSet::from([1, 2, 3])], nodes)
+    }
+
+    #[test]
+    fn etcd_refusals() {
+        let m = three_voters_one_learner();
+        let add = |id, port, learner| MemberChange::Add {
+            id,
+            node: WireNode {
+                name: String::new(),
+                peer_urls: vec![format!("http://127.0.0.1:{port}")],
+                client_urls: vec![],
+            },
+            learner,
+        };
+        assert_eq!(
+            check(&m, add(2, 9, false), None, 0),
+            Err(MemberError::id_exists())
+        );
+        assert_eq!(
+            check(&m, add(9, 3, false), None, 0),
+            Err(MemberError::peer_url_exists())
+        );
+        assert_eq!(
+            check(&m, add(9, 9, true), None, 0),
+            Err(MemberError::too_many_learners())
+        );
+        assert!(matches!(
+            check(&m, add(9, 9, false), None, 0),
+            Ok(Some(ChangeMembers::AddVoters(_)))
+        ));
+        assert_eq!(
+            check(&m, MemberChange::Remove { id: 7 }, None, 0),
+            Err(MemberError::not_found())
+        );
+        assert!(matches!(
+            check(&m, MemberChange::Remove { id: 4 }, None, 0),
+            Ok(Some(ChangeMembers::RemoveNodes(_)))
+        ));
+        assert!(matches!(
+            check(&m, MemberChange::Remove { id: 1 }, None, 0),
+            Ok(Some(ChangeMembers::RemoveVoters(_)))
+        ));
+        assert_eq!(
+            check(&m, MemberChange::Promote { id: 1 }, None, 0),
+            Err(MemberError::not_learner())
+        );
+        assert_eq!(
+            check(&m, MemberChange::Promote { id: 4 }, Some(80), 100),
+            Err(MemberError::learner_not_ready())
+        );
+        assert!(matches!(
+            check(&m, MemberChange::Promote { id: 4 }, Some(95), 100),
+            Ok(Some(ChangeMembers::AddVoterIds(_)))
+        ));
+        let update = |id, port| MemberChange::UpdatePeers {
+            id,
+            peer_urls: vec![format!("http://127.0.0.1:{port}")],
+        };
+        assert_eq!(
+            check(&m, update(1, 2), None, 0),
+            Err(MemberError::peer_url_exists())
+        );
+        assert_eq!(check(&m, update(1, 1), None, 0), Ok(None));
+        assert!(check(&m, update(1, 11), None, 0).unwrap().is_some());
+    }
+
+    #[test]
+    fn publishing_the_same_attributes_changes_nothing() {
+        let m = three_voters_one_learner();
+        let publish = |name: &str| MemberChange::Publish {
+            id: 1,
+            name: name.into(),
+            client_urls: vec![],
+        };
+        assert_eq!(check(&m, publish("a"), None, 0), Ok(None));
+        assert!(check(&m, publish("z"), None, 0).unwrap().is_some());
+    }
+}

@@ -1,0 +1,294 @@
+//! 3-member clusters of real keel processes: replication, forwarding,
+//! failover and catch-up, observed through the etcd-client crate.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{status_of, Cluster};
+use etcd_client::{Client, GetOptions};
+
+/// Fast elections keep failover tests short.
+const FAST: &[&str] = &["--heartbeat-interval", "50", "--election-timeout", "500"];
+
+async fn client(endpoint: &str) -> Client {
+    Client::connect([endpoint.to_string()], None)
+        .await
+        .expect("connect")
+}
+
+/// Everything a member's store holds under `prefix`, read locally
+/// (serializable) after a linearizable read made it catch up.
+async fn content(endpoint: &str, prefix: &str) -> (i64, Vec<(String, String, i64, i64, i64)>) {
+    let mut c = client(endpoint).await;
+    c.get(
+        prefix,
+        Some(GetOptions::new().with_prefix().with_keys_only()),
+    )
+    .await
+    .expect("linearizable barrier");
+    let r = c
+        .get(
+            prefix,
+            Some(GetOptions::new().with_prefix().with_serializable()),
+        )
+        .await
+        .expect("serializable range");
+    let kvs = r
+        .kvs()
+        .iter()
+        .map(|kv| {
+            (
+                kv.key_str().unwrap().to_string(),
+                kv.value_str().unwrap().to_string(),
+                kv.create_revision(),
+                kv.mod_revision(),
+                kv.version(),
+            )
+        })
+        .collect();
+    (r.header().unwrap().revision(), kvs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_and_reads_through_every_member() {
+    let cluster = Cluster::start(3, FAST);
+    let eps = cluster.endpoints();
+    let mut member_ids = Vec::new();
+    let mut cluster_ids = Vec::new();
+    for (i, ep) in eps.iter().enumerate() {
+        let mut c = client(ep).await;
+        let r = c
+            .put(format!("k/{i}"), format!("v{i}"), None)
+            .await
+            .unwrap();
+        let h = r.header().unwrap();
+        member_ids.push(h.member_id());
+        cluster_ids.push(h.cluster_id());
+    }
+    // Every member answers with its own id and the one cluster id.
+    assert!(cluster_ids.iter().all(|c| *c == cluster_ids[0] && *c != 0));
+    let mut distinct = member_ids.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 3, "{member_ids:?}");
+
+    // A linearizable read through any member sees every write.
+    for ep in &eps {
+        let mut c = client(ep).await;
+        let r = c
+            .get("k/", Some(GetOptions::new().with_prefix()))
+            .await
+            .unwrap();
+        let values: Vec<&str> = r.kvs().iter().map(|kv| kv.value_str().unwrap()).collect();
+        assert_eq!(values, ["v0", "v1", "v2"], "through {ep}");
+    }
+    // A write through a follower is readable there at once, serializably.
+    for (i, ep) in eps.iter().enumerate() {
+        let mut c = client(ep).await;
+        let put = c.put("own", format!("from {i}"), None).await.unwrap();
+        let r = c
+            .get("own", Some(GetOptions::new().with_serializable()))
+            .await
+            .unwrap();
+        assert_eq!(r.kvs()[0].value_str().unwrap(), format!("from {i}"));
+        assert!(r.header().unwrap().revision() >= put.header().unwrap().revision());
+    }
+    // Same content, same revisions everywhere.
+    let first = content(&eps[0], "").await;
+    for ep in &eps[1..] {
+        assert_eq!(content(ep, "").await, first, "{ep} differs from {}", eps[0]);
+    }
+
+    // Membership and status agree across members.
+    let mut c = client(&eps[1]).await;
+    let members = c.member_list().await.unwrap();
+    let mut listed: Vec<(String, Vec<String>)> = members
+        .members()
+        .iter()
+        .map(|m| (m.name().to_string(), m.client_urls().to_vec()))
+        .collect();
+    listed.sort();
+    let want: Vec<(String, Vec<String>)> = eps
+        .iter()
+        .enumerate()
+        .map(|(i, ep)| (format!("m{i}"), vec![ep.clone()]))
+        .collect();
+    assert_eq!(listed, want);
+    assert!(members.members().iter().all(|m| !m.is_learner()));
+    let mut leaders = Vec::new();
+    for ep in &eps {
+        let s = client(ep).await.status().await.unwrap();
+        leaders.push(s.leader());
+        assert!(!s.is_learner());
+        assert!(s.raft_applied_index() > 0);
+    }
+    assert!(leaders
+        .iter()
+        .all(|l| *l == leaders[0] && member_ids.contains(l)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_kill9_under_load_loses_no_acknowledged_write() {
+    let mut cluster = Cluster::start(3, FAST);
+    let eps = cluster.endpoints();
+    let acked: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..6 {
+        let (eps, acked, stop) = (eps.clone(), acked.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            let mut clients = Vec::new();
+            for ep in &eps {
+                clients.push(client(ep).await);
+            }
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 100_000 {
+                let key = format!("load/{w}/{n}");
+                let target = (n as usize + w) % clients.len();
+                let put = tokio::time::timeout(
+                    Duration::from_secs(3),
+                    clients[target].put(key.clone(), "x", None),
+                )
+                .await;
+                if let Ok(Ok(_)) = put {
+                    acked.lock().unwrap().insert(key, "x".into());
+                }
+                n += 1;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before_kill = acked.lock().unwrap().len();
+    assert!(before_kill > 0, "no write succeeded before the kill");
+    let old = cluster.leader().await;
+    cluster.members[old].kill9();
+    let killed_at = Instant::now();
+
+    // A new leader serves within a few election timeouts: a write through a
+    // survivor succeeds.
+    let survivor = (old + 1) % 3;
+    let mut c = client(&eps[survivor]).await;
+    let failover = loop {
+        if let Ok(Ok(_)) =
+            tokio::time::timeout(Duration::from_secs(2), c.put("after-failover", "1", None)).await
+        {
+            break killed_at.elapsed();
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(15),
+            "no leader took over within 15 s"
+        );
+    };
+    assert!(
+        failover < Duration::from_secs(10),
+        "failover took {failover:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() > before_kill,
+        "no write succeeded after the kill"
+    );
+
+    let check = |kvs: Vec<(String, String, i64, i64, i64)>, who: &str| {
+        let have: BTreeMap<String, String> = kvs.into_iter().map(|k| (k.0, k.1)).collect();
+        let missing: Vec<&String> = acked.keys().filter(|k| !have.contains_key(*k)).collect();
+        assert!(
+            missing.is_empty(),
+            "{who} lost {} acknowledged writes, e.g. {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
+    };
+    for i in (0..3).filter(|i| *i != old) {
+        check(content(&eps[i], "load/").await.1, &format!("survivor m{i}"));
+    }
+    cluster.members[old].spawn();
+    cluster.members[old].wait_healthy();
+    check(
+        content(&eps[old], "load/").await.1,
+        "the restarted old leader",
+    );
+    let (rev_old, kvs_old) = content(&eps[old], "").await;
+    let (rev_new, kvs_new) = content(&eps[survivor], "").await;
+    assert_eq!(kvs_old, kvs_new);
+    assert_eq!(rev_old, rev_new);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_member_catches_up_through_a_snapshot() {
+    let mut args = FAST.to_vec();
+    args.extend([
+        "--snapshot-count",
+        "200",
+        "--experimental-snapshot-catchup-entries",
+        "20",
+    ]);
+    let mut cluster = Cluster::start(3, &args);
+    let eps = cluster.endpoints();
+    let leader = cluster.leader().await;
+    let lagging = (leader + 1) % 3;
+    cluster.members[lagging].kill9();
+    let mut c = client(&eps[leader]).await;
+    for i in 0..1000 {
+        c.put(format!("snap/{i:04}"), format!("{i}"), None)
+            .await
+            .unwrap();
+    }
+    c.delete("snap/0000", None).await.unwrap();
+    cluster.members[lagging].spawn();
+    cluster.members[lagging].wait_healthy();
+    let want = content(&eps[leader], "").await;
+    let got = content(&eps[lagging], "").await;
+    assert_eq!(got.1.len(), 999);
+    assert_eq!(got, want);
+    let logs = cluster.members[lagging].logs();
+    assert!(
+        logs.contains("received a snapshot from the leader"),
+        "the lagging member did not install a snapshot:\n{logs}"
+    );
+    // It keeps following the log after the snapshot.
+    c.put("snap/after", "1", None).await.unwrap();
+    let mut l = client(&eps[lagging]).await;
+    let r = l.get("snap/after", None).await.unwrap();
+    assert_eq!(r.kvs()[0].value_str().unwrap(), "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_quorum_requests_fail_with_etcd_errors() {
+    let mut cluster = Cluster::start(3, FAST);
+    let eps = cluster.endpoints();
+    let leader = cluster.leader().await;
+    let alone = (leader + 1) % 3;
+    for i in (0..3).filter(|i| *i != alone) {
+        cluster.members[i].kill9();
+    }
+    let mut c = client(&eps[alone]).await;
+    let started = Instant::now();
+    // The first write may still go to the dead leader's connection.
+    let etcd_errors = [
+        "etcdserver: request timed out",
+        "etcdserver: no leader",
+        "etcdserver: leader changed",
+    ];
+    for _ in 0..2 {
+        let e = status_of(c.put("k", "v", None).await.unwrap_err());
+        assert_eq!(e.0, tonic::Code::Unavailable, "{e:?}");
+        assert!(etcd_errors.contains(&e.1.as_str()), "{e:?}");
+    }
+    let e = status_of(c.get("k", None).await.unwrap_err());
+    assert_eq!(e.0, tonic::Code::Unavailable, "{e:?}");
+    // Bounded by the request timeout (5 s + 2 election timeouts), not hanging.
+    assert!(started.elapsed() < Duration::from_secs(20));
+    // Serializable reads are still answered locally.
+    c.get("k", Some(GetOptions::new().with_serializable()))
+        .await
+        .unwrap();
+}
