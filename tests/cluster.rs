@@ -134,34 +134,9 @@ async fn writes_and_reads_through_every_member() {
 async fn leader_kill9_under_load_loses_no_acknowledged_write() {
     let mut cluster = Cluster::start(3, FAST);
     let eps = cluster.endpoints();
-    let acked: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut writers = Vec::new();
-    for w in 0..6 {
-        let (eps, acked, stop) = (eps.clone(), acked.clone(), stop.clone());
-        writers.push(tokio::spawn(async move {
-            let mut n = 0u64;
-            let mut clients = Vec::new();
-            for ep in &eps {
-                clients.push(client(ep).await);
-            }
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 100_000 {
-                let key = format!("load/{w}/{n}");
-                let target = (n as usize + w) % clients.len();
-                let put = tokio::time::timeout(
-                    Duration::from_secs(3),
-                    clients[target].put(key.clone(), "x", None),
-                )
-                .await;
-                if let Ok(Ok(_)) = put {
-                    acked.lock().unwrap().insert(key, "x".into());
-                }
-                n += 1;
-            }
-        }));
-    }
+    let load = Load::start(eps.clone(), 6, "load/");
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let before_kill = acked.lock().unwrap().len();
+    let before_kill = load.acked();
     assert!(before_kill > 0, "no write succeeded before the kill");
     let old = cluster.leader().await;
     cluster.members[old].kill9();
@@ -187,35 +162,20 @@ async fn leader_kill9_under_load_loses_no_acknowledged_write() {
         "failover took {failover:?}"
     );
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for w in writers {
-        w.await.unwrap();
-    }
-    let acked = acked.lock().unwrap().clone();
+    let acked = load.finish().await;
     assert!(
         acked.len() > before_kill,
         "no write succeeded after the kill"
     );
 
-    let check = |kvs: Vec<(String, String, i64, i64, i64)>, who: &str| {
-        let have: BTreeMap<String, String> = kvs.into_iter().map(|k| (k.0, k.1)).collect();
-        let missing: Vec<&String> = acked.keys().filter(|k| !have.contains_key(*k)).collect();
-        assert!(
-            missing.is_empty(),
-            "{who} lost {} acknowledged writes, e.g. {:?}",
-            missing.len(),
-            &missing[..missing.len().min(5)]
-        );
-    };
     for i in (0..3).filter(|i| *i != old) {
-        check(content(&eps[i], "load/").await.1, &format!("survivor m{i}"));
+        let kvs = content(&eps[i], "load/").await.1;
+        assert_has_all(&acked, kvs, &format!("survivor m{i}"));
     }
     cluster.members[old].spawn();
     cluster.members[old].wait_healthy();
-    check(
-        content(&eps[old], "load/").await.1,
-        "the restarted old leader",
-    );
+    let kvs = content(&eps[old], "load/").await.1;
+    assert_has_all(&acked, kvs, "the restarted old leader");
     let (rev_old, kvs_old) = content(&eps[old], "").await;
     let (rev_new, kvs_new) = content(&eps[survivor], "").await;
     assert_eq!(kvs_old, kvs_new);
@@ -291,4 +251,232 @@ async fn without_quorum_requests_fail_with_etcd_errors() {
     c.get("k", Some(GetOptions::new().with_serializable()))
         .await
         .unwrap();
+}
+
+/// Writers that put unique keys through every given endpoint until
+/// stopped, remembering which writes were acknowledged.
+struct Load {
+    acked: Arc<Mutex<BTreeMap<String, String>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    writers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(endpoints: Vec<String>, writers: usize, prefix: &str) -> Load {
+        let acked: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let handles = (0..writers)
+            .map(|w| {
+                let (eps, acked, stop) = (endpoints.clone(), acked.clone(), stop.clone());
+                let prefix = prefix.to_string();
+                tokio::spawn(async move {
+                    let mut clients = Vec::new();
+                    for ep in &eps {
+                        clients.push(client(ep).await);
+                    }
+                    let mut n = 0usize;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 1_000_000 {
+                        let key = format!("{prefix}{w}/{n}");
+                        let target = (n + w) % clients.len();
+                        let put = tokio::time::timeout(
+                            Duration::from_secs(3),
+                            clients[target].put(key.clone(), "x", None),
+                        )
+                        .await;
+                        if let Ok(Ok(_)) = put {
+                            acked.lock().unwrap().insert(key, "x".into());
+                        } else {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        n += 1;
+                    }
+                })
+            })
+            .collect();
+        Load {
+            acked,
+            stop,
+            writers: handles,
+        }
+    }
+
+    fn acked(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    async fn finish(self) -> BTreeMap<String, String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for w in self.writers {
+            w.await.unwrap();
+        }
+        let acked = self.acked.lock().unwrap().clone();
+        acked
+    }
+}
+
+fn assert_has_all(
+    acked: &BTreeMap<String, String>,
+    kvs: Vec<(String, String, i64, i64, i64)>,
+    who: &str,
+) {
+    let have: BTreeMap<String, String> = kvs.into_iter().map(|k| (k.0, k.1)).collect();
+    let missing: Vec<&String> = acked.keys().filter(|k| !have.contains_key(*k)).collect();
+    assert!(
+        missing.is_empty(),
+        "{who} lost {} acknowledged writes, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_changes_and_move_leader_under_load() {
+    let mut cluster = Cluster::start(3, FAST);
+    let eps = cluster.endpoints();
+    let load = Load::start(eps.clone(), 4, "m/");
+    let mut c = client(&eps[0]).await;
+
+    // Add a learner and start it: it joins with --initial-cluster-state existing.
+    let joiner = cluster.prepare_joiner(FAST);
+    let joiner_url = cluster.members[joiner].peer_url();
+    let added = c
+        .member_add(
+            [joiner_url.as_str()],
+            Some(etcd_client::MemberAddOptions::new().with_is_learner()),
+        )
+        .await
+        .unwrap();
+    let new_id = added.member().unwrap().id();
+    assert!(added.member().unwrap().is_learner());
+    assert_eq!(added.member_list().len(), 4);
+    // Only one learner at a time, as in etcd.
+    let e = status_of(
+        c.member_add(
+            ["http://127.0.0.1:1"],
+            Some(etcd_client::MemberAddOptions::new().with_is_learner()),
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!(
+        e,
+        (
+            tonic::Code::FailedPrecondition,
+            "etcdserver: too many learner members in cluster".into()
+        )
+    );
+    cluster.members[joiner].spawn();
+    cluster.members[joiner].wait_healthy();
+    let joiner_ep = cluster.members[joiner].endpoint();
+
+    // A learner serves serializable reads and Status, nothing else.
+    let mut l = client(&joiner_ep).await;
+    assert!(l.status().await.unwrap().is_learner());
+    l.get(
+        "m/",
+        Some(GetOptions::new().with_serializable().with_prefix()),
+    )
+    .await
+    .unwrap();
+    let e = status_of(l.put("k", "v", None).await.unwrap_err());
+    assert_eq!(
+        e,
+        (
+            tonic::Code::Unavailable,
+            "etcdserver: rpc not supported for learner".into()
+        )
+    );
+
+    // Promote once it has caught up.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match c.member_promote(new_id).await {
+            Ok(r) => {
+                assert!(r.members().iter().all(|m| !m.is_learner()));
+                break;
+            }
+            Err(e) => {
+                let (code, msg) = status_of(e);
+                assert_eq!(
+                    msg,
+                    "etcdserver: can only promote a learner member which is in sync with leader",
+                    "{code:?}"
+                );
+                assert!(Instant::now() < deadline, "the learner never caught up");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let e = status_of(c.member_promote(new_id).await.unwrap_err());
+    assert_eq!(e.1, "etcdserver: can only promote a learner member");
+
+    // Hand leadership to the new member.
+    let leader = cluster.leader().await;
+    let follower = (0..3).find(|i| *i != leader).unwrap();
+    let e = status_of(
+        client(&eps[follower])
+            .await
+            .move_leader(new_id)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        e,
+        (
+            tonic::Code::FailedPrecondition,
+            "etcdserver: not leader".into()
+        )
+    );
+    client(&eps[leader])
+        .await
+        .move_leader(new_id)
+        .await
+        .unwrap();
+    assert_eq!(cluster.leader().await, joiner);
+
+    // Remove one of the founders (a follower now) and stop it.
+    let removed = (0..3).find(|i| *i != leader).unwrap();
+    let removed_id = client(&eps[removed])
+        .await
+        .status()
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .member_id();
+    let r = client(&joiner_ep)
+        .await
+        .member_remove(removed_id)
+        .await
+        .unwrap();
+    assert_eq!(r.members().len(), 3);
+    assert!(r.members().iter().all(|m| m.id() != removed_id));
+    let e = status_of(
+        client(&joiner_ep)
+            .await
+            .member_remove(removed_id)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        e,
+        (tonic::Code::NotFound, "etcdserver: member not found".into())
+    );
+    cluster.members[removed].kill9();
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = load.acked();
+    let acked = load.finish().await;
+    assert!(before > 0);
+    let remaining: Vec<usize> = (0..cluster.members.len())
+        .filter(|i| *i != removed)
+        .collect();
+    let mut contents = Vec::new();
+    for i in &remaining {
+        let ep = cluster.members[*i].endpoint();
+        let got = content(&ep, "").await;
+        assert_has_all(&acked, got.1.clone(), &format!("m{i}"));
+        contents.push(got);
+    }
+    assert!(contents.iter().all(|c| *c == contents[0]));
 }

@@ -140,7 +140,7 @@ pub enum StartError {
 }
 
 /// 64-bit FNV-1a: stable ids from names (not a security boundary).
-fn fnv64(parts: &[&[u8]]) -> u64 {
+pub fn fnv64(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for p in parts {
         for &b in p.iter().chain(std::iter::once(&0u8)) {
@@ -512,6 +512,8 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
                             mvcc: mvcc_tx.clone(),
                             peers,
                             request_timeout: cfg.request_timeout,
+                            election_timeout: Duration::from_millis(cfg.election_timeout_ms),
+                            hold: Rc::default(),
                         };
                         glommio::spawn_local(crate::raft::actor::run(
                             handles,

@@ -23,7 +23,7 @@ use crate::grpc::frame;
 use crate::grpc::io::{HyperIo, LocalExec};
 use crate::grpc::status::{Code, Status};
 use crate::metrics::metrics;
-use crate::service::{http as http_service, kv, maintenance, ServerCtx};
+use crate::service::{cluster, http as http_service, kv, maintenance, ServerCtx};
 
 /// Serves `listener` until the process ends.
 pub async fn serve(listener: TcpListener, ctx: Rc<ServerCtx>) {
@@ -184,6 +184,10 @@ where
 }
 
 async fn dispatch(method: Method, body: Incoming, ctx: &Rc<ServerCtx>) -> Result<Bytes, Status> {
+    // A learner serves only Status and serializable ranges (checked in kv::range).
+    if crate::raft::actor::is_learner() && !matches!(method, Method::Range | Method::Status) {
+        return Err(Status::learner_unsupported());
+    }
     match method {
         Method::Range => unary(body, ctx, |c, r, _| async move { kv::range(&c, r).await }).await,
         Method::Put => unary(body, ctx, |c, r, n| async move { kv::put(&c, r, n).await }).await,
@@ -226,6 +230,36 @@ async fn dispatch(method: Method, body: Incoming, ctx: &Rc<ServerCtx>) -> Result
                     maintenance::member_list(&c).await
                 },
             )
+            .await
+        }
+        Method::MemberAdd => {
+            unary(body, ctx, |c, r, _| async move {
+                cluster::member_add(&c, r).await
+            })
+            .await
+        }
+        Method::MemberRemove => {
+            unary(body, ctx, |c, r, _| async move {
+                cluster::member_remove(&c, r).await
+            })
+            .await
+        }
+        Method::MemberUpdate => {
+            unary(body, ctx, |c, r, _| async move {
+                cluster::member_update(&c, r).await
+            })
+            .await
+        }
+        Method::MemberPromote => {
+            unary(body, ctx, |c, r, _| async move {
+                cluster::member_promote(&c, r).await
+            })
+            .await
+        }
+        Method::MoveLeader => {
+            unary(body, ctx, |c, r, _| async move {
+                cluster::move_leader(&c, r).await
+            })
             .await
         }
         Method::HealthCheck => {

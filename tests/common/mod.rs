@@ -285,6 +285,34 @@ impl Cluster {
         self.members.iter().map(|m| m.endpoint()).collect()
     }
 
+    /// A member to join the running cluster (after `member add`) as
+    /// `m<index>`; not started. Also appended to `members`.
+    pub fn prepare_joiner(&mut self, extra: &[&str]) -> usize {
+        let index = self.members.len();
+        let mut joiner = Server::new(Vec::new());
+        let mut initial: Vec<String> = self
+            .members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| format!("m{i}={}", m.peer_url()))
+            .collect();
+        initial.push(format!("m{index}={}", joiner.peer_url()));
+        let mut args = vec![
+            "--name".to_string(),
+            format!("m{index}"),
+            "--initial-cluster".to_string(),
+            initial.join(","),
+            "--initial-cluster-state".to_string(),
+            "existing".to_string(),
+            "--initial-cluster-token".to_string(),
+            "keel-test".to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        joiner.args = args;
+        self.members.push(joiner);
+        index
+    }
+
     /// The member every running member names as leader, asked with Status.
     pub async fn leader(&mut self) -> usize {
         let deadline = Instant::now() + START_TIMEOUT;

@@ -245,6 +245,15 @@ async fn handle(req: &ArchivedPeerRequest, ctx: &PeerCtx) -> Result<PeerResponse
                 }
             }
         }
+        ArchivedPeerRequest::TimeoutNow => {
+            tracing::info!("the leader hands over leadership: campaigning");
+            match ctx.raft.trigger().elect().await {
+                Ok(()) => PeerResponse::Done,
+                Err(e) => PeerResponse::Failed {
+                    reason: e.to_string(),
+                },
+            }
+        }
         ArchivedPeerRequest::Hello { .. }
         | ArchivedPeerRequest::SnapshotBegin { .. }
         | ArchivedPeerRequest::SnapshotChunk { .. } => return Err("unexpected peer request".into()),

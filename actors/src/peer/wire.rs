@@ -117,6 +117,8 @@ pub enum PeerRequest {
     ReadIndex,
     Members,
     ChangeMembers(MemberChange),
+    /// The leader hands over: campaign now.
+    TimeoutNow,
 }
 
 /// How a forwarded command ended.
@@ -184,6 +186,8 @@ pub enum PeerResponse {
         code: u8,
         message: String,
     },
+    /// Done, nothing to report.
+    Done,
     /// The request failed on the remote side (raft stopped, I/O error).
     Failed {
         reason: String,

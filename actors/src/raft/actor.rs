@@ -18,6 +18,7 @@
 
 use std::collections::VecDeque;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -84,6 +85,11 @@ pub enum RaftRequest {
         change: MemberChange,
         reply: oneshot::Sender<Result<(), MemberError>>,
     },
+    /// Hand leadership to `target` (this member must lead).
+    MoveLeader {
+        target: NodeId,
+        reply: oneshot::Sender<Result<(), MemberError>>,
+    },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -143,6 +149,48 @@ pub struct RaftHandles {
     pub peers: Rc<PeerClients>,
     /// How long a request to the leader may take.
     pub request_timeout: Duration,
+    pub election_timeout: Duration,
+    /// Set while leadership is being handed over: proposals and reads wait.
+    pub hold: Rc<Hold>,
+}
+
+/// Holds new proposals and read-index rounds while a leader transfer runs,
+/// so no append or heartbeat refreshes the followers' leader lease.
+#[derive(Default)]
+pub struct Hold {
+    on: std::cell::Cell<bool>,
+    released: tokio::sync::Notify,
+}
+
+impl Hold {
+    pub fn is_on(&self) -> bool {
+        self.on.get()
+    }
+
+    fn set(&self, on: bool) {
+        self.on.set(on);
+        if !on {
+            self.released.notify_waiters();
+        }
+    }
+
+    /// Resolves when a hold that is on now is released; never, if none is.
+    async fn released(&self) {
+        if self.on.get() {
+            self.released.notified().await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Leadership as the proposal and read paths see it: unknown while held.
+fn usable_leader(h: &RaftHandles) -> Leader {
+    if h.hold.is_on() {
+        Leader::Unknown
+    } else {
+        leader_of(&h.raft)
+    }
 }
 
 enum Event {
@@ -161,7 +209,7 @@ pub async fn run(h: RaftHandles, mut rx: mpsc::Receiver<RaftRequest>, batch_byte
     let mut leader_rx = h.raft.metrics();
     let mut pending: VecDeque<(Bytes, Origin, ReplyTx)> = VecDeque::new();
     loop {
-        let leader_known = leader_of(&h.raft) != Leader::Unknown;
+        let leader_known = usable_leader(&h) != Leader::Unknown;
         let must_wait =
             pending.is_empty() || gate.inflight() >= BATCHES_IN_FLIGHT_MAX || !leader_known;
         if must_wait {
@@ -173,9 +221,18 @@ pub async fn run(h: RaftHandles, mut rx: mpsc::Receiver<RaftRequest>, batch_byte
                         Event::Wake
                     },
                     async {
-                        if leader_known || leader_rx.changed().await.is_err() {
+                        if leader_known {
                             std::future::pending::<()>().await;
                         }
+                        futures_lite::future::or(
+                            async {
+                                if leader_rx.changed().await.is_err() {
+                                    std::future::pending::<()>().await;
+                                }
+                            },
+                            h.hold.released(),
+                        )
+                        .await;
                         Event::Wake
                     },
                 ),
@@ -194,7 +251,7 @@ pub async fn run(h: RaftHandles, mut rx: mpsc::Receiver<RaftRequest>, batch_byte
             }
         }
         while !pending.is_empty() && gate.inflight() < BATCHES_IN_FLIGHT_MAX {
-            let leader = leader_of(&h.raft);
+            let leader = usable_leader(&h);
             if leader == Leader::Unknown {
                 break;
             }
@@ -426,8 +483,121 @@ async fn handle(
             })
             .detach();
         }
+        RaftRequest::MoveLeader { target, reply } => {
+            let h = h.clone();
+            glommio::spawn_local(async move {
+                let _ = reply.send(move_leader(&h, target).await);
+            })
+            .detach();
+        }
     }
 }
+
+/// Hands leadership to `target`. openraft 0.9 has no leader transfer, so
+/// this leader goes quiet: new proposals and reads are held and heartbeats
+/// stop once `target` has every entry; after the followers' leader lease
+/// (the longest election timeout) has run out, `target` is told to
+/// campaign, and wins with its up-to-date log before anyone else's timer
+/// fires. Takes about two election timeouts.
+async fn move_leader(h: &RaftHandles, target: NodeId) -> Result<(), MemberError> {
+    let (me, voter) = {
+        let m = h.raft.metrics();
+        let m = m.borrow();
+        let voter = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == target);
+        (m.id, voter)
+    };
+    if leader_of(&h.raft) != Leader::Me {
+        return Err(MemberError::not_leader_for_transfer());
+    }
+    if !voter {
+        return Err(MemberError::bad_transferee());
+    }
+    if target == me {
+        return Ok(());
+    }
+    let node = h
+        .raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .get_node(&target)
+        .cloned()
+        .ok_or_else(MemberError::bad_transferee)?;
+    h.hold.set(true);
+    let result = transfer(h, target, &node).await;
+    h.raft.runtime_config().heartbeat(true);
+    h.hold.set(false);
+    result
+}
+
+async fn transfer(h: &RaftHandles, target: NodeId, node: &Node) -> Result<(), MemberError> {
+    let timed_out = MemberError::transfer_timed_out;
+    // 1. The target has every entry (it would lose the election otherwise).
+    let mut rx = h.raft.metrics();
+    let caught_up = glommio::timer::timeout(h.request_timeout, async {
+        loop {
+            {
+                let m = rx.borrow_and_update();
+                let last = m.last_log_index;
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&target).cloned().flatten())
+                    .map(|l| l.index);
+                if m.current_leader != Some(m.id) {
+                    return Ok(false);
+                }
+                if matched.is_some() && matched == last {
+                    return Ok(true);
+                }
+            }
+            if rx.changed().await.is_err() {
+                return Ok(false);
+            }
+        }
+    })
+    .await;
+    if !matches!(caught_up, Ok(true)) {
+        return Err(timed_out());
+    }
+    // 2. Go quiet until the followers' lease on this leader has run out.
+    h.raft.runtime_config().heartbeat(false);
+    let lease = h.election_timeout * 2;
+    glommio::timer::sleep(lease + LEASE_MARGIN).await;
+    // 3. The target campaigns.
+    match h
+        .peers
+        .call(target, node, &PeerRequest::TimeoutNow, h.request_timeout)
+        .await
+    {
+        Ok(PeerResponse::Done) => {}
+        _ => return Err(timed_out()),
+    }
+    let won = glommio::timer::timeout(h.election_timeout * 2, async {
+        loop {
+            if h.raft.metrics().borrow_and_update().current_leader == Some(target) {
+                return Ok(true);
+            }
+            if rx.changed().await.is_err() {
+                return Ok(false);
+            }
+        }
+    })
+    .await;
+    if matches!(won, Ok(true)) {
+        Ok(())
+    } else {
+        Err(timed_out())
+    }
+}
+
+/// Waited beyond the leader lease before the transferee campaigns.
+const LEASE_MARGIN: Duration = Duration::from_millis(50);
 
 /// Runs a membership change here if this member leads, else on the leader.
 async fn change_members(h: &RaftHandles, change: MemberChange) -> Result<(), MemberError> {
@@ -457,11 +627,16 @@ async fn read_index(h: &RaftHandles, may_forward: bool) -> Result<u64, ReadError
     let mut rx = h.raft.metrics();
     let waited = glommio::timer::timeout(h.request_timeout, async {
         loop {
-            let leader = leader_of(&h.raft);
+            let leader = usable_leader(h);
             if leader != Leader::Unknown {
                 return Ok(leader);
             }
-            if rx.changed().await.is_err() {
+            let changed = futures_lite::future::or(async { rx.changed().await.is_ok() }, async {
+                h.hold.released().await;
+                true
+            })
+            .await;
+            if !changed {
                 return Ok(Leader::Unknown);
             }
         }
@@ -536,7 +711,15 @@ async fn read_index_rounds(h: RaftHandles, mut rx: mpsc::Receiver<ReadWaiter>) {
     }
 }
 
-/// Mirrors leadership into etcd's server gauges, and stops the process if
+/// Whether this member is a learner, for the reactors' request gate.
+static IS_LEARNER: AtomicBool = AtomicBool::new(false);
+
+pub fn is_learner() -> bool {
+    IS_LEARNER.load(Ordering::Relaxed)
+}
+
+/// Mirrors leadership into etcd's server gauges, and learner status into
+/// [`is_learner`], and stops the process if
 /// openraft stops on a fatal error (a failed snapshot write, say): serving
 /// on without a log would only answer "server stopped" forever.
 async fn watch_leadership(raft: Raft) {
@@ -548,6 +731,10 @@ async fn watch_leadership(raft: Raft) {
             if let Err(e) = &m.running_state {
                 crate::fatal(&format!("raft stopped: {e}"));
             }
+            let membership = m.membership_config.membership();
+            let learner =
+                membership.get_node(&m.id).is_some() && !membership.voter_ids().any(|v| v == m.id);
+            IS_LEARNER.store(learner, Ordering::Relaxed);
             (m.current_leader, m.id, m.last_log_index.unwrap_or(0))
         };
         let mx = metrics();

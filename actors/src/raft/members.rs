@@ -70,6 +70,22 @@ impl MemberError {
         MemberError::new(Code::Unavailable, "etcdserver: no leader")
     }
 
+    pub fn not_leader_for_transfer() -> MemberError {
+        MemberError::new(Code::FailedPrecondition, "etcdserver: not leader")
+    }
+    pub fn bad_transferee() -> MemberError {
+        MemberError::new(
+            Code::FailedPrecondition,
+            "etcdserver: bad leader transferee",
+        )
+    }
+    pub fn transfer_timed_out() -> MemberError {
+        MemberError::new(
+            Code::Unavailable,
+            "etcdserver: request timed out, leader transfer took too long",
+        )
+    }
+
     pub fn into_wire(self) -> PeerResponse {
         PeerResponse::MemberError {
             code: self.code as u8,

@@ -229,6 +229,9 @@ pub async fn read(ctx: &ServerCtx, req: pb::RangeRequest) -> Result<pb::RangeRes
 
 pub async fn range(ctx: &ServerCtx, req: pb::RangeRequest) -> Result<pb::RangeResponse, Status> {
     check_range(&req)?;
+    if !req.serializable && crate::raft::actor::is_learner() {
+        return Err(Status::learner_unsupported());
+    }
     read(ctx, req).await
 }
 

@@ -11,7 +11,7 @@ use crate::mvcc_actor::{MvccMsg, MvccStatus};
 use crate::raft::actor::{RaftRequest, RaftStatus};
 use crate::raft::types::Node;
 
-async fn ask_raft(ctx: &ServerCtx) -> Result<RaftStatus, Status> {
+pub async fn ask_raft(ctx: &ServerCtx) -> Result<RaftStatus, Status> {
     let (tx, rx) = oneshot::channel();
     ctx.raft
         .send(RaftRequest::Status { reply: tx })
@@ -20,7 +20,7 @@ async fn ask_raft(ctx: &ServerCtx) -> Result<RaftStatus, Status> {
     rx.await.map_err(|_| Status::stopped())
 }
 
-async fn ask_mvcc(ctx: &ServerCtx) -> Result<MvccStatus, Status> {
+pub async fn ask_mvcc(ctx: &ServerCtx) -> Result<MvccStatus, Status> {
     let (tx, rx) = oneshot::channel();
     ctx.mvcc
         .send(MvccMsg::Status { reply: tx })
@@ -29,7 +29,7 @@ async fn ask_mvcc(ctx: &ServerCtx) -> Result<MvccStatus, Status> {
     rx.await.map_err(|_| Status::stopped())
 }
 
-fn header(ctx: &ServerCtx, raft: &RaftStatus, mvcc: &MvccStatus) -> Option<pb::ResponseHeader> {
+pub fn header(ctx: &ServerCtx, raft: &RaftStatus, mvcc: &MvccStatus) -> Option<pb::ResponseHeader> {
     Some(pb::ResponseHeader {
         cluster_id: ctx.cfg.ids.cluster_id,
         member_id: ctx.cfg.ids.member_id,

@@ -1,6 +1,7 @@
 //! Request handlers, one module per etcd service. Handlers validate at the
 //! edge (etcd's checks and messages), then talk to the actors.
 
+pub mod cluster;
 pub mod http;
 pub mod kv;
 pub mod maintenance;
