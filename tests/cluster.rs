@@ -480,3 +480,79 @@ async fn membership_changes_and_move_leader_under_load() {
     }
     assert!(contents.iter().all(|c| *c == contents[0]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_member_cannot_serve_and_converges_after_healing() {
+    let mut cluster = Cluster::start_proxied(3, FAST).await;
+    let eps = cluster.endpoints();
+    let old = cluster.leader().await;
+    let majority: Vec<String> = (0..3)
+        .filter(|i| *i != old)
+        .map(|i| eps[i].clone())
+        .collect();
+    let load = Load::start(majority.clone(), 4, "p/");
+
+    // Cut the leader off: it can no longer commit or confirm reads.
+    cluster.cut(old);
+    let mut isolated = client(&eps[old]).await;
+    let e = status_of(isolated.put("isolated", "1", None).await.unwrap_err());
+    assert_eq!(e.0, tonic::Code::Unavailable, "{e:?}");
+    let e = status_of(isolated.get("p/", None).await.unwrap_err());
+    assert_eq!(e.0, tonic::Code::Unavailable, "{e:?}");
+    // Its local, serializable view still answers.
+    isolated
+        .get(
+            "p/",
+            Some(GetOptions::new().with_serializable().with_prefix()),
+        )
+        .await
+        .unwrap();
+
+    // The majority elected a new leader and kept writing meanwhile.
+    let during = load.acked();
+    let mut m = client(&majority[0]).await;
+    m.put("majority", "1", None).await.unwrap();
+    let r = m.get("majority", None).await.unwrap();
+    assert_eq!(r.kvs()[0].value_str().unwrap(), "1");
+    let new_leader = {
+        let s = m.status().await.unwrap();
+        s.leader()
+    };
+    assert_ne!(
+        new_leader,
+        client(&eps[old])
+            .await
+            .status()
+            .await
+            .unwrap()
+            .header()
+            .unwrap()
+            .member_id()
+    );
+
+    cluster.heal();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let acked = load.finish().await;
+    assert!(acked.len() > during);
+    // All members converge; the failed write through the isolated member
+    // never took effect.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut contents = Vec::new();
+        for ep in &eps {
+            contents.push(
+                tokio::time::timeout(Duration::from_secs(10), content(ep, ""))
+                    .await
+                    .ok(),
+            );
+        }
+        if contents.iter().all(|c| c.is_some() && *c == contents[0]) {
+            let (_, kvs) = contents[0].clone().unwrap();
+            assert!(kvs.iter().all(|k| k.0 != "isolated"));
+            assert_has_all(&acked, kvs, "every member");
+            break;
+        }
+        assert!(Instant::now() < deadline, "members did not converge");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -250,16 +252,62 @@ pub fn status_of(e: etcd_client::Error) -> (tonic::Code, String) {
 /// `--initial-cluster`. Members are named m0, m1, ...
 pub struct Cluster {
     pub members: Vec<Server>,
+    /// With `start_proxied`: the proxies in front of each member's peer port.
+    proxies: Vec<proxy::PeerProxy>,
+    ids: Vec<std::sync::Arc<std::sync::Mutex<u64>>>,
+    partition: std::sync::Arc<proxy::Partition>,
 }
 
 impl Cluster {
     /// Starts `n` members with `extra` flags each and waits until all serve.
     pub fn start(n: usize, extra: &[&str]) -> Cluster {
+        Cluster::launch(n, extra, false)
+    }
+
+    /// As `start`, with a fault-injecting proxy in every peer path (see
+    /// `cut` and `heal`).
+    pub async fn start_proxied(n: usize, extra: &[&str]) -> Cluster {
+        let c = Cluster::launch(n, extra, true);
+        for i in 0..n {
+            let ep = c.members[i].endpoint();
+            let mut client = etcd_client::Client::connect([ep], None).await.unwrap();
+            let id = client.status().await.unwrap().header().unwrap().member_id();
+            *c.ids[i].lock().unwrap() = id;
+        }
+        c
+    }
+
+    fn launch(n: usize, extra: &[&str], proxied: bool) -> Cluster {
         let mut members: Vec<Server> = (0..n).map(|_| Server::new(Vec::new())).collect();
-        let initial: Vec<String> = members
+        let partition = std::sync::Arc::new(proxy::Partition::default());
+        let ids: Vec<_> = (0..n).map(|_| std::sync::Arc::default()).collect();
+        let proxies: Vec<proxy::PeerProxy> = if proxied {
+            members
+                .iter()
+                .zip(&ids)
+                .map(|(m, id)| {
+                    proxy::PeerProxy::start(
+                        m.peer_port,
+                        std::sync::Arc::clone(id),
+                        partition.clone(),
+                    )
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let advertised: Vec<String> = members
             .iter()
             .enumerate()
-            .map(|(i, m)| format!("m{i}={}", m.peer_url()))
+            .map(|(i, m)| match proxies.get(i) {
+                Some(p) => format!("http://127.0.0.1:{}", p.port),
+                None => m.peer_url(),
+            })
+            .collect();
+        let initial: Vec<String> = advertised
+            .iter()
+            .enumerate()
+            .map(|(i, url)| format!("m{i}={url}"))
             .collect();
         let initial = initial.join(",");
         for (i, m) in members.iter_mut().enumerate() {
@@ -270,6 +318,8 @@ impl Cluster {
                 initial.clone(),
                 "--initial-cluster-token".to_string(),
                 "keel-test".to_string(),
+                "--initial-advertise-peer-urls".to_string(),
+                advertised[i].clone(),
             ];
             args.extend(extra.iter().map(|s| s.to_string()));
             m.args = args;
@@ -278,7 +328,23 @@ impl Cluster {
         for m in &mut members {
             m.wait_healthy();
         }
-        Cluster { members }
+        Cluster {
+            members,
+            proxies,
+            ids,
+            partition,
+        }
+    }
+
+    /// Cuts member `i` off from every peer (needs `start_proxied`).
+    pub fn cut(&self, i: usize) {
+        assert!(!self.proxies.is_empty(), "cut needs start_proxied");
+        let id = *self.ids[i].lock().unwrap();
+        self.partition.cut(id);
+    }
+
+    pub fn heal(&self) {
+        self.partition.heal();
     }
 
     pub fn endpoints(&self) -> Vec<String> {

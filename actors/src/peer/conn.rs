@@ -20,7 +20,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use rkyv::util::AlignedVec;
 
-use super::wire::{ArchivedPeerResponse, PeerRequest, PeerResponse};
+use super::wire::{ArchivedPeerRequest, ArchivedPeerResponse, PeerRequest, PeerResponse};
 use crate::metrics::metrics;
 use crate::raft::codec::decode_membership;
 use crate::raft::types::{Membership, Node, NodeId};
@@ -149,6 +149,25 @@ pub fn ask_membership(url: &str, timeout: Duration) -> io::Result<(u64, Membersh
         }
     }
     Err(last)
+}
+
+/// The greeting a connection opens with: (cluster id, from, to), or None
+/// if `body` is not a Hello frame body.
+pub fn decode_hello(body: &[u8]) -> Option<(u64, NodeId, NodeId)> {
+    match rkyv::access::<ArchivedPeerRequest, rkyv::rancor::Error>(body).ok()? {
+        ArchivedPeerRequest::Hello {
+            cluster_id,
+            from,
+            to,
+        } => Some((cluster_id.to_native(), from.to_native(), to.to_native())),
+        _ => None,
+    }
+}
+
+/// The body length announced by a frame header (for tools that relay
+/// frames, such as the tests' fault-injecting proxy).
+pub fn frame_body_len(header: &[u8; HEADER_BYTES]) -> io::Result<usize> {
+    parse_header(header).map(|(len, _)| len)
 }
 
 pub fn decode_response(body: &[u8]) -> io::Result<PeerResponse> {

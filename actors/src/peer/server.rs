@@ -16,7 +16,7 @@ use openraft::raft::{AppendEntriesRequest, VoteRequest};
 use openraft::storage::Snapshot;
 use tokio::sync::{mpsc, oneshot};
 
-use super::conn::{read_frame, response_frame, HEADER_BYTES};
+use super::conn::{decode_hello, read_frame, response_frame, HEADER_BYTES};
 use super::wire::{
     append_to_wire, entry_from_archived, log_id_from_wire, log_id_to_wire, outcome_to_wire,
     vote_from_wire, vote_to_wire, ArchivedPeerRequest, MemberChange, PeerResponse, WireOutcome,
@@ -74,17 +74,8 @@ fn invalid(e: impl std::fmt::Display) -> std::io::Error {
 async fn serve_connection(mut stream: TcpStream, ctx: &PeerCtx) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
     let hello = read_frame(&mut stream).await?;
-    let archived =
-        rkyv::access::<ArchivedPeerRequest, rkyv::rancor::Error>(&hello).map_err(invalid)?;
-    let ArchivedPeerRequest::Hello {
-        cluster_id,
-        from,
-        to,
-    } = archived
-    else {
-        return Err(invalid("peer connection did not start with Hello"));
-    };
-    let (cluster_id, from, to) = (cluster_id.to_native(), from.to_native(), to.to_native());
+    let (cluster_id, from, to) =
+        decode_hello(&hello).ok_or_else(|| invalid("peer connection did not start with Hello"))?;
     let label = format!("{from:x}");
     // cluster id 0: a member joining an existing cluster, asking who is in it.
     let membership_only = cluster_id == 0;

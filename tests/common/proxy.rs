@@ -1,0 +1,137 @@
+//! A fault-injecting TCP proxy in front of each member's peer port.
+//!
+//! Members advertise the proxy's port; the proxy relays to the member's
+//! real peer listener. It reads the Hello frame each connection opens with
+//! to learn the dialing member, so cutting member X off refuses (and closes)
+//! every connection to X and every connection from X, in both directions.
+//! Threads and sockets end when the proxy is dropped.
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use keel_actors::peer::conn::{decode_hello, frame_body_len, HEADER_BYTES};
+use keel_actors::raft::log_store::aligned_bytes;
+
+/// Which members are cut off, shared by every proxy of a cluster.
+#[derive(Default)]
+pub struct Partition {
+    /// Member ids cut off from everyone.
+    cut: Mutex<HashSet<u64>>,
+    /// Open relays: (from, to, both sockets), closed when either end is cut.
+    open: Mutex<Vec<(u64, u64, TcpStream, TcpStream)>>,
+}
+
+impl Partition {
+    pub fn cut(&self, member: u64) {
+        self.cut.lock().unwrap().insert(member);
+        let mut open = self.open.lock().unwrap();
+        open.retain(|(from, to, a, b)| {
+            if *from == member || *to == member {
+                let _ = a.shutdown(Shutdown::Both);
+                let _ = b.shutdown(Shutdown::Both);
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    pub fn heal(&self) {
+        self.cut.lock().unwrap().clear();
+    }
+
+    fn allows(&self, from: u64, to: u64) -> bool {
+        let cut = self.cut.lock().unwrap();
+        !cut.contains(&from) && !cut.contains(&to)
+    }
+}
+
+pub struct PeerProxy {
+    pub port: u16,
+    stop: Arc<AtomicBool>,
+}
+
+impl PeerProxy {
+    /// Relays connections on a fresh port to `target_port`, where member
+    /// `target` (its id is learned once known: 0 until then) listens.
+    pub fn start(target_port: u16, target: Arc<Mutex<u64>>, partition: Arc<Partition>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(conn) = conn else { continue };
+                let (target, partition) = (target.clone(), partition.clone());
+                std::thread::spawn(move || relay(conn, target_port, target, partition));
+            }
+        });
+        PeerProxy { port, stop }
+    }
+}
+
+impl Drop for PeerProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+fn relay(mut inbound: TcpStream, target_port: u16, target: Arc<Mutex<u64>>, p: Arc<Partition>) {
+    let _ = inbound.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut header = [0u8; HEADER_BYTES];
+    if inbound.read_exact(&mut header).is_err() {
+        return;
+    }
+    let Ok(len) = frame_body_len(&header) else {
+        return;
+    };
+    let mut body = vec![0u8; len];
+    if inbound.read_exact(&mut body).is_err() {
+        return;
+    }
+    // The archive is read in place: copy it to an aligned buffer first.
+    let from = decode_hello(&aligned_bytes(&body)).map_or(0, |h| h.1);
+    let to = *target.lock().unwrap();
+    if !p.allows(from, to) {
+        return;
+    }
+    let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", target_port)) else {
+        return;
+    };
+    let _ = inbound.set_read_timeout(None);
+    let _ = outbound.set_nodelay(true);
+    let _ = inbound.set_nodelay(true);
+    if outbound.write_all(&header).is_err() || outbound.write_all(&body).is_err() {
+        return;
+    }
+    {
+        let mut open = p.open.lock().unwrap();
+        // Re-check under the lock: a cut that raced this connection wins.
+        if !p.allows(from, to) {
+            return;
+        }
+        open.push((
+            from,
+            to,
+            inbound.try_clone().unwrap(),
+            outbound.try_clone().unwrap(),
+        ));
+    }
+    let (mut in2, mut out2) = (inbound.try_clone().unwrap(), outbound.try_clone().unwrap());
+    let back = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut out2, &mut in2);
+        let _ = in2.shutdown(Shutdown::Both);
+    });
+    let _ = std::io::copy(&mut inbound, &mut outbound);
+    let _ = outbound.shutdown(Shutdown::Both);
+    let _ = back.join();
+}
