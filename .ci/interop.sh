@@ -4,7 +4,9 @@
 set -euo pipefail
 KEEL=$(realpath "$1")
 WORK=$(mktemp -d)
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+PORT=$(free_port)
+PEER="http://127.0.0.1:$(free_port)"
 export ETCDCTL_API=3
 E=(etcdctl --endpoints="127.0.0.1:$PORT" --command-timeout=5s --dial-timeout=3s)
 PID=""
@@ -21,7 +23,8 @@ expect() { [ "$2" == "$3" ] || fail "$1: got [$2], want [$3]"; echo "ok: $1"; }
 json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 
 start() {
-  "$KEEL" --data-dir "$WORK/data" --listen-client-urls "http://127.0.0.1:$PORT" >>"$WORK/keel.log" 2>&1 &
+  "$KEEL" --data-dir "$WORK/data" --listen-client-urls "http://127.0.0.1:$PORT" \
+    --listen-peer-urls "$PEER" --initial-advertise-peer-urls "$PEER" >>"$WORK/keel.log" 2>&1 &
   PID=$!
   for _ in $(seq 1 200); do
     if curl -sf "http://127.0.0.1:$PORT/health" >/dev/null 2>&1; then return 0; fi

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Interop with real etcdctl (v3.4) against a 3-member keel cluster on
+# loopback. Usage: interop-cluster.sh path/to/keel
+set -euo pipefail
+KEEL=$(realpath "$1")
+WORK=$(mktemp -d)
+export ETCDCTL_API=3
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+CLIENT=() PEER=() PIDS=()
+for i in 0 1 2; do CLIENT+=("http://127.0.0.1:$(free_port)"); PEER+=("http://127.0.0.1:$(free_port)"); done
+INITIAL="m0=${PEER[0]},m1=${PEER[1]},m2=${PEER[2]}"
+ALL="${CLIENT[0]},${CLIENT[1]},${CLIENT[2]}"
+e() { local ep=$1; shift; etcdctl --endpoints="$ep" --command-timeout=10s --dial-timeout=3s "$@"; }
+
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+fail() {
+  echo "FAIL: $*" >&2
+  for i in 0 1 2; do echo "--- m$i log ---" >&2; tail -30 "$WORK/m$i.log" >&2 || true; done
+  exit 1
+}
+expect() { [ "$2" == "$3" ] || fail "$1: got [$2], want [$3]"; echo "ok: $1"; }
+json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+
+for i in 0 1 2; do
+  "$KEEL" --name "m$i" --data-dir "$WORK/m$i" \
+    --listen-client-urls "${CLIENT[$i]}" --listen-peer-urls "${PEER[$i]}" \
+    --initial-advertise-peer-urls "${PEER[$i]}" --initial-cluster "$INITIAL" \
+    --initial-cluster-token interop >>"$WORK/m$i.log" 2>&1 &
+  PIDS+=($!)
+done
+for i in 0 1 2; do
+  for _ in $(seq 1 300); do
+    if curl -sf "${CLIENT[$i]}/health" >/dev/null 2>&1; then continue 2; fi
+    kill -0 "${PIDS[$i]}" 2>/dev/null || fail "m$i exited during start-up"
+    sleep 0.1
+  done
+  fail "m$i not healthy within 30s"
+done
+
+expect "member list" "$(e "${CLIENT[0]}" member list | cut -d, -f3,5 | sort | tr -d ' ' | tr '\n' ' ')" \
+  "m0,${CLIENT[0]} m1,${CLIENT[1]} m2,${CLIENT[2]} "
+status=$(e "${CLIENT[0]}" endpoint status --cluster -w json)
+expect "endpoint status --cluster" "$(echo "$status" | json 'len(d)')" "3"
+expect "one leader for all" "$(echo "$status" | json 'len({s["Status"]["leader"] for s in d})')" "1"
+expect "the leader is a member" "$(echo "$status" | json 'sum(s["Status"]["leader"] == s["Status"]["header"]["member_id"] for s in d)')" "1"
+expect "endpoint health --cluster" "$(e "${CLIENT[0]}" endpoint health --cluster 2>&1 | grep -c 'is healthy')" "3"
+
+expect "put on m0" "$(e "${CLIENT[0]}" put shared value)" "OK"
+expect "get from m2" "$(e "${CLIENT[2]}" get shared --print-value-only)" "value"
+expect "put on m1" "$(e "${CLIENT[1]}" put shared other)" "OK"
+expect "get from m0" "$(e "${CLIENT[0]}" get shared --print-value-only)" "other"
+expect "same revision everywhere" \
+  "$(for i in 0 1 2; do e "${CLIENT[$i]}" get shared -w json --consistency=s | json 'd["header"]["revision"]'; done | sort -u | wc -l)" "1"
+
+leader=$(echo "$status" | json 'd[0]["Status"]["leader"]')
+target=$(echo "$status" | json '[s["Status"]["header"]["member_id"] for s in d if s["Status"]["header"]["member_id"] != d[0]["Status"]["leader"]][0]')
+target_hex=$(printf '%x' "$target")
+e "$ALL" move-leader "$target_hex" | grep -q "Leadership transferred" || fail "move-leader"
+expect "move-leader" "$(e "${CLIENT[0]}" endpoint status --cluster -w json | json 'len({s["Status"]["leader"] for s in d})'):$(e "${CLIENT[1]}" endpoint status -w json | json 'd[0]["Status"]["leader"]')" "1:$target"
+
+added=$(e "${CLIENT[0]}" member add m3 --peer-urls=http://127.0.0.1:1 --learner)
+echo "$added" | grep -q 'ETCD_INITIAL_CLUSTER_STATE="existing"' || fail "member add: $added"
+new_id=$(echo "$added" | head -1 | awk '{print $2}')
+expect "learner listed" "$(e "${CLIENT[1]}" member list | grep -c "$new_id, unstarted.*true\|$new_id, started.*true")" "1"
+expect "member remove" "$(e "${CLIENT[2]}" member remove "$new_id" | grep -c removed)" "1"
+expect "member list after remove" "$(e "${CLIENT[0]}" member list | grep -c .)" "3"
+expect "/metrics has_leader" "$(curl -sf "${CLIENT[1]}/metrics" | grep '^etcd_server_has_leader ')" "etcd_server_has_leader 1"
+
+echo "cluster interop: all checks passed"
