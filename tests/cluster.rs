@@ -556,3 +556,70 @@ async fn partitioned_member_cannot_serve_and_converges_after_healing() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_of_another_cluster_is_refused() {
+    let cluster = Cluster::start(3, FAST);
+    // Same peers, another token: a different cluster id. It campaigns, the
+    // members refuse it, and it stops with the reason.
+    let mut stray = common::Server::new(Vec::new());
+    let mut initial: Vec<String> = cluster
+        .members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| format!("m{i}={}", m.peer_url()))
+        .collect();
+    initial.push(format!("stray={}", stray.peer_url()));
+    stray.args = [
+        "--name",
+        "stray",
+        "--initial-cluster",
+        &initial.join(","),
+        "--initial-cluster-token",
+        "another-token",
+        "--heartbeat-interval",
+        "50",
+        "--election-timeout",
+        "500",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (code, out) = stray.start_expect_exit();
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("cluster ID mismatch"), "{out}");
+    assert!(out.contains("--initial-cluster-token"), "{out}");
+    // The cluster is unharmed.
+    let mut c = client(&cluster.members[0].endpoint()).await;
+    c.put("still", "fine", None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_metrics() {
+    let cluster = Cluster::start(3, FAST);
+    let eps = cluster.endpoints();
+    let mut c = client(&eps[1]).await;
+    for i in 0..20 {
+        c.put(format!("m{i}"), "v", None).await.unwrap();
+    }
+    let mut leaders = 0;
+    for m in &cluster.members {
+        let (status, body) = common::http_get(m.port, "/metrics").unwrap();
+        assert_eq!(status, 200);
+        let value = |name: &str| -> f64 {
+            body.lines()
+                .filter(|l| l.starts_with(name))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        assert_eq!(value("etcd_server_has_leader "), 1.0);
+        leaders += value("etcd_server_is_leader ") as i32;
+        assert!(value("etcd_server_leader_changes_seen_total ") >= 1.0);
+        assert!(value("etcd_network_peer_sent_bytes_total{") > 0.0, "{body}");
+        assert!(value("etcd_network_peer_received_bytes_total{") > 0.0);
+        assert!(value("etcd_network_peer_round_trip_time_seconds_count{") > 0.0);
+        assert!(body.contains("etcd_server_proposals_pending "));
+        assert!(body.contains("etcd_server_proposals_failed_total "));
+    }
+    assert_eq!(leaders, 1);
+}
