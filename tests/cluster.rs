@@ -623,3 +623,52 @@ async fn cluster_metrics() {
     }
     assert_eq!(leaders, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_values_replicate() {
+    let cluster = Cluster::start(3, FAST);
+    let eps = cluster.endpoints();
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let ep = eps[t % 3].clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = client(&ep).await;
+            for i in 0..5 {
+                let value = vec![b'a' + t as u8; 1_000_000];
+                c.put(format!("big/{t}/{i}"), value, None).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // Values compared one key at a time (a 40 MB range exceeds the
+    // client's message limit).
+    let mut clients = Vec::new();
+    for ep in &eps {
+        let mut c = client(ep).await;
+        c.get(
+            "big/",
+            Some(GetOptions::new().with_prefix().with_keys_only()),
+        )
+        .await
+        .unwrap();
+        clients.push(c);
+    }
+    for t in 0..8 {
+        for i in 0..5 {
+            let key = format!("big/{t}/{i}");
+            let mut seen = Vec::new();
+            for c in &mut clients {
+                let r = c
+                    .get(key.as_str(), Some(GetOptions::new().with_serializable()))
+                    .await
+                    .unwrap();
+                let kv = &r.kvs()[0];
+                assert_eq!(kv.value(), vec![b'a' + t as u8; 1_000_000].as_slice());
+                seen.push(kv.mod_revision());
+            }
+            assert!(seen.iter().all(|r| *r == seen[0]), "{key}: {seen:?}");
+        }
+    }
+}

@@ -27,6 +27,25 @@ use crate::peer::wire::{
 
 /// Bytes of snapshot data per frame.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+/// Entry bytes per AppendEntries at most (at least one entry is sent), as
+/// etcd's 1 MiB per message: openraft bounds a request only by entry count
+/// and gives it one heartbeat interval, which a large request can miss.
+pub const APPEND_BYTES_MAX: usize = 1 << 20;
+
+/// How many of `sizes` (entry payload sizes, in order) one AppendEntries
+/// carries: as many as fit in `budget`, and at least one.
+pub fn entries_within(sizes: impl Iterator<Item = usize>, budget: usize) -> usize {
+    let mut total = 0;
+    let mut n = 0;
+    for size in sizes {
+        if n > 0 && total + size > budget {
+            break;
+        }
+        total += size;
+        n += 1;
+    }
+    n
+}
 
 pub struct PeerNetwork {
     pub peers: Rc<PeerClients>,
@@ -90,14 +109,24 @@ impl RaftNetwork<TypeConfig> for PeerLink {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcError> {
+        let wire: Vec<_> = rpc.entries.iter().map(entry_to_wire).collect();
+        let n = entries_within(wire.iter().map(|e| e.payload.len()), APPEND_BYTES_MAX);
+        // Sending a prefix is answered as a partial success: openraft then
+        // continues from the last entry the follower got.
+        let prefix_end = (n < wire.len()).then(|| rpc.entries[n - 1].log_id);
         let req = PeerRequest::AppendEntries {
             vote: vote_to_wire(&rpc.vote),
             prev_log_id: rpc.prev_log_id.as_ref().map(log_id_to_wire),
             leader_commit: rpc.leader_commit.as_ref().map(log_id_to_wire),
-            entries: rpc.entries.iter().map(entry_to_wire).collect(),
+            entries: wire.into_iter().take(n).collect(),
         };
         match self.call(&req, option.hard_ttl()).await? {
-            PeerResponse::AppendEntries(r) => Ok(append_from_wire(&r)),
+            PeerResponse::AppendEntries(r) => Ok(match (append_from_wire(&r), prefix_end) {
+                (AppendEntriesResponse::Success, Some(last)) => {
+                    AppendEntriesResponse::PartialSuccess(Some(last))
+                }
+                (r, _) => r,
+            }),
             PeerResponse::Failed { reason } => Err(remote_failure(self.target, reason)),
             other => Err(unexpected(self.target, &other)),
         }
@@ -193,5 +222,19 @@ impl RaftNetwork<TypeConfig> for PeerLink {
             Err(StreamingError::Closed(closed))
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::entries_within;
+
+    #[test]
+    fn append_requests_are_bounded_by_bytes() {
+        assert_eq!(entries_within([10, 10, 10].into_iter(), 25), 2);
+        assert_eq!(entries_within([10, 10, 10].into_iter(), 30), 3);
+        // One entry always goes, however large.
+        assert_eq!(entries_within([100, 1].into_iter(), 25), 1);
+        assert_eq!(entries_within(std::iter::empty(), 25), 0);
     }
 }
