@@ -27,6 +27,8 @@ use crate::peer::wire::{
 
 /// Bytes of snapshot data per frame.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+/// The least time a snapshot transfer is given.
+pub const SNAPSHOT_DEADLINE_MIN: Duration = Duration::from_secs(60);
 /// Entry bytes per AppendEntries at most (at least one entry is sent), as
 /// etcd's 1 MiB per message: openraft bounds a request only by entry count
 /// and gives it one heartbeat interval, which a large request can miss.
@@ -208,9 +210,9 @@ impl RaftNetwork<TypeConfig> for PeerLink {
                 other => Err(net(&format!("unexpected snapshot response {other:?}"))),
             }
         };
-        // A snapshot may be large: its deadline scales with the soft TTL
-        // per chunk rather than one RPC's.
-        let deadline = option.hard_ttl().max(Duration::from_secs(60));
+        // A snapshot may be large: it gets at least a minute, not one RPC's
+        // time-to-live.
+        let deadline = option.hard_ttl().max(SNAPSHOT_DEADLINE_MIN);
         let timed = async {
             match glommio::timer::timeout(deadline, async { Ok(send.await) }).await {
                 Ok(result) => result,
