@@ -672,3 +672,29 @@ async fn large_values_replicate() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_members_survive_two_failures() {
+    let mut cluster = Cluster::start(5, FAST);
+    let eps = cluster.endpoints();
+    client(&eps[0])
+        .await
+        .put("before", "1", None)
+        .await
+        .unwrap();
+    let leader = cluster.leader().await;
+    let other = (leader + 1) % 5;
+    cluster.members[leader].kill9();
+    cluster.members[other].kill9();
+    let alive: Vec<usize> = (0..5).filter(|i| *i != leader && *i != other).collect();
+    let mut c = client(&eps[alive[0]]).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while c.put("after", "2", None).await.is_err() {
+        assert!(Instant::now() < deadline, "no leader among the 3 survivors");
+    }
+    for i in alive {
+        let (_, kvs) = content(&eps[i], "").await;
+        let keys: Vec<&str> = kvs.iter().map(|k| k.0.as_str()).collect();
+        assert_eq!(keys, ["after", "before"], "m{i}");
+    }
+}
