@@ -101,6 +101,14 @@ pub struct Flags {
     #[arg(long, env = "ETCD_ELECTION_TIMEOUT", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pub election_timeout: u64,
 
+    /// Duration of periodic watch progress notifications ('10m', '5s').
+    #[arg(
+        long = "experimental-watch-progress-notify-interval",
+        env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL",
+        default_value = "10m"
+    )]
+    pub watch_progress_notify_interval: String,
+
     /// Log level: debug, info, warn, error, panic or fatal.
     #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info", value_parser = ["debug", "info", "warn", "error", "panic", "fatal"])]
     pub log_level: String,
@@ -376,6 +384,14 @@ impl Flags {
             wal_batch_bytes_max: self.wal_batch_bytes_max.max(4096),
             wal_linger: Duration::from_micros(self.wal_linger_us),
             heartbeat_interval_ms: self.heartbeat_interval,
+            watch_progress_notify_interval: parse_duration(&self.watch_progress_notify_interval)
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    format!(
+                        "--experimental-watch-progress-notify-interval={}: expected a duration like 10m or 5s",
+                        self.watch_progress_notify_interval
+                    )
+                })?,
             election_timeout_ms: self.election_timeout,
             // etcd: 5 s plus two election timeouts.
             request_timeout: Duration::from_secs(5)

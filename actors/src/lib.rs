@@ -13,6 +13,7 @@ pub mod reactor;
 pub mod runtime;
 pub mod service;
 pub mod wal_writer;
+pub mod watch;
 
 /// The etcd API level keel reports (Status.version, `/version`).
 pub const API_VERSION: &str = "3.6.0";

@@ -36,6 +36,10 @@ pub struct Metrics {
     pub grpc_handled: IntCounterVec,
     pub placement: GaugeVec,
     pub server_version: GaugeVec,
+    pub watchers: IntGauge,
+    pub watch_streams: IntGauge,
+    pub watch_slow_watchers: IntGauge,
+    pub watch_pending_events: IntGauge,
     pub peer_sent_bytes: IntCounterVec,
     pub peer_received_bytes: IntCounterVec,
     pub peer_round_trip_seconds: HistogramVec,
@@ -130,6 +134,10 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            watchers: ig("etcd_debugging_mvcc_watcher_total", "Total number of watchers."),
+            watch_streams: ig("etcd_debugging_mvcc_watch_stream_total", "Total number of watch streams."),
+            watch_slow_watchers: ig("etcd_debugging_mvcc_slow_watcher_total", "Total number of unsynced slow watchers."),
+            watch_pending_events: ig("etcd_debugging_mvcc_pending_events_total", "Total number of pending events to be sent."),
             peer_sent_bytes: reg(
                 &r,
                 IntCounterVec::new(

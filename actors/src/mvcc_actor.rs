@@ -6,6 +6,7 @@
 //! else, until that index is applied. The actor never does I/O.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use keel_proto::command::Command;
@@ -15,6 +16,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::metrics;
 use crate::raft::types::{AppliedResult, LogId, Membership, StoredMembership};
+use crate::watch::{HeaderInfo, StreamId, WatchHub, WatchSpec};
+
+/// How often unsynced watchers catch up and progress notifications go out.
+pub const WATCH_TICK: Duration = Duration::from_millis(100);
 
 /// Reads that may wait for their index at once; more are refused as busy.
 pub const WAITING_READS_MAX: usize = 65_536;
@@ -99,6 +104,30 @@ pub enum MvccMsg {
     Status {
         reply: oneshot::Sender<MvccStatus>,
     },
+    Watch(WatchMsg),
+}
+
+/// A watch stream's requests to the hub (see `crate::watch`).
+pub enum WatchMsg {
+    Open {
+        stream: StreamId,
+        tx: mpsc::Sender<pb::WatchResponse>,
+        max_bytes: usize,
+    },
+    Create {
+        stream: StreamId,
+        spec: WatchSpec,
+    },
+    Cancel {
+        stream: StreamId,
+        watch_id: i64,
+    },
+    Progress {
+        stream: StreamId,
+    },
+    Close {
+        stream: StreamId,
+    },
 }
 
 /// Something waiting for an index to be applied.
@@ -116,6 +145,9 @@ pub struct MvccActor {
     term: u64,
     waiting: BTreeMap<u64, Vec<Waiter>>,
     waiting_len: usize,
+    watches: WatchHub,
+    progress_every: Duration,
+    next_tick: Instant,
 }
 
 impl MvccActor {
@@ -124,6 +156,7 @@ impl MvccActor {
         applied: Option<LogId>,
         membership: StoredMembership,
         ids: HeaderIds,
+        progress_every: Duration,
     ) -> MvccActor {
         let term = applied.map_or(0, |l| l.leader_id.term);
         let a = MvccActor {
@@ -134,14 +167,60 @@ impl MvccActor {
             term,
             waiting: BTreeMap::new(),
             waiting_len: 0,
+            watches: WatchHub::default(),
+            progress_every,
+            next_tick: Instant::now(),
         };
         a.update_gauges();
         a
     }
 
     pub async fn run(mut self, mut rx: mpsc::Receiver<MvccMsg>) {
-        while let Some(msg) = rx.recv().await {
-            self.handle(msg);
+        loop {
+            let msg = if self.watches.is_empty() {
+                Some(rx.recv().await)
+            } else {
+                let tick = async {
+                    glommio::timer::sleep(WATCH_TICK).await;
+                    None
+                };
+                futures_lite::future::or(async { Some(rx.recv().await) }, tick).await
+            };
+            match msg {
+                Some(Some(msg)) => self.handle(msg),
+                Some(None) => return,
+                None => {}
+            }
+            if self.next_tick.elapsed() >= WATCH_TICK {
+                self.next_tick = Instant::now();
+                let h = self.header_info();
+                self.watches.catch_up(&self.store, h, self.progress_every);
+            }
+        }
+    }
+
+    fn header_info(&self) -> HeaderInfo {
+        HeaderInfo {
+            cluster_id: self.ids.cluster_id,
+            member_id: self.ids.member_id,
+            raft_term: self.term,
+        }
+    }
+
+    fn handle_watch(&mut self, msg: WatchMsg) {
+        let h = self.header_info();
+        match msg {
+            WatchMsg::Open {
+                stream,
+                tx,
+                max_bytes,
+            } => self.watches.open(stream, tx, max_bytes),
+            WatchMsg::Create { stream, spec } => self.watches.create(stream, spec, &self.store, h),
+            WatchMsg::Cancel { stream, watch_id } => {
+                self.watches.cancel(stream, watch_id, &self.store, h)
+            }
+            WatchMsg::Progress { stream } => self.watches.request_progress(stream, &self.store, h),
+            WatchMsg::Close { stream } => self.watches.close(stream),
         }
     }
 
@@ -152,8 +231,11 @@ impl MvccActor {
     fn handle(&mut self, msg: MvccMsg) {
         match msg {
             MvccMsg::Apply { entries, reply } => {
+                let from = self.store.current_rev() + 1;
                 let r = self.apply(entries);
                 let _ = reply.send(r);
+                let h = self.header_info();
+                self.watches.notify(from, &self.store, h);
                 self.serve_waiting();
                 self.update_gauges();
             }
@@ -198,6 +280,7 @@ impl MvccActor {
                 reply,
             } => {
                 self.store = store;
+                self.watches.resync_all();
                 self.applied = applied;
                 self.membership = membership;
                 self.term = applied.map_or(self.term, |l| l.leader_id.term);
@@ -205,6 +288,7 @@ impl MvccActor {
                 self.serve_waiting();
                 self.update_gauges();
             }
+            MvccMsg::Watch(w) => self.handle_watch(w),
             MvccMsg::Status { reply } => {
                 let _ = reply.send(MvccStatus {
                     current_rev: self.store.current_rev(),

@@ -76,6 +76,8 @@ pub struct NodeConfig {
     pub wal_batch_bytes_max: usize,
     pub wal_linger: Duration,
     pub heartbeat_interval_ms: u64,
+    /// How often idle watchers that asked for progress notifications get one.
+    pub watch_progress_notify_interval: Duration,
     pub election_timeout_ms: u64,
     pub request_timeout: Duration,
     pub spin_before_park: Duration,
@@ -471,7 +473,13 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
             .blocking_thread_pool_placement(PoolPlacement::Unbound(1))
             .spawn(move || async move {
                 if let Some((mvcc_rx, store, applied, membership)) = mvcc_parts {
-                    let actor = MvccActor::new(store, applied, membership, ids);
+                    let actor = MvccActor::new(
+                        store,
+                        applied,
+                        membership,
+                        ids,
+                        cfg.watch_progress_notify_interval,
+                    );
                     glommio::spawn_local(actor.run(mvcc_rx)).detach();
                 }
                 if let Some((raft_rx, recovered, loaded_meta, ready_tx)) = raft_parts {

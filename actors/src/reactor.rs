@@ -18,12 +18,12 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use keel_proto::method::{Method, MethodKind};
 
-use crate::grpc::body::ResponseBody;
+use crate::grpc::body::{ResponseBody, StreamItem};
 use crate::grpc::frame;
 use crate::grpc::io::{HyperIo, LocalExec};
 use crate::grpc::status::{Code, Status};
 use crate::metrics::metrics;
-use crate::service::{cluster, http as http_service, kv, maintenance, ServerCtx};
+use crate::service::{cluster, http as http_service, kv, maintenance, watch, ServerCtx};
 
 /// Serves `listener` until the process ends.
 pub async fn serve(listener: TcpListener, ctx: Rc<ServerCtx>) {
@@ -97,7 +97,7 @@ fn grpc_headers(builder: http::response::Builder) -> http::response::Builder {
     )
 }
 
-fn status_trailers(s: &Status) -> HeaderMap {
+pub(crate) fn status_trailers(s: &Status) -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert("grpc-status", HeaderValue::from(s.code as u8 as u16));
     if !s.message.is_empty() {
@@ -115,6 +115,20 @@ fn error_response(s: &Status) -> Response<ResponseBody> {
         .expect("static response parts are valid");
     resp.headers_mut().extend(status_trailers(s));
     resp
+}
+
+/// Starts a streaming handler and answers with its stream of messages.
+fn streaming_response<F, Fut>(handler: F) -> Response<ResponseBody>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<StreamItem>) -> Fut,
+    Fut: Future<Output = ()> + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(watch::BODY_QUEUE);
+    glommio::spawn_local(handler(tx)).detach();
+    let lost = status_trailers(&Status::stopped());
+    grpc_headers(Response::builder())
+        .body(ResponseBody::stream(rx, lost))
+        .expect("static response parts are valid")
 }
 
 fn ok_response(message: Bytes) -> Response<ResponseBody> {
@@ -153,6 +167,12 @@ async fn handle_http2(req: http::Request<Incoming>, ctx: Rc<ServerCtx>) -> Respo
     };
     let labels = [grpc_type, method.service(), method.name()];
     metrics().grpc_started.with_label_values(&labels).inc();
+    if method == Method::Watch {
+        if crate::raft::actor::is_learner() {
+            return error_response(&Status::learner_unsupported());
+        }
+        return streaming_response(|out| watch::serve(req.into_body(), ctx, out));
+    }
     let result = dispatch(method, req.into_body(), &ctx).await;
     let code = result.as_ref().err().map_or(Code::Ok, |s| s.code);
     metrics()

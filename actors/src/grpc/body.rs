@@ -1,5 +1,6 @@
 //! Response bodies: one gRPC message then trailers, a trailers-only error,
-//! or plain bytes for HTTP/1.1.
+//! plain bytes for HTTP/1.1, or a stream of messages fed through a bounded
+//! channel and ended by trailers.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -9,10 +10,20 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http_body::Frame;
 
+/// What a streaming handler sends to its response body.
+#[derive(Debug)]
+pub enum StreamItem {
+    /// One framed gRPC message.
+    Message(Bytes),
+    /// The status trailers; nothing follows.
+    End(HeaderMap),
+}
+
 #[derive(Debug, Default)]
 pub struct ResponseBody {
     data: Option<Bytes>,
     trailers: Option<HeaderMap>,
+    stream: Option<tokio::sync::mpsc::Receiver<StreamItem>>,
 }
 
 impl ResponseBody {
@@ -24,6 +35,7 @@ impl ResponseBody {
         ResponseBody {
             data: Some(data),
             trailers: None,
+            stream: None,
         }
     }
 
@@ -31,6 +43,17 @@ impl ResponseBody {
         ResponseBody {
             data: Some(data),
             trailers: Some(trailers),
+            stream: None,
+        }
+    }
+
+    /// Messages as the handler sends them; if the handler goes away
+    /// without ending the stream, `lost` ends it.
+    pub fn stream(rx: tokio::sync::mpsc::Receiver<StreamItem>, lost: HeaderMap) -> ResponseBody {
+        ResponseBody {
+            data: None,
+            trailers: Some(lost),
+            stream: Some(rx),
         }
     }
 }
@@ -41,8 +64,22 @@ impl http_body::Body for ResponseBody {
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if let Some(rx) = self.stream.as_mut() {
+            match rx.poll_recv(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(StreamItem::Message(m))) => {
+                    return Poll::Ready(Some(Ok(Frame::data(m))))
+                }
+                Poll::Ready(Some(StreamItem::End(t))) => {
+                    self.stream = None;
+                    self.trailers = None;
+                    return Poll::Ready(Some(Ok(Frame::trailers(t))));
+                }
+                Poll::Ready(None) => self.stream = None,
+            }
+        }
         if let Some(d) = self.data.take() {
             return Poll::Ready(Some(Ok(Frame::data(d))));
         }
@@ -53,14 +90,14 @@ impl http_body::Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.data.is_none() && self.trailers.is_none()
+        self.data.is_none() && self.trailers.is_none() && self.stream.is_none()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
         // Exact when no trailers follow, so HTTP/1.1 sends Content-Length.
-        match (&self.data, &self.trailers) {
-            (Some(d), None) => http_body::SizeHint::with_exact(d.len() as u64),
-            (None, None) => http_body::SizeHint::with_exact(0),
+        match (&self.data, &self.trailers, &self.stream) {
+            (Some(d), None, None) => http_body::SizeHint::with_exact(d.len() as u64),
+            (None, None, None) => http_body::SizeHint::with_exact(0),
             _ => http_body::SizeHint::default(),
         }
     }

@@ -22,54 +22,96 @@ pub fn encode<M: prost::Message>(msg: &M) -> Bytes {
 /// Reads the single message of a unary request body. Refuses messages
 /// longer than `max_bytes` as soon as their prefix is seen, with grpc-go's
 /// status and message.
-pub async fn read_unary<B>(mut body: B, max_bytes: usize) -> Result<Bytes, Status>
+pub async fn read_unary<B>(body: B, max_bytes: usize) -> Result<Bytes, Status>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
-    let mut buf = BytesMut::new();
-    let mut want: Option<usize> = None;
-    loop {
-        if want.is_none() && buf.len() >= PREFIX_BYTES {
-            if buf[0] != 0 {
-                return Err(Status::new(
-                    Code::Unimplemented,
-                    "grpc: compressed messages are not supported by this server",
-                ));
-            }
-            let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-            if len > max_bytes {
-                return Err(Status::new(
-                    Code::ResourceExhausted,
-                    format!("grpc: received message larger than max ({len} vs. {max_bytes})"),
-                ));
-            }
-            buf.reserve(PREFIX_BYTES + len - buf.len().min(PREFIX_BYTES + len));
-            want = Some(len);
+    MessageReader::new(body, max_bytes)
+        .next()
+        .await?
+        .ok_or_else(|| {
+            Status::new(
+                Code::Internal,
+                "grpc: request ended before a complete message was received",
+            )
+        })
+}
+
+/// Reads the messages of a streaming request body one at a time.
+pub struct MessageReader<B> {
+    body: B,
+    buf: BytesMut,
+    max_bytes: usize,
+    want: Option<usize>,
+}
+
+impl<B> MessageReader<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    pub fn new(body: B, max_bytes: usize) -> Self {
+        MessageReader {
+            body,
+            buf: BytesMut::new(),
+            max_bytes,
+            want: None,
         }
-        if let Some(len) = want {
-            if buf.len() >= PREFIX_BYTES + len {
-                buf.advance(PREFIX_BYTES);
-                return Ok(buf.split_to(len).freeze());
+    }
+
+    /// The next message, or None when the body ended between messages.
+    /// Cancel-safe: bytes read so far stay in the reader.
+    pub async fn next(&mut self) -> Result<Option<Bytes>, Status> {
+        loop {
+            if self.want.is_none() && self.buf.len() >= PREFIX_BYTES {
+                let buf = &self.buf;
+                if buf[0] != 0 {
+                    return Err(Status::new(
+                        Code::Unimplemented,
+                        "grpc: compressed messages are not supported by this server",
+                    ));
+                }
+                let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+                if len > self.max_bytes {
+                    return Err(Status::new(
+                        Code::ResourceExhausted,
+                        format!(
+                            "grpc: received message larger than max ({len} vs. {})",
+                            self.max_bytes
+                        ),
+                    ));
+                }
+                let have = self.buf.len();
+                self.buf.reserve((PREFIX_BYTES + len).saturating_sub(have));
+                self.want = Some(len);
             }
-        }
-        match body.frame().await {
-            Some(Ok(frame)) => {
-                if let Ok(data) = frame.into_data() {
-                    buf.extend_from_slice(&data);
+            if let Some(len) = self.want {
+                if self.buf.len() >= PREFIX_BYTES + len {
+                    self.buf.advance(PREFIX_BYTES);
+                    self.want = None;
+                    return Ok(Some(self.buf.split_to(len).freeze()));
                 }
             }
-            Some(Err(e)) => {
-                return Err(Status::new(
-                    Code::Internal,
-                    format!("grpc: error reading request: {e}"),
-                ))
-            }
-            None => {
-                return Err(Status::new(
-                    Code::Internal,
-                    "grpc: request ended before a complete message was received",
-                ))
+            match self.body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buf.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(e)) => {
+                    return Err(Status::new(
+                        Code::Internal,
+                        format!("grpc: error reading request: {e}"),
+                    ))
+                }
+                None if self.buf.is_empty() => return Ok(None),
+                None => {
+                    return Err(Status::new(
+                        Code::Internal,
+                        "grpc: request ended before a complete message was received",
+                    ))
+                }
             }
         }
     }

@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod http;
 pub mod kv;
 pub mod maintenance;
+pub mod watch;
 
 use std::sync::Arc;
 use std::time::Duration;

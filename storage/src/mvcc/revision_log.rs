@@ -101,6 +101,27 @@ impl RevisionLog {
             .chain(self.open.iter())
     }
 
+    /// Events with main revision `from` or later, in order (a binary search
+    /// finds the start: chunks and events ascend).
+    pub fn since(&self, from: i64) -> impl Iterator<Item = &Event> {
+        let before = |e: &Event| e.rev().main < from;
+        let chunk = self
+            .sealed
+            .partition_point(|c| c.last().is_some_and(before));
+        let (sealed_tail, open_start) = if chunk < self.sealed.len() {
+            let at = self.sealed[chunk].partition_point(before);
+            (Some((chunk, at)), 0)
+        } else {
+            (None, self.open.partition_point(before))
+        };
+        let sealed = sealed_tail.into_iter().flat_map(move |(c, at)| {
+            self.sealed[c][at..]
+                .iter()
+                .chain(self.sealed[c + 1..].iter().flat_map(|c| c.iter()))
+        });
+        sealed.chain(self.open[open_start..].iter())
+    }
+
     /// Keeps only the events `keep` accepts, rebuilding the chunks.
     pub fn retain(&mut self, mut keep: impl FnMut(&Event) -> bool) {
         let old = std::mem::take(self);
@@ -115,6 +136,22 @@ impl RevisionLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn since_starts_at_the_first_event_of_a_revision() {
+        let mut log = RevisionLog::default();
+        for main in 1..=(2 * CHUNK_EVENTS as i64 + 10) {
+            log.push(ev(main));
+        }
+        let mains = |from| log.since(from).map(|e| e.rev().main).collect::<Vec<_>>();
+        assert_eq!(mains(1).len(), 2 * CHUNK_EVENTS + 10);
+        assert_eq!(mains(CHUNK_EVENTS as i64)[0], CHUNK_EVENTS as i64);
+        assert_eq!(mains(CHUNK_EVENTS as i64 + 1)[0], CHUNK_EVENTS as i64 + 1);
+        let last = 2 * CHUNK_EVENTS as i64 + 10;
+        assert_eq!(mains(last), vec![last]);
+        assert!(mains(last + 1).is_empty());
+        assert_eq!(mains(-5).len(), 2 * CHUNK_EVENTS + 10);
+    }
 
     fn ev(main: i64) -> Event {
         Event {

@@ -72,6 +72,11 @@ impl KvStore {
         self.log.iter()
     }
 
+    /// Retained versions from main revision `from` on, in revision order.
+    pub fn events_since(&self, from: i64) -> impl Iterator<Item = &Event> {
+        self.log.since(from)
+    }
+
     /// A consistent picture for a background snapshot.
     pub fn view(&self) -> LogView {
         self.log.view()

@@ -1,0 +1,118 @@
+//! The Watch service: one task per gRPC stream, on the reactor's core.
+//!
+//! It reads WatchRequests and passes them to the watch hub in the MVCC
+//! actor, and writes the hub's responses to the HTTP/2 stream. Queues are
+//! bounded both ways: when the client reads slowly, the response body's
+//! queue fills, this task stops taking from the hub's queue, and the hub
+//! turns the stream's watchers into slow watchers that catch up from
+//! history later; writes never wait for a watcher.
+
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use hyper::body::Incoming;
+use keel_proto::etcdserverpb as pb;
+use tokio::sync::mpsc;
+
+use super::ServerCtx;
+use crate::grpc::body::StreamItem;
+use crate::grpc::frame::{self, MessageReader};
+use crate::grpc::status::{Code, Status};
+use crate::mvcc_actor::{MvccMsg, WatchMsg};
+use crate::watch::{StreamId, WatchSpec};
+
+/// Hub → stream task responses queued per stream.
+pub const HUB_QUEUE: usize = 256;
+/// Encoded messages queued for the HTTP/2 response body.
+pub const BODY_QUEUE: usize = 16;
+
+static NEXT_STREAM: AtomicU64 = AtomicU64::new(1);
+
+enum Step {
+    Request(Result<Option<bytes::Bytes>, Status>),
+    Response(Option<pb::WatchResponse>),
+}
+
+/// Serves one Watch stream until the client goes away; ends the response
+/// with a status if the request stream breaks.
+pub async fn serve(body: Incoming, ctx: Rc<ServerCtx>, out: mpsc::Sender<StreamItem>) {
+    let stream: StreamId = NEXT_STREAM.fetch_add(1, Ordering::Relaxed);
+    let (tx, mut rx) = mpsc::channel(HUB_QUEUE);
+    let open = WatchMsg::Open {
+        stream,
+        tx,
+        max_bytes: ctx.cfg.max_request_bytes,
+    };
+    if ctx.mvcc.send(MvccMsg::Watch(open)).await.is_err() {
+        let _ = out
+            .send(StreamItem::End(crate::reactor::status_trailers(
+                &Status::stopped(),
+            )))
+            .await;
+        return;
+    }
+    let mut reader = MessageReader::new(body, ctx.cfg.max_recv_bytes());
+    let mut reading = true;
+    let end = loop {
+        let step = if reading {
+            futures_lite::future::or(async { Step::Request(reader.next().await) }, async {
+                Step::Response(rx.recv().await)
+            })
+            .await
+        } else {
+            Step::Response(rx.recv().await)
+        };
+        match step {
+            // The client closed its side: keep sending, as etcd does.
+            Step::Request(Ok(None)) => reading = false,
+            Step::Request(Ok(Some(bytes))) => {
+                let req = match frame::decode::<pb::WatchRequest>(bytes) {
+                    Ok(r) => r,
+                    Err(s) => break Some(s),
+                };
+                if let Some(msg) = to_hub(stream, req) {
+                    if ctx.mvcc.send(MvccMsg::Watch(msg)).await.is_err() {
+                        break Some(Status::stopped());
+                    }
+                }
+            }
+            Step::Request(Err(s)) => {
+                // A reset by the client is just the end of the stream.
+                break (s.code != Code::Internal).then_some(s);
+            }
+            Step::Response(Some(resp)) => {
+                if out
+                    .send(StreamItem::Message(frame::encode(&resp)))
+                    .await
+                    .is_err()
+                {
+                    break None;
+                }
+            }
+            Step::Response(None) => break Some(Status::stopped()),
+        }
+    };
+    let _ = ctx
+        .mvcc
+        .send(MvccMsg::Watch(WatchMsg::Close { stream }))
+        .await;
+    let status = end.unwrap_or_else(|| Status::new(Code::Ok, ""));
+    let _ = out
+        .send(StreamItem::End(crate::reactor::status_trailers(&status)))
+        .await;
+}
+
+fn to_hub(stream: StreamId, req: pb::WatchRequest) -> Option<WatchMsg> {
+    use pb::watch_request::RequestUnion;
+    Some(match req.request_union? {
+        RequestUnion::CreateRequest(c) => WatchMsg::Create {
+            stream,
+            spec: WatchSpec::from(c),
+        },
+        RequestUnion::CancelRequest(c) => WatchMsg::Cancel {
+            stream,
+            watch_id: c.watch_id,
+        },
+        RequestUnion::ProgressRequest(_) => WatchMsg::Progress { stream },
+    })
+}

@@ -1,0 +1,571 @@
+//! Watchers, owned by the MVCC apply actor (no I/O: responses go out
+//! through each stream's bounded channel with `try_send`).
+//!
+//! A watcher is *synced* when every event before the store's next revision
+//! was handed to its stream; after each applied batch, synced watchers get
+//! the batch's matching events at once. When a stream's channel is full the
+//! watcher becomes *unsynced* (etcd's slow watcher): it keeps the first
+//! revision it still needs and [`WatchHub::catch_up`], run periodically,
+//! reads those revisions back from the store's history, whole revisions at a
+//! time, until it is synced again, or cancels it with `compact_revision` if
+//! compaction removed them. So a slow consumer never stalls writes or other
+//! streams, and every watcher sees every revision once, in order, unsplit.
+//!
+//! Control responses (created, canceled, progress) and the remaining parts
+//! of a fragmented response wait in the stream's backlog when the channel
+//! is full; nothing is sent to a stream while its backlog is not empty, so
+//! its responses keep their order.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use keel_proto::etcdserverpb as pb;
+use keel_proto::mvccpb;
+use keel_storage::mvcc::revision_log::Event;
+use keel_storage::mvcc::{KeyRange, KvStore};
+use prost::Message;
+use tokio::sync::mpsc;
+
+use crate::metrics::metrics;
+
+pub type StreamId = u64;
+
+/// Revisions one catch-up response covers at most (etcd's watchBatchMaxRevs).
+pub const CATCH_UP_REVS: i64 = 1000;
+/// Watchers one stream may hold.
+pub const WATCHERS_PER_STREAM_MAX: usize = 65_536;
+/// etcd's message for a client-chosen id already in use on the stream.
+pub const DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
+/// etcd's message for a range that holds no key.
+pub const EMPTY_RANGE: &str = "mvcc: watcher range is empty";
+
+/// A validated WatchCreateRequest.
+#[derive(Debug, Clone, Default)]
+pub struct WatchSpec {
+    pub key: Bytes,
+    pub range_end: Bytes,
+    /// 0: from the next revision.
+    pub start_rev: i64,
+    pub no_put: bool,
+    pub no_delete: bool,
+    pub prev_kv: bool,
+    pub progress_notify: bool,
+    pub fragment: bool,
+    /// 0: the stream picks the next free id.
+    pub watch_id: i64,
+}
+
+impl From<pb::WatchCreateRequest> for WatchSpec {
+    fn from(r: pb::WatchCreateRequest) -> WatchSpec {
+        use pb::watch_create_request::FilterType;
+        WatchSpec {
+            no_put: r.filters.contains(&(FilterType::Noput as i32)),
+            no_delete: r.filters.contains(&(FilterType::Nodelete as i32)),
+            key: r.key,
+            range_end: r.range_end,
+            start_rev: r.start_revision,
+            prev_kv: r.prev_kv,
+            progress_notify: r.progress_notify,
+            fragment: r.fragment,
+            watch_id: r.watch_id,
+        }
+    }
+}
+
+/// What the response headers carry besides the revision.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HeaderInfo {
+    pub cluster_id: u64,
+    pub member_id: u64,
+    pub raft_term: u64,
+}
+
+impl HeaderInfo {
+    fn at(&self, revision: i64) -> Option<pb::ResponseHeader> {
+        Some(pb::ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.member_id,
+            revision,
+            raft_term: self.raft_term,
+        })
+    }
+}
+
+struct Watcher {
+    spec: WatchSpec,
+    /// The first revision not yet handed to the stream.
+    next_rev: i64,
+    synced: bool,
+    /// When this watcher last got a response (for progress notifications).
+    last_sent: Instant,
+}
+
+impl Watcher {
+    fn matches(&self, e: &Event) -> bool {
+        let range = KeyRange::new(&self.spec.key, &self.spec.range_end);
+        range.contains(&e.key)
+            && !(e.is_delete() && self.spec.no_delete)
+            && !(!e.is_delete() && self.spec.no_put)
+    }
+}
+
+struct Stream {
+    tx: mpsc::Sender<pb::WatchResponse>,
+    /// Largest response before a fragmenting watcher's events are split.
+    max_bytes: usize,
+    backlog: VecDeque<pb::WatchResponse>,
+    watchers: HashMap<i64, Watcher>,
+    next_auto_id: i64,
+    /// A progress request waits until every watcher is synced.
+    progress_pending: bool,
+    closed: bool,
+}
+
+impl Stream {
+    /// Sends backlog first; false if something is still waiting.
+    fn flush(&mut self) -> bool {
+        while let Some(r) = self.backlog.pop_front() {
+            match self.tx.try_send(r) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(r)) => {
+                    self.backlog.push_front(r);
+                    return false;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.closed = true;
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// A response that must arrive (control, or the rest of a fragmented one).
+    fn send_or_queue(&mut self, r: pb::WatchResponse) {
+        if self.flush() {
+            match self.tx.try_send(r) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(r)) => self.backlog.push_back(r),
+                Err(mpsc::error::TrySendError::Closed(_)) => self.closed = true,
+            }
+        } else if !self.closed {
+            self.backlog.push_back(r);
+        }
+    }
+
+    /// Sends events to a watcher if the stream has room now: false if not
+    /// (nothing sent). A fragmenting watcher's large response goes out in
+    /// parts; parts that do not fit wait in the backlog.
+    fn try_send_events(
+        &mut self,
+        id: i64,
+        header: Option<pb::ResponseHeader>,
+        events: Vec<mvccpb::Event>,
+    ) -> bool {
+        if !self.flush() {
+            return false;
+        }
+        let fragment = self.watchers.get(&id).is_some_and(|w| w.spec.fragment);
+        let mut parts = if fragment {
+            fragments(id, header, events, self.max_bytes)
+        } else {
+            vec![pb::WatchResponse {
+                header,
+                watch_id: id,
+                events,
+                ..Default::default()
+            }]
+        };
+        let first = parts.remove(0);
+        match self.tx.try_send(first) {
+            Ok(()) => {
+                self.backlog.extend(parts);
+                true
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => false,
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.closed = true;
+                false
+            }
+        }
+    }
+}
+
+/// Splits a response so each part stays under `max_bytes` (a single event
+/// larger than that goes alone); all parts but the last are marked `fragment`.
+fn fragments(
+    id: i64,
+    header: Option<pb::ResponseHeader>,
+    events: Vec<mvccpb::Event>,
+    max_bytes: usize,
+) -> Vec<pb::WatchResponse> {
+    let mut parts: Vec<pb::WatchResponse> = Vec::new();
+    let mut current = Vec::new();
+    let mut size = 0;
+    for e in events {
+        let len = e.encoded_len() + 8;
+        if !current.is_empty() && size + len > max_bytes {
+            parts.push(pb::WatchResponse {
+                header,
+                watch_id: id,
+                events: std::mem::take(&mut current),
+                fragment: true,
+                ..Default::default()
+            });
+            size = 0;
+        }
+        size += len;
+        current.push(e);
+    }
+    parts.push(pb::WatchResponse {
+        header,
+        watch_id: id,
+        events: current,
+        ..Default::default()
+    });
+    parts
+}
+
+fn key_value(key: &Bytes, v: &keel_storage::mvcc::KeyVersion) -> mvccpb::KeyValue {
+    mvccpb::KeyValue {
+        key: key.clone(),
+        create_revision: v.create_revision,
+        mod_revision: v.rev.main,
+        version: v.version,
+        value: v.value.clone(),
+        lease: v.lease,
+    }
+}
+
+/// The wire event for `e`, with the key's previous version if asked.
+fn to_pb(store: &KvStore, e: &Event, prev_kv: bool) -> mvccpb::Event {
+    let kv = if e.is_delete() {
+        mvccpb::KeyValue {
+            key: e.key.clone(),
+            mod_revision: e.rev().main,
+            ..Default::default()
+        }
+    } else {
+        key_value(&e.key, &e.kv)
+    };
+    let prev = if prev_kv {
+        store
+            .index()
+            .get(&e.key, e.rev().main - 1)
+            .filter(|v| !v.is_tombstone())
+            .map(|v| key_value(&e.key, v))
+    } else {
+        None
+    };
+    mvccpb::Event {
+        r#type: if e.is_delete() {
+            mvccpb::event::EventType::Delete as i32
+        } else {
+            mvccpb::event::EventType::Put as i32
+        },
+        kv: Some(kv),
+        prev_kv: prev,
+    }
+}
+
+#[derive(Default)]
+pub struct WatchHub {
+    streams: HashMap<StreamId, Stream>,
+}
+
+impl WatchHub {
+    pub fn open(&mut self, id: StreamId, tx: mpsc::Sender<pb::WatchResponse>, max_bytes: usize) {
+        self.streams.insert(
+            id,
+            Stream {
+                tx,
+                max_bytes,
+                backlog: VecDeque::new(),
+                watchers: HashMap::new(),
+                next_auto_id: 0,
+                progress_pending: false,
+                closed: false,
+            },
+        );
+        self.update_gauges();
+    }
+
+    pub fn close(&mut self, id: StreamId) {
+        self.streams.remove(&id);
+        self.update_gauges();
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.streams.is_empty()
+    }
+
+    /// After the store was replaced (a snapshot installed): every watcher
+    /// re-reads from its next revision (or is canceled if that is compacted).
+    pub fn resync_all(&mut self) {
+        for w in self
+            .streams
+            .values_mut()
+            .flat_map(|s| s.watchers.values_mut())
+        {
+            w.synced = false;
+        }
+    }
+
+    /// Whether some watcher waits for `catch_up` (or a backlog for room).
+    pub fn needs_catch_up(&self) -> bool {
+        self.streams.values().any(|s| {
+            !s.backlog.is_empty() || s.progress_pending || s.watchers.values().any(|w| !w.synced)
+        })
+    }
+
+    /// Creates a watcher; answers `created` (or, refused, `created` and
+    /// `canceled` with etcd's reason) before any of its events.
+    pub fn create(&mut self, stream: StreamId, spec: WatchSpec, store: &KvStore, h: HeaderInfo) {
+        let Some(s) = self.streams.get_mut(&stream) else {
+            return;
+        };
+        let header = h.at(store.current_rev());
+        let refuse = |s: &mut Stream, id: i64, reason: &str| {
+            s.send_or_queue(pb::WatchResponse {
+                header,
+                watch_id: id,
+                created: true,
+                canceled: true,
+                cancel_reason: reason.to_string(),
+                ..Default::default()
+            })
+        };
+        let empty_range =
+            !spec.range_end.is_empty() && spec.range_end[..] != [0] && spec.key >= spec.range_end;
+        if empty_range {
+            return refuse(s, -1, EMPTY_RANGE);
+        }
+        let id = if spec.watch_id != 0 {
+            if s.watchers.contains_key(&spec.watch_id) {
+                return refuse(s, -1, DUPLICATE_ID);
+            }
+            spec.watch_id
+        } else {
+            while s.watchers.contains_key(&s.next_auto_id) {
+                s.next_auto_id += 1;
+            }
+            s.next_auto_id += 1;
+            s.next_auto_id - 1
+        };
+        if s.watchers.len() >= WATCHERS_PER_STREAM_MAX {
+            return refuse(s, -1, "keel: too many watchers on this stream");
+        }
+        s.send_or_queue(pb::WatchResponse {
+            header,
+            watch_id: id,
+            created: true,
+            ..Default::default()
+        });
+        let next_rev = if spec.start_rev > 0 {
+            spec.start_rev
+        } else {
+            store.current_rev() + 1
+        };
+        s.watchers.insert(
+            id,
+            Watcher {
+                spec,
+                next_rev,
+                synced: next_rev > store.current_rev(),
+                last_sent: Instant::now(),
+            },
+        );
+        // History first, now rather than at the next tick.
+        catch_up_stream(s, store, h, None);
+        self.update_gauges();
+    }
+
+    /// Cancels a watcher; unknown ids are ignored, as etcd does.
+    pub fn cancel(&mut self, stream: StreamId, id: i64, store: &KvStore, h: HeaderInfo) {
+        let Some(s) = self.streams.get_mut(&stream) else {
+            return;
+        };
+        if s.watchers.remove(&id).is_some() {
+            s.send_or_queue(pb::WatchResponse {
+                header: h.at(store.current_rev()),
+                watch_id: id,
+                canceled: true,
+                ..Default::default()
+            });
+        }
+        self.update_gauges();
+    }
+
+    /// A progress request: answered (watch id -1) once every watcher of the
+    /// stream is synced, so its revision promises all earlier events were sent.
+    pub fn request_progress(&mut self, stream: StreamId, store: &KvStore, h: HeaderInfo) {
+        if let Some(s) = self.streams.get_mut(&stream) {
+            s.progress_pending = true;
+            answer_progress(s, store, h);
+        }
+    }
+
+    /// Hands the events of revisions `from..=store.current_rev()` (just
+    /// applied) to every synced watcher.
+    pub fn notify(&mut self, from: i64, store: &KvStore, h: HeaderInfo) {
+        let to = store.current_rev();
+        if from > to || self.streams.is_empty() {
+            return;
+        }
+        let events: Vec<&Event> = store
+            .events_since(from)
+            .take_while(|e| e.rev().main <= to)
+            .collect();
+        let header = h.at(to);
+        for s in self.streams.values_mut() {
+            let ids: Vec<i64> = s
+                .watchers
+                .iter()
+                .filter(|(_, w)| w.synced)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in ids {
+                let w = &s.watchers[&id];
+                // A watcher may start at a future revision.
+                let matched: Vec<mvccpb::Event> = events
+                    .iter()
+                    .filter(|e| e.rev().main >= w.next_rev && w.matches(e))
+                    .map(|e| to_pb(store, e, w.spec.prev_kv))
+                    .collect();
+                let next = w.next_rev.max(to + 1);
+                if matched.is_empty() {
+                    s.watchers.get_mut(&id).expect("listed").next_rev = next;
+                    continue;
+                }
+                let sent = s.try_send_events(id, header, matched);
+                let w = s.watchers.get_mut(&id).expect("listed");
+                if sent {
+                    w.next_rev = next;
+                    w.last_sent = Instant::now();
+                } else {
+                    // next_rev stays: catch_up re-reads these revisions.
+                    w.synced = false;
+                }
+            }
+        }
+        self.drop_closed();
+        self.update_gauges();
+    }
+
+    /// Brings unsynced watchers forward from history, sends waiting
+    /// backlogs, answers pending progress requests, and sends progress
+    /// notifications to idle watchers that asked for them.
+    pub fn catch_up(&mut self, store: &KvStore, h: HeaderInfo, progress_every: Duration) {
+        for s in self.streams.values_mut() {
+            catch_up_stream(s, store, h, Some(progress_every));
+        }
+        self.drop_closed();
+        self.update_gauges();
+    }
+
+    fn drop_closed(&mut self) {
+        self.streams.retain(|_, s| !s.closed && !s.tx.is_closed());
+    }
+
+    fn update_gauges(&self) {
+        let m = metrics();
+        m.watch_streams.set(self.streams.len() as i64);
+        let watchers: usize = self.streams.values().map(|s| s.watchers.len()).sum();
+        m.watchers.set(watchers as i64);
+        let slow = self
+            .streams
+            .values()
+            .flat_map(|s| s.watchers.values())
+            .filter(|w| !w.synced)
+            .count();
+        m.watch_slow_watchers.set(slow as i64);
+        let pending: usize = self
+            .streams
+            .values()
+            .flat_map(|s| s.backlog.iter())
+            .map(|r| r.events.len())
+            .sum();
+        m.watch_pending_events.set(pending as i64);
+    }
+}
+
+/// One stream's part of [`WatchHub::catch_up`]; progress notifications
+/// only when `progress_every` is given.
+fn catch_up_stream(
+    s: &mut Stream,
+    store: &KvStore,
+    h: HeaderInfo,
+    progress_every: Option<Duration>,
+) {
+    let current = store.current_rev();
+    let compacted = store.compact_rev();
+    if !s.flush() {
+        return;
+    }
+    let ids: Vec<i64> = s
+        .watchers
+        .iter()
+        .filter(|(_, w)| !w.synced)
+        .map(|(id, _)| *id)
+        .collect();
+    for id in ids {
+        let w = &s.watchers[&id];
+        if w.next_rev < compacted {
+            s.watchers.remove(&id);
+            s.send_or_queue(pb::WatchResponse {
+                header: h.at(current),
+                watch_id: id,
+                canceled: true,
+                compact_revision: compacted,
+                ..Default::default()
+            });
+            continue;
+        }
+        let upto = (w.next_rev + CATCH_UP_REVS - 1).min(current);
+        let matched: Vec<mvccpb::Event> = store
+            .events_since(w.next_rev)
+            .take_while(|e| e.rev().main <= upto)
+            .filter(|e| w.matches(e))
+            .map(|e| to_pb(store, e, w.spec.prev_kv))
+            .collect();
+        if !matched.is_empty() && !s.try_send_events(id, h.at(current), matched) {
+            return;
+        }
+        let w = s.watchers.get_mut(&id).expect("listed");
+        w.next_rev = upto + 1;
+        w.last_sent = Instant::now();
+        w.synced = w.next_rev > current;
+    }
+    answer_progress(s, store, h);
+    let Some(every) = progress_every else {
+        return;
+    };
+    for (id, w) in s.watchers.iter_mut() {
+        if s.backlog.is_empty()
+            && w.synced
+            && w.spec.progress_notify
+            && w.last_sent.elapsed() >= every
+        {
+            let r = pb::WatchResponse {
+                header: h.at(current),
+                watch_id: *id,
+                ..Default::default()
+            };
+            if s.tx.try_send(r).is_ok() {
+                w.last_sent = Instant::now();
+            }
+        }
+    }
+}
+
+fn answer_progress(s: &mut Stream, store: &KvStore, h: HeaderInfo) {
+    if s.progress_pending && s.watchers.values().all(|w| w.synced) {
+        s.progress_pending = false;
+        s.send_or_queue(pb::WatchResponse {
+            header: h.at(store.current_rev()),
+            watch_id: -1,
+            ..Default::default()
+        });
+    }
+}
