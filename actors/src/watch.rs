@@ -104,9 +104,12 @@ struct Watcher {
 impl Watcher {
     fn matches(&self, e: &Event) -> bool {
         let range = KeyRange::new(&self.spec.key, &self.spec.range_end);
-        range.contains(&e.key)
-            && !(e.is_delete() && self.spec.no_delete)
-            && !(!e.is_delete() && self.spec.no_put)
+        let filtered = if e.is_delete() {
+            self.spec.no_delete
+        } else {
+            self.spec.no_put
+        };
+        range.contains(&e.key) && !filtered
     }
 }
 
@@ -445,6 +448,11 @@ impl WatchHub {
                     w.last_sent = Instant::now();
                 } else {
                     // next_rev stays: catch_up re-reads these revisions.
+                    tracing::debug!(
+                        watch_id = id,
+                        from = w.next_rev,
+                        "slow watcher: catching up from history"
+                    );
                     w.synced = false;
                 }
             }
@@ -513,8 +521,9 @@ fn catch_up_stream(
         let w = &s.watchers[&id];
         if w.next_rev < compacted {
             s.watchers.remove(&id);
+            // etcd's compaction response carries revision 0 in its header.
             s.send_or_queue(pb::WatchResponse {
-                header: h.at(current),
+                header: h.at(0),
                 watch_id: id,
                 canceled: true,
                 compact_revision: compacted,
@@ -567,5 +576,126 @@ fn answer_progress(s: &mut Stream, store: &KvStore, h: HeaderInfo) {
             watch_id: -1,
             ..Default::default()
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(store: &mut KvStore, key: &str, value: &str) {
+        let mut txn = store.begin_write();
+        txn.put(key.as_bytes(), Bytes::from(value.to_string()), 0);
+        txn.end();
+    }
+
+    fn spec(prefix: &str) -> WatchSpec {
+        let mut end = prefix.as_bytes().to_vec();
+        *end.last_mut().unwrap() += 1;
+        WatchSpec {
+            key: Bytes::from(prefix.to_string()),
+            range_end: Bytes::from(end),
+            ..Default::default()
+        }
+    }
+
+    /// Drains the channel: the revisions of the events received.
+    fn drain(
+        rx: &mut mpsc::Receiver<pb::WatchResponse>,
+        revs: &mut Vec<i64>,
+    ) -> Vec<pb::WatchResponse> {
+        let mut all = Vec::new();
+        while let Ok(r) = rx.try_recv() {
+            revs.extend(r.events.iter().map(|e| e.kv.as_ref().unwrap().mod_revision));
+            all.push(r);
+        }
+        all
+    }
+
+    #[test]
+    fn a_full_stream_falls_behind_and_catches_up_from_history() {
+        let mut store = KvStore::default();
+        let h = HeaderInfo::default();
+        let mut hub = WatchHub::default();
+        // Room for the created response and one more.
+        let (tx, mut rx) = mpsc::channel(2);
+        hub.open(1, tx, 1 << 20);
+        hub.create(1, spec("k/"), &store, h);
+        let mut revs = Vec::new();
+        for i in 0..50 {
+            let from = store.current_rev() + 1;
+            put(&mut store, &format!("k/{}", i % 7), "v");
+            put(&mut store, "other", "v");
+            hub.notify(from, &store, h);
+        }
+        assert!(
+            hub.needs_catch_up(),
+            "the watcher should have fallen behind"
+        );
+        let mut rounds = 0;
+        loop {
+            drain(&mut rx, &mut revs);
+            if !hub.needs_catch_up() {
+                break;
+            }
+            hub.catch_up(&store, h, Duration::from_secs(3600));
+            rounds += 1;
+            assert!(rounds < 200);
+        }
+        // Every put under k/ once, in order: revisions 2, 4, 6, ...
+        let want: Vec<i64> = (0..50).map(|i| 2 + 2 * i).collect();
+        assert_eq!(revs, want);
+        // Synced again: the next write arrives at once.
+        let from = store.current_rev() + 1;
+        put(&mut store, "k/x", "v");
+        hub.notify(from, &store, h);
+        drain(&mut rx, &mut revs);
+        assert_eq!(*revs.last().unwrap(), store.current_rev());
+    }
+
+    #[test]
+    fn a_watcher_behind_the_compaction_point_is_canceled() {
+        let mut store = KvStore::default();
+        let h = HeaderInfo::default();
+        let mut hub = WatchHub::default();
+        let (tx, mut rx) = mpsc::channel(1);
+        hub.open(1, tx, 1 << 20);
+        hub.create(1, spec("k/"), &store, h);
+        for i in 0..5 {
+            let from = store.current_rev() + 1;
+            put(&mut store, &format!("k/{i}"), "v");
+            hub.notify(from, &store, h);
+        }
+        store.compact(4).unwrap();
+        let mut revs = Vec::new();
+        let created = drain(&mut rx, &mut revs);
+        assert!(created[0].created);
+        hub.catch_up(&store, h, Duration::from_secs(3600));
+        let r = drain(&mut rx, &mut revs);
+        assert_eq!(r.len(), 1);
+        assert!(r[0].canceled);
+        assert_eq!(r[0].compact_revision, 4);
+        assert!(revs.is_empty());
+        assert!(!hub.needs_catch_up());
+    }
+
+    #[test]
+    fn fragments_keep_every_event_and_mark_all_but_the_last() {
+        let events: Vec<mvccpb::Event> = (0..10)
+            .map(|i| mvccpb::Event {
+                kv: Some(mvccpb::KeyValue {
+                    key: Bytes::from(format!("k{i}")),
+                    value: Bytes::from(vec![0u8; 100]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .collect();
+        let parts = fragments(3, None, events, 350);
+        assert!(parts.len() > 1);
+        assert_eq!(parts.iter().map(|p| p.events.len()).sum::<usize>(), 10);
+        assert!(parts[..parts.len() - 1].iter().all(|p| p.fragment));
+        assert!(!parts.last().unwrap().fragment);
+        assert!(parts.iter().all(|p| p.watch_id == 3));
     }
 }
