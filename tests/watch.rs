@@ -286,7 +286,7 @@ async fn write_randomly(ep: String, writer: usize, ops: usize, value_bytes: usiz
             let r = c
                 .put(
                     key.as_str(),
-                    format!("{writer}-{i}"),
+                    format!("{writer}-{i}-{}", "v".repeat(value_bytes)),
                     Some(PutOptions::new()),
                 )
                 .await
@@ -297,13 +297,17 @@ async fn write_randomly(ep: String, writer: usize, ops: usize, value_bytes: usiz
     done
 }
 
-/// Reads a watch until the revision `last` sends (once known) was seen,
-/// slowly if asked; returns the (revision, is_delete, key) of every event.
+/// Reads a watch until the revision `last` sends (once known) was seen;
+/// a `stalled` reader reads nothing before then (the slowest consumer).
+/// Returns the (revision, is_delete, key) of every event.
 async fn record(
     mut s: WatchStream,
     mut last: tokio::sync::watch::Receiver<i64>,
-    slow: bool,
+    stalled: bool,
 ) -> Ops {
+    if stalled {
+        let _ = last.wait_for(|l| *l > 0).await;
+    }
     let mut seen: Ops = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -377,8 +381,10 @@ async fn watch_checker_with_a_slow_watcher() {
             record(stream, last, i == 0).await
         }));
     }
+    // 4 KB values: far more than the stalled stream's queues and HTTP/2
+    // windows hold, so the hub must turn it into a slow watcher.
     let writers: Vec<_> = (0..4)
-        .map(|w| tokio::spawn(write_randomly(s.endpoint(), w, 1500, 256)))
+        .map(|w| tokio::spawn(write_randomly(s.endpoint(), w, 1500, 4096)))
         .collect();
     let mut done = Vec::new();
     for w in writers {
@@ -387,6 +393,11 @@ async fn watch_checker_with_a_slow_watcher() {
     let want = history(done);
     let last = want.last().unwrap().0;
     assert!(want.first().unwrap().0 >= start);
+    let (_, metrics) = common::http_get(s.port, "/metrics").unwrap();
+    assert!(
+        metrics.contains("etcd_debugging_mvcc_slow_watcher_total 1"),
+        "the stalled watcher should be a slow watcher now"
+    );
     last_tx.send(last).unwrap();
     for (i, r) in readers.into_iter().enumerate() {
         let got = r.await.unwrap();
