@@ -87,4 +87,19 @@ after=$("${E[@]}" get dir/k1 --rev=7 2>&1 || true)
 echo "$after" | grep -q "required revision has been compacted" || fail "compaction after restart: $after"
 echo "ok: compaction survives restart"
 
+# watch: a background watcher, bounded by timeout, sees the next puts.
+timeout 5 "${E[@]}" watch wkey > "$WORK/watch.out" 2>&1 &
+WPID=$!
+sleep 1
+"${E[@]}" put wkey one >/dev/null
+"${E[@]}" put wkey two >/dev/null
+wait "$WPID" || true
+expect "watch" "$(tr '\n' ' ' < "$WORK/watch.out")" "PUT wkey one PUT wkey two "
+wrev=$("${E[@]}" get wkey -w json | json 'd["kvs"][0]["create_revision"]')
+expect "watch --rev (history)" "$(timeout 3 "${E[@]}" watch wkey --rev="$wrev" --prev-kv 2>&1 | head -8 | tr '\n' ' ')" "PUT wkey one PUT wkey one wkey two "
+expect "watch --prefix from history" "$(timeout 3 "${E[@]}" watch dir/ --prefix --rev=9 2>&1 | head -3 | tr '\n' ' ')" "DELETE dir/k5  "
+compacted_watch=$(timeout 3 "${E[@]}" watch dir/k1 --rev=2 2>&1 || true)
+echo "$compacted_watch" | grep -q "required revision has been compacted" || fail "watch below compaction: $compacted_watch"
+echo "ok: watch below the compaction point is canceled"
+
 echo "interop: all checks passed"

@@ -7,7 +7,13 @@
 //!           --key-size 8 --val-size 256 put [--key-space-size N] [--sequential-keys]
 //! keel-load ... range KEY [END] [--consistency l|s]
 //! keel-load ... txn-put [--txn-ops N]
+//! keel-load ... watch-latency
 //! ```
+//!
+//! `watch-latency` puts `--total` keys one at a time from one client while
+//! a watcher on another connection receives their events; it reports, per
+//! put, the time from sending the put to receiving its event, and from the
+//! put's acknowledgement to its event (0 when the event came first).
 //!
 //! Each of `--clients` workers shares one of `--conns` connections and
 //! issues requests back to back until `--total` are done. Reported:
@@ -62,6 +68,8 @@ enum Cmd {
         #[arg(long, default_value = "l", value_parser = ["l", "s"])]
         consistency: String,
     },
+    /// Watch event latency: one writer, one watcher.
+    WatchLatency,
     /// Txns of --txn-ops puts each.
     TxnPut {
         #[arg(long, default_value_t = 1)]
@@ -116,6 +124,7 @@ async fn one(
             }
             c.get(key.as_bytes(), Some(o)).await.map(|_| ())
         }
+        Cmd::WatchLatency => unreachable!("watch-latency has its own loop"),
         Cmd::TxnPut {
             txn_ops,
             key_space_size,
@@ -148,6 +157,12 @@ async fn main() {
                 std::process::exit(1);
             }
         }
+    }
+    if let Cmd::WatchLatency = args.cmd {
+        let watcher = Client::connect(endpoints.clone(), None)
+            .await
+            .expect("connecting the watcher");
+        return watch_latency(&args, conns[0].clone(), watcher).await;
     }
     let issued = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
@@ -184,6 +199,63 @@ async fn main() {
     let elapsed = started.elapsed();
     lat.sort_unstable();
     report(&args, &lat, elapsed, errors.load(Ordering::Relaxed));
+}
+
+async fn watch_latency(args: &Args, mut writer: Client, mut watcher: Client) {
+    use etcd_client::WatchOptions;
+    let (_w, mut stream) = watcher
+        .watch("wl/", Some(WatchOptions::new().with_prefix()))
+        .await
+        .expect("creating the watch");
+    let total = args.total as usize;
+    let receiver = tokio::spawn(async move {
+        let mut got = vec![None; total];
+        let mut n = 0;
+        while n < total {
+            let Some(r) = stream.message().await.expect("watch stream") else {
+                break;
+            };
+            let now = Instant::now();
+            for e in r.events() {
+                let key = e.kv().expect("event kv").key_str().expect("utf-8 key");
+                let i: usize = key[3..].parse().expect("key index");
+                if i < total && got[i].is_none() {
+                    got[i] = Some(now);
+                    n += 1;
+                }
+            }
+        }
+        got
+    });
+    let value = vec![b'v'; args.val_size];
+    let started = Instant::now();
+    let mut sent = Vec::with_capacity(total);
+    for i in 0..total {
+        let t0 = Instant::now();
+        writer
+            .put(format!("wl/{i}"), value.clone(), None)
+            .await
+            .expect("put");
+        sent.push((t0, Instant::now()));
+    }
+    let got = tokio::time::timeout(Duration::from_secs(60), receiver)
+        .await
+        .expect("events within a minute")
+        .expect("receiver");
+    let elapsed = started.elapsed();
+    let mut from_send = Vec::new();
+    let mut from_ack = Vec::new();
+    for ((t0, t1), t2) in sent.iter().zip(got) {
+        let t2 = t2.expect("every event arrives");
+        from_send.push(t2.saturating_duration_since(*t0));
+        from_ack.push(t2.saturating_duration_since(*t1));
+    }
+    from_send.sort_unstable();
+    from_ack.sort_unstable();
+    println!("put sent -> event received:");
+    report(args, &from_send, elapsed, 0);
+    println!("put acknowledged -> event received:");
+    report(args, &from_ack, elapsed, 0);
 }
 
 fn report(args: &Args, lat: &[Duration], elapsed: Duration, errors: u64) {
