@@ -179,15 +179,15 @@ async fn status_health_and_member_list() {
 async fn unbuilt_streaming_services_fail_fast() {
     let s = Server::start(&["--cores", "1"]);
     let mut c = s.client().await;
-    // Watch is a bidirectional stream the client keeps open; the server must
-    // still answer at once, not hang.
-    let watch = tokio::time::timeout(std::time::Duration::from_secs(10), async {
-        let (_w, mut stream) = c.watch("k", None).await?;
+    // LeaseKeepAlive is a bidirectional stream the client keeps open; the
+    // server must still answer at once, not hang.
+    let keep_alive = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let (_k, mut stream) = c.lease_keep_alive(1).await?;
         stream.message().await
     })
     .await
-    .expect("watch answered within the bound");
-    let e = watch.expect_err("watch is not built yet");
+    .expect("keep-alive answered within the bound");
+    let e = keep_alive.expect_err("leases are not built yet");
     assert_eq!(common::status_of(e).0, tonic::Code::Unimplemented);
     let e = c.lease_grant(10, None).await.unwrap_err();
     assert_eq!(common::status_of(e).0, tonic::Code::Unimplemented);
