@@ -6,7 +6,7 @@
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use keel_proto::command::{Command, PutCmd};
-use keel_storage::mvcc::{KvStore, NoLeases, RangeArgs};
+use keel_storage::mvcc::{KvStore, RangeArgs};
 
 fn put_cmd(i: u64) -> Bytes {
     Bytes::from_owner(
@@ -23,8 +23,7 @@ fn populated(n: u64) -> KvStore {
     let mut s = KvStore::default();
     for i in 0..n {
         let b = put_cmd(i);
-        s.apply(Command::access(&b).unwrap(), &b, &NoLeases)
-            .unwrap();
+        s.apply(Command::access(&b).unwrap(), &b).unwrap();
     }
     s
 }
@@ -38,7 +37,7 @@ fn mvcc(c: &mut Criterion) {
             || populated(10_000),
             |mut s| {
                 for c in &cmds {
-                    s.apply(Command::access(c).unwrap(), c, &NoLeases).unwrap();
+                    s.apply(Command::access(c).unwrap(), c).unwrap();
                 }
                 s
             },

@@ -109,6 +109,14 @@ pub struct Flags {
     )]
     pub watch_progress_notify_interval: String,
 
+    /// Duration between the leader's checkpoints of leases' remaining TTLs.
+    #[arg(
+        long = "experimental-lease-checkpoint-interval",
+        env = "ETCD_EXPERIMENTAL_LEASE_CHECKPOINT_INTERVAL",
+        default_value = "5m"
+    )]
+    pub lease_checkpoint_interval: String,
+
     /// Log level: debug, info, warn, error, panic or fatal.
     #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info", value_parser = ["debug", "info", "warn", "error", "panic", "fatal"])]
     pub log_level: String,
@@ -384,6 +392,14 @@ impl Flags {
             wal_batch_bytes_max: self.wal_batch_bytes_max.max(4096),
             wal_linger: Duration::from_micros(self.wal_linger_us),
             heartbeat_interval_ms: self.heartbeat_interval,
+            lease_checkpoint_interval: parse_duration(&self.lease_checkpoint_interval)
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    format!(
+                        "--experimental-lease-checkpoint-interval={}: expected a duration like 5m or 1s",
+                        self.lease_checkpoint_interval
+                    )
+                })?,
             watch_progress_notify_interval: parse_duration(&self.watch_progress_notify_interval)
                 .filter(|d| !d.is_zero())
                 .ok_or_else(|| {

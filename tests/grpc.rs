@@ -147,9 +147,7 @@ async fn malformed_protobuf_and_unknown_methods() {
     let e = call(&s, "/no.Such/Service", vec![]).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unimplemented);
     // A service that exists but is not built yet.
-    let e = call(&s, "/etcdserverpb.Lease/LeaseGrant", vec![])
-        .await
-        .unwrap_err();
+    let e = call(&s, "/v3lockpb.Lock/Lock", vec![]).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unimplemented);
     still_serving(&s).await;
 }
@@ -179,17 +177,17 @@ async fn status_health_and_member_list() {
 async fn unbuilt_streaming_services_fail_fast() {
     let s = Server::start(&["--cores", "1"]);
     let mut c = s.client().await;
-    // LeaseKeepAlive is a bidirectional stream the client keeps open; the
-    // server must still answer at once, not hang.
-    let keep_alive = tokio::time::timeout(std::time::Duration::from_secs(10), async {
-        let (_k, mut stream) = c.lease_keep_alive(1).await?;
+    // Maintenance.Snapshot is a server stream; the server must still answer
+    // at once, not hang.
+    let snapshot = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let mut stream = c.snapshot().await?;
         stream.message().await
     })
     .await
-    .expect("keep-alive answered within the bound");
-    let e = keep_alive.expect_err("leases are not built yet");
+    .expect("snapshot answered within the bound");
+    let e = snapshot.expect_err("snapshot streaming is not built yet");
     assert_eq!(common::status_of(e).0, tonic::Code::Unimplemented);
-    let e = c.lease_grant(10, None).await.unwrap_err();
+    let e = c.lock("name", None).await.unwrap_err();
     assert_eq!(common::status_of(e).0, tonic::Code::Unimplemented);
     still_serving(&s).await;
 }

@@ -4,6 +4,7 @@
 
 pub mod compactor;
 pub mod grpc;
+pub mod lease;
 pub mod metrics;
 pub mod mvcc_actor;
 pub mod node;

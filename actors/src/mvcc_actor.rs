@@ -9,12 +9,14 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use keel_proto::command::Command;
+use keel_proto::command::{ArchivedCommand, Command, LeaseCheckpointCmd, LeaseRevokeCmd};
 use keel_proto::etcdserverpb as pb;
-use keel_storage::mvcc::{CommandResponse, KvStore, LogView, MvccError, NoLeases, RangeArgs};
+use keel_storage::mvcc::{CommandResponse, KvStore, LeaseRecord, LogView, MvccError, RangeArgs};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::lease::{LeaseClock, LeaseError, CHECKPOINTS_PER_ENTRY};
 use crate::metrics::metrics;
+use crate::raft::actor::{Origin, RaftRequest};
 use crate::raft::types::{AppliedResult, LogId, Membership, StoredMembership};
 use crate::watch::{HeaderInfo, StreamId, WatchHub, WatchSpec};
 
@@ -56,6 +58,7 @@ pub type RangeReply = oneshot::Sender<Result<pb::RangeResponse, ReadError>>;
 /// A consistent picture of the store for a snapshot.
 pub struct SnapshotView {
     pub view: LogView,
+    pub leases: Vec<LeaseRecord>,
     pub current_rev: i64,
     pub compact_rev: i64,
     pub applied: Option<LogId>,
@@ -105,6 +108,34 @@ pub enum MvccMsg {
         reply: oneshot::Sender<MvccStatus>,
     },
     Watch(WatchMsg),
+    Lease(LeaseMsg),
+}
+
+/// What a lease's time-to-live query answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseTtl {
+    /// Seconds left (by the leader's clock).
+    pub remaining: i64,
+    pub granted: i64,
+    pub keys: Vec<bytes::Bytes>,
+}
+
+pub enum LeaseMsg {
+    Leadership {
+        leader: bool,
+    },
+    Renew {
+        id: i64,
+        reply: oneshot::Sender<Result<i64, LeaseError>>,
+    },
+    TimeToLive {
+        id: i64,
+        keys: bool,
+        reply: oneshot::Sender<Result<LeaseTtl, LeaseError>>,
+    },
+    List {
+        reply: oneshot::Sender<Vec<i64>>,
+    },
 }
 
 /// A watch stream's requests to the hub (see `crate::watch`).
@@ -146,8 +177,20 @@ pub struct MvccActor {
     waiting: BTreeMap<u64, Vec<Waiter>>,
     waiting_len: usize,
     watches: WatchHub,
-    progress_every: Duration,
+    timing: MvccTiming,
     next_tick: Instant,
+    lease_clock: LeaseClock,
+    /// For proposing lease revokes and checkpoints (as the leader).
+    raft: mpsc::Sender<RaftRequest>,
+}
+
+/// The MVCC actor's periodic duties.
+#[derive(Debug, Clone, Copy)]
+pub struct MvccTiming {
+    /// How often idle watchers that asked for it get a progress notification.
+    pub progress_every: Duration,
+    /// How often the leader checkpoints leases' remaining TTLs.
+    pub lease_checkpoint_every: Duration,
 }
 
 impl MvccActor {
@@ -156,7 +199,8 @@ impl MvccActor {
         applied: Option<LogId>,
         membership: StoredMembership,
         ids: HeaderIds,
-        progress_every: Duration,
+        timing: MvccTiming,
+        raft: mpsc::Sender<RaftRequest>,
     ) -> MvccActor {
         let term = applied.map_or(0, |l| l.leader_id.term);
         let a = MvccActor {
@@ -168,8 +212,10 @@ impl MvccActor {
             waiting: BTreeMap::new(),
             waiting_len: 0,
             watches: WatchHub::default(),
-            progress_every,
+            timing,
             next_tick: Instant::now(),
+            lease_clock: LeaseClock::default(),
+            raft,
         };
         a.update_gauges();
         a
@@ -177,7 +223,7 @@ impl MvccActor {
 
     pub async fn run(mut self, mut rx: mpsc::Receiver<MvccMsg>) {
         loop {
-            let msg = if self.watches.is_empty() {
+            let msg = if self.watches.is_empty() && !self.lease_clock.active() {
                 Some(rx.recv().await)
             } else {
                 let tick = async {
@@ -194,7 +240,76 @@ impl MvccActor {
             if self.next_tick.elapsed() >= WATCH_TICK {
                 self.next_tick = Instant::now();
                 let h = self.header_info();
-                self.watches.catch_up(&self.store, h, self.progress_every);
+                self.watches
+                    .catch_up(&self.store, h, self.timing.progress_every);
+                self.lease_duties();
+            }
+        }
+    }
+
+    /// As the leader: propose revokes of expired leases and, now and then,
+    /// a checkpoint of every lease's remaining TTL. Never waits: a proposal
+    /// that does not fit the raft actor's inbox is retried later.
+    fn lease_duties(&mut self) {
+        let now = Instant::now();
+        let mut commands: Vec<Command> = self
+            .lease_clock
+            .expired(now)
+            .into_iter()
+            .map(|id| Command::LeaseRevoke(LeaseRevokeCmd { id }))
+            .collect();
+        let due = self
+            .lease_clock
+            .checkpoint_due(now, self.timing.lease_checkpoint_every);
+        commands.extend(due.chunks(CHECKPOINTS_PER_ENTRY).map(|c| {
+            Command::LeaseCheckpoint(LeaseCheckpointCmd {
+                checkpoints: c.to_vec(),
+            })
+        }));
+        for cmd in commands {
+            let (reply, _) = oneshot::channel();
+            let _ = self.raft.try_send(RaftRequest::Propose {
+                command: bytes::Bytes::from_owner(cmd.to_bytes()),
+                origin: Origin::Client,
+                reply,
+            });
+        }
+    }
+
+    fn handle_lease(&mut self, msg: LeaseMsg) {
+        let now = Instant::now();
+        match msg {
+            LeaseMsg::Leadership { leader } => {
+                self.lease_clock
+                    .set_leader(leader, self.store.leases(), now)
+            }
+            LeaseMsg::Renew { id, reply } => {
+                let r = self.lease_clock.renew(self.store.leases(), id, now);
+                if r.is_ok() {
+                    metrics().lease_renewed.inc();
+                }
+                let _ = reply.send(r);
+            }
+            LeaseMsg::TimeToLive { id, keys, reply } => {
+                let r = self
+                    .lease_clock
+                    .remaining(self.store.leases(), id, now)
+                    .map(|left| {
+                        let lease = self.store.leases().get(id).expect("checked");
+                        LeaseTtl {
+                            remaining: left,
+                            granted: lease.ttl,
+                            keys: if keys {
+                                lease.keys.iter().cloned().collect()
+                            } else {
+                                Vec::new()
+                            },
+                        }
+                    });
+                let _ = reply.send(r);
+            }
+            LeaseMsg::List { reply } => {
+                let _ = reply.send(self.store.leases().ids().collect());
             }
         }
     }
@@ -267,6 +382,7 @@ impl MvccActor {
             MvccMsg::SnapshotView { reply } => {
                 let _ = reply.send(SnapshotView {
                     view: self.store.view(),
+                    leases: self.store.leases().records(),
                     current_rev: self.store.current_rev(),
                     compact_rev: self.store.compact_rev(),
                     applied: self.applied,
@@ -289,6 +405,7 @@ impl MvccActor {
                 self.update_gauges();
             }
             MvccMsg::Watch(w) => self.handle_watch(w),
+            MvccMsg::Lease(l) => self.handle_lease(l),
             MvccMsg::Status { reply } => {
                 let _ = reply.send(MvccStatus {
                     current_rev: self.store.current_rev(),
@@ -367,7 +484,8 @@ impl MvccActor {
                     for bytes in commands {
                         let cmd = Command::access(&bytes)
                             .map_err(|err| format!("entry {}: {err}", e.log_id.index))?;
-                        let mut outcome = self.store.apply(cmd, &bytes, &NoLeases);
+                        let mut outcome = self.store.apply(cmd, &bytes);
+                        self.track_leases(cmd, &outcome);
                         if let Ok(resp) = &mut outcome {
                             count_ops(resp);
                             let h = header_of(resp);
@@ -383,6 +501,17 @@ impl MvccActor {
         }
         metrics().proposals_applied.set(self.applied_index() as i64);
         Ok(out)
+    }
+
+    /// Keeps the lease clock in step with applied grants and revokes.
+    fn track_leases(&mut self, cmd: &ArchivedCommand, outcome: &keel_storage::mvcc::ApplyOutcome) {
+        match (cmd, outcome) {
+            (ArchivedCommand::LeaseGrant(_), Ok(CommandResponse::LeaseGrant(g))) => {
+                self.lease_clock.granted(g.id, g.ttl, Instant::now())
+            }
+            (ArchivedCommand::LeaseRevoke(r), _) => self.lease_clock.revoked(r.id.to_native()),
+            _ => {}
+        }
     }
 
     fn update_gauges(&self) {
@@ -410,6 +539,9 @@ fn header_of(r: &mut CommandResponse) -> &mut Option<pb::ResponseHeader> {
         CommandResponse::DeleteRange(r) => &mut r.header,
         CommandResponse::Txn(r) => &mut r.header,
         CommandResponse::Compact(r) => &mut r.header,
+        CommandResponse::LeaseGrant(r) => &mut r.header,
+        CommandResponse::LeaseRevoke(r) => &mut r.header,
+        CommandResponse::LeaseCheckpoint(r) => &mut r.header,
     }
 }
 
@@ -434,6 +566,8 @@ fn count_ops(r: &CommandResponse) {
         CommandResponse::Put(_) => metrics().mvcc_put.inc(),
         CommandResponse::DeleteRange(_) => metrics().mvcc_delete.inc(),
         CommandResponse::Txn(t) => txn(t),
-        CommandResponse::Compact(_) => {}
+        CommandResponse::Compact(_) | CommandResponse::LeaseCheckpoint(_) => {}
+        CommandResponse::LeaseGrant(_) => metrics().lease_granted.inc(),
+        CommandResponse::LeaseRevoke(_) => metrics().lease_revoked.inc(),
     }
 }

@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::compactor::{self, AutoCompaction};
 use crate::metrics::metrics;
-use crate::mvcc_actor::{HeaderIds, MvccActor};
+use crate::mvcc_actor::{HeaderIds, MvccActor, MvccTiming};
 use crate::peer::conn::PeerClients;
 use crate::peer::server::PeerCtx;
 use crate::peer::wire::MemberChange;
@@ -48,6 +48,12 @@ pub const RAFT_INBOX: usize = 8192;
 pub const MVCC_INBOX: usize = 8192;
 /// Bound of the raft → WAL writer queue.
 pub const WAL_INBOX: usize = 4096;
+/// etcd's minimum lease TTL: 1.5 election timeouts, in whole seconds
+/// (rounded up), so a lease outlives a leader election.
+pub fn min_lease_ttl(election_timeout_ms: u64) -> i64 {
+    (election_timeout_ms * 3 / 2).div_ceil(1000) as i64
+}
+
 /// Retry delays while a starting member publishes itself.
 const JOIN_RETRY_MIN: Duration = Duration::from_millis(20);
 const JOIN_RETRY_MAX: Duration = Duration::from_millis(500);
@@ -78,6 +84,8 @@ pub struct NodeConfig {
     pub heartbeat_interval_ms: u64,
     /// How often idle watchers that asked for progress notifications get one.
     pub watch_progress_notify_interval: Duration,
+    /// How often the leader checkpoints leases' remaining TTLs through raft.
+    pub lease_checkpoint_interval: Duration,
     pub election_timeout_ms: u64,
     pub request_timeout: Duration,
     pub spin_before_park: Duration,
@@ -438,6 +446,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
 
     let serve_cfg = Arc::new(ServeConfig {
         ids,
+        min_lease_ttl: min_lease_ttl(cfg.election_timeout_ms),
         max_request_bytes: cfg.max_request_bytes,
         max_txn_ops: cfg.max_txn_ops,
         request_timeout: cfg.request_timeout,
@@ -473,13 +482,12 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
             .blocking_thread_pool_placement(PoolPlacement::Unbound(1))
             .spawn(move || async move {
                 if let Some((mvcc_rx, store, applied, membership)) = mvcc_parts {
-                    let actor = MvccActor::new(
-                        store,
-                        applied,
-                        membership,
-                        ids,
-                        cfg.watch_progress_notify_interval,
-                    );
+                    let timing = MvccTiming {
+                        progress_every: cfg.watch_progress_notify_interval,
+                        lease_checkpoint_every: cfg.lease_checkpoint_interval,
+                    };
+                    let actor =
+                        MvccActor::new(store, applied, membership, ids, timing, raft_tx.clone());
                     glommio::spawn_local(actor.run(mvcc_rx)).detach();
                 }
                 if let Some((raft_rx, recovered, loaded_meta, ready_tx)) = raft_parts {

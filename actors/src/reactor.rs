@@ -23,7 +23,7 @@ use crate::grpc::frame;
 use crate::grpc::io::{HyperIo, LocalExec};
 use crate::grpc::status::{Code, Status};
 use crate::metrics::metrics;
-use crate::service::{cluster, http as http_service, kv, maintenance, watch, ServerCtx};
+use crate::service::{cluster, http as http_service, kv, lease, maintenance, watch, ServerCtx};
 
 /// Serves `listener` until the process ends.
 pub async fn serve(listener: TcpListener, ctx: Rc<ServerCtx>) {
@@ -167,11 +167,16 @@ async fn handle_http2(req: http::Request<Incoming>, ctx: Rc<ServerCtx>) -> Respo
     };
     let labels = [grpc_type, method.service(), method.name()];
     metrics().grpc_started.with_label_values(&labels).inc();
-    if method == Method::Watch {
+    if matches!(method, Method::Watch | Method::LeaseKeepAlive) {
         if crate::raft::actor::is_learner() {
             return error_response(&Status::learner_unsupported());
         }
-        return streaming_response(|out| watch::serve(req.into_body(), ctx, out));
+        let body = req.into_body();
+        return if method == Method::Watch {
+            streaming_response(|out| watch::serve(body, ctx, out))
+        } else {
+            streaming_response(|out| lease::keep_alive(body, ctx, out))
+        };
     }
     let result = dispatch(method, req.into_body(), &ctx).await;
     let code = result.as_ref().err().map_or(Code::Ok, |s| s.code);
@@ -274,6 +279,38 @@ async fn dispatch(method: Method, body: Incoming, ctx: &Rc<ServerCtx>) -> Result
             unary(body, ctx, |c, r, _| async move {
                 cluster::member_promote(&c, r).await
             })
+            .await
+        }
+        Method::LeaseGrant => {
+            unary(
+                body,
+                ctx,
+                |c, r, n| async move { lease::grant(&c, r, n).await },
+            )
+            .await
+        }
+        Method::LeaseRevoke => {
+            unary(
+                body,
+                ctx,
+                |c, r, n| async move { lease::revoke(&c, r, n).await },
+            )
+            .await
+        }
+        Method::LeaseTimeToLive => {
+            unary(body, ctx, |c, r, _| async move {
+                lease::time_to_live(&c, r).await
+            })
+            .await
+        }
+        Method::LeaseLeases => {
+            unary(
+                body,
+                ctx,
+                |c, _: keel_proto::etcdserverpb::LeaseLeasesRequest, _| async move {
+                    lease::leases(&c).await
+                },
+            )
             .await
         }
         Method::MoveLeader => {

@@ -20,6 +20,9 @@ pub enum Command {
     DeleteRange(DeleteRangeCmd),
     Txn(TxnCmd),
     Compact(CompactCmd),
+    LeaseGrant(LeaseGrantCmd),
+    LeaseRevoke(LeaseRevokeCmd),
+    LeaseCheckpoint(LeaseCheckpointCmd),
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
@@ -114,6 +117,28 @@ pub struct TxnCmd {
 pub struct CompactCmd {
     pub revision: i64,
     pub physical: bool,
+}
+
+/// Grants lease `id` (chosen before proposing, so every member agrees)
+/// with `ttl` seconds (already raised to the minimum TTL).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+pub struct LeaseGrantCmd {
+    pub id: i64,
+    pub ttl: i64,
+}
+
+/// Revokes a lease: deletes its keys in one revision.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+pub struct LeaseRevokeCmd {
+    pub id: i64,
+}
+
+/// The leader's record of leases' remaining TTLs, so they survive a
+/// leader change.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+pub struct LeaseCheckpointCmd {
+    /// (lease id, remaining TTL in seconds)
+    pub checkpoints: Vec<(i64, i64)>,
 }
 
 /// Why archived bytes could not be read as a [`Command`].

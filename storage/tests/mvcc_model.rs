@@ -14,7 +14,7 @@ use keel_proto::command::{
     Command, CompactCmd, CompareCmd, CompareValue, DeleteRangeCmd, OpCmd, PutCmd, RangeCmd, TxnCmd,
 };
 use keel_storage::mvcc::snapshot::{read_snapshot, write_snapshot};
-use keel_storage::mvcc::{CommandResponse, KvStore, MvccError, NoLeases, RangeArgs};
+use keel_storage::mvcc::{CommandResponse, KvStore, MvccError, RangeArgs};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 type State = BTreeMap<Vec<u8>, (Vec<u8>, i64, i64, i64)>;
@@ -50,7 +50,7 @@ fn apply(store: &mut KvStore, cmd: &Command) -> Result<CommandResponse, MvccErro
     let bytes = cmd.to_bytes();
     let owner = Bytes::from_owner(bytes);
     let archived = Command::access(&owner).unwrap();
-    store.apply(archived, &owner, &NoLeases)
+    store.apply(archived, &owner)
 }
 
 fn check_reads(store: &KvStore, model: &Model, rng: &mut StdRng) {
@@ -269,6 +269,7 @@ fn random_operations_match_the_model() {
                     store.current_rev(),
                     store.compact_rev(),
                     &store.view(),
+                    &store.leases().records(),
                 )
                 .unwrap();
                 store = read_snapshot(&mut &buf[..], std::path::Path::new("mem"))

@@ -133,6 +133,12 @@ impl Status {
     pub fn lease_not_found() -> Status {
         Status::new(Code::NotFound, "etcdserver: requested lease not found")
     }
+    pub fn lease_exists() -> Status {
+        Status::new(Code::FailedPrecondition, "etcdserver: lease already exists")
+    }
+    pub fn lease_ttl_too_large() -> Status {
+        Status::new(Code::OutOfRange, "etcdserver: too large lease TTL")
+    }
     pub fn no_leader() -> Status {
         Status::new(Code::Unavailable, "etcdserver: no leader")
     }
@@ -176,6 +182,7 @@ impl From<MvccError> for Status {
             MvccError::FutureRev => Status::future_rev(),
             MvccError::KeyNotFound => Status::key_not_found(),
             MvccError::LeaseNotFound => Status::lease_not_found(),
+            MvccError::LeaseExists => Status::lease_exists(),
         }
     }
 }

@@ -21,6 +21,7 @@ use super::wire::{
     append_to_wire, entry_from_archived, log_id_from_wire, log_id_to_wire, outcome_to_wire,
     vote_from_wire, vote_to_wire, ArchivedPeerRequest, MemberChange, PeerResponse, WireOutcome,
 };
+use crate::lease::LeaseError;
 use crate::metrics::metrics;
 use crate::raft::actor::{Origin, RaftRequest};
 use crate::raft::codec::{decode_snapshot_meta, encode_membership};
@@ -234,6 +235,37 @@ async fn handle(req: &ArchivedPeerRequest, ctx: &PeerCtx) -> Result<PeerResponse
                     },
                     Err(e) => e.into_wire(),
                 }
+            }
+        }
+        ArchivedPeerRequest::LeaseRenew { id } => {
+            let (tx, rx) = oneshot::channel();
+            let req = RaftRequest::LeaseRenew {
+                id: id.to_native(),
+                origin: Origin::Peer,
+                reply: tx,
+            };
+            match (ctx.raft_tx.send(req).await, rx.await) {
+                (Ok(()), Ok(Ok(ttl))) => PeerResponse::LeaseRenewed { ttl },
+                (Ok(()), Ok(Err(LeaseError::NotFound))) => PeerResponse::LeaseNotFound,
+                _ => not_leader(ctx),
+            }
+        }
+        ArchivedPeerRequest::LeaseTimeToLive { id, keys } => {
+            let (tx, rx) = oneshot::channel();
+            let req = RaftRequest::LeaseTimeToLive {
+                id: id.to_native(),
+                keys: *keys,
+                origin: Origin::Peer,
+                reply: tx,
+            };
+            match (ctx.raft_tx.send(req).await, rx.await) {
+                (Ok(()), Ok(Ok(t))) => PeerResponse::LeaseTimeToLive {
+                    remaining: t.remaining,
+                    granted: t.granted,
+                    keys: t.keys.iter().map(|k| k.to_vec()).collect(),
+                },
+                (Ok(()), Ok(Err(LeaseError::NotFound))) => PeerResponse::LeaseNotFound,
+                _ => not_leader(ctx),
             }
         }
         ArchivedPeerRequest::TimeoutNow => {

@@ -119,6 +119,14 @@ pub enum PeerRequest {
     ChangeMembers(MemberChange),
     /// The leader hands over: campaign now.
     TimeoutNow,
+    /// A keep-alive forwarded to the leader.
+    LeaseRenew {
+        id: i64,
+    },
+    LeaseTimeToLive {
+        id: i64,
+        keys: bool,
+    },
 }
 
 /// How a forwarded command ended.
@@ -188,6 +196,15 @@ pub enum PeerResponse {
     },
     /// Done, nothing to report.
     Done,
+    LeaseRenewed {
+        ttl: i64,
+    },
+    LeaseTimeToLive {
+        remaining: i64,
+        granted: i64,
+        keys: Vec<Vec<u8>>,
+    },
+    LeaseNotFound,
     /// The request failed on the remote side (raft stopped, I/O error).
     Failed {
         reason: String,
@@ -289,6 +306,9 @@ const KIND_PUT: u8 = 0;
 const KIND_DELETE: u8 = 1;
 const KIND_TXN: u8 = 2;
 const KIND_COMPACT: u8 = 3;
+const KIND_LEASE_GRANT: u8 = 4;
+const KIND_LEASE_REVOKE: u8 = 5;
+const KIND_LEASE_CHECKPOINT: u8 = 6;
 
 fn mvcc_error_code(e: MvccError) -> u8 {
     match e {
@@ -296,6 +316,7 @@ fn mvcc_error_code(e: MvccError) -> u8 {
         MvccError::FutureRev => 1,
         MvccError::KeyNotFound => 2,
         MvccError::LeaseNotFound => 3,
+        MvccError::LeaseExists => 4,
     }
 }
 
@@ -305,6 +326,7 @@ fn mvcc_error_from(code: u8) -> Option<MvccError> {
         1 => MvccError::FutureRev,
         2 => MvccError::KeyNotFound,
         3 => MvccError::LeaseNotFound,
+        4 => MvccError::LeaseExists,
         _ => return None,
     })
 }
@@ -317,6 +339,9 @@ pub fn outcome_to_wire(index: u64, o: &ApplyOutcome) -> WireOutcome {
                 CommandResponse::DeleteRange(r) => (KIND_DELETE, r.encode_to_vec()),
                 CommandResponse::Txn(r) => (KIND_TXN, r.encode_to_vec()),
                 CommandResponse::Compact(r) => (KIND_COMPACT, r.encode_to_vec()),
+                CommandResponse::LeaseGrant(r) => (KIND_LEASE_GRANT, r.encode_to_vec()),
+                CommandResponse::LeaseRevoke(r) => (KIND_LEASE_REVOKE, r.encode_to_vec()),
+                CommandResponse::LeaseCheckpoint(r) => (KIND_LEASE_CHECKPOINT, r.encode_to_vec()),
             };
             WireOutcome::Applied { index, kind, body }
         }
@@ -340,6 +365,15 @@ pub fn outcome_from_wire(kind: u8, body: &[u8]) -> Result<CommandResponse, Strin
         KIND_COMPACT => {
             CommandResponse::Compact(pb::CompactionResponse::decode(body).map_err(bad)?)
         }
+        KIND_LEASE_GRANT => {
+            CommandResponse::LeaseGrant(pb::LeaseGrantResponse::decode(body).map_err(bad)?)
+        }
+        KIND_LEASE_REVOKE => {
+            CommandResponse::LeaseRevoke(pb::LeaseRevokeResponse::decode(body).map_err(bad)?)
+        }
+        KIND_LEASE_CHECKPOINT => CommandResponse::LeaseCheckpoint(
+            pb::LeaseCheckpointResponse::decode(body).map_err(bad)?,
+        ),
         k => return Err(format!("unknown response kind {k}")),
     })
 }

@@ -32,8 +32,9 @@ use super::types::{
     Applied, InflightGate, Membership, Node, NodeId, Proposal, ProposeError, Raft, ReplyTx,
 };
 use crate::grpc::status::Code;
+use crate::lease::LeaseError;
 use crate::metrics::metrics;
-use crate::mvcc_actor::{set_member_id, MvccMsg, RangeReply, ReadError};
+use crate::mvcc_actor::{set_member_id, LeaseMsg, LeaseTtl, MvccMsg, RangeReply, ReadError};
 use crate::peer::conn::{PeerClients, PeerError};
 use crate::peer::wire::{
     failed_from_wire, outcome_from_wire, MemberChange, PeerRequest, PeerResponse, WireOutcome,
@@ -84,6 +85,19 @@ pub enum RaftRequest {
     ChangeMembers {
         change: MemberChange,
         reply: oneshot::Sender<Result<(), MemberError>>,
+    },
+    /// A keep-alive, served by the leader's lease clock.
+    LeaseRenew {
+        id: i64,
+        origin: Origin,
+        reply: oneshot::Sender<Result<i64, LeaseError>>,
+    },
+    /// A lease's remaining TTL, from the leader's lease clock.
+    LeaseTimeToLive {
+        id: i64,
+        keys: bool,
+        origin: Origin,
+        reply: oneshot::Sender<Result<LeaseTtl, LeaseError>>,
     },
     /// Hand leadership to `target` (this member must lead).
     MoveLeader {
@@ -204,7 +218,7 @@ enum Event {
 pub async fn run(h: RaftHandles, mut rx: mpsc::Receiver<RaftRequest>, batch_bytes_max: usize) {
     let (read_tx, read_rx) = mpsc::channel(READ_QUEUE);
     glommio::spawn_local(read_index_rounds(h.clone(), read_rx)).detach();
-    glommio::spawn_local(watch_leadership(h.raft.clone())).detach();
+    glommio::spawn_local(watch_leadership(h.raft.clone(), h.mvcc.clone())).detach();
     let gate = Rc::new(InflightGate::default());
     let mut leader_rx = h.raft.metrics();
     let mut pending: VecDeque<(Bytes, Origin, ReplyTx)> = VecDeque::new();
@@ -483,6 +497,25 @@ async fn handle(
             })
             .detach();
         }
+        RaftRequest::LeaseRenew { id, origin, reply } => {
+            let h = h.clone();
+            glommio::spawn_local(async move {
+                let _ = reply.send(lease_renew(&h, id, origin).await);
+            })
+            .detach();
+        }
+        RaftRequest::LeaseTimeToLive {
+            id,
+            keys,
+            origin,
+            reply,
+        } => {
+            let h = h.clone();
+            glommio::spawn_local(async move {
+                let _ = reply.send(lease_ttl(&h, id, keys, origin).await);
+            })
+            .detach();
+        }
         RaftRequest::MoveLeader { target, reply } => {
             let h = h.clone();
             glommio::spawn_local(async move {
@@ -598,6 +631,64 @@ async fn transfer(h: &RaftHandles, target: NodeId, node: &Node) -> Result<(), Me
 
 /// Waited beyond the leader lease before the transferee campaigns.
 const LEASE_MARGIN: Duration = Duration::from_millis(50);
+
+/// Asks this member's lease clock (the leader's) or the leader.
+async fn lease_renew(h: &RaftHandles, id: i64, origin: Origin) -> Result<i64, LeaseError> {
+    match usable_leader(h) {
+        Leader::Me => {
+            let (tx, rx) = oneshot::channel();
+            let msg = MvccMsg::Lease(LeaseMsg::Renew { id, reply: tx });
+            h.mvcc.send(msg).await.map_err(|_| LeaseError::NotLeader)?;
+            rx.await.map_err(|_| LeaseError::NotLeader)?
+        }
+        Leader::Other(leader, node) if origin == Origin::Client => {
+            let req = PeerRequest::LeaseRenew { id };
+            match h.peers.call(leader, &node, &req, h.request_timeout).await {
+                Ok(PeerResponse::LeaseRenewed { ttl }) => Ok(ttl),
+                Ok(PeerResponse::LeaseNotFound) => Err(LeaseError::NotFound),
+                _ => Err(LeaseError::NotLeader),
+            }
+        }
+        _ => Err(LeaseError::NotLeader),
+    }
+}
+
+async fn lease_ttl(
+    h: &RaftHandles,
+    id: i64,
+    keys: bool,
+    origin: Origin,
+) -> Result<LeaseTtl, LeaseError> {
+    match usable_leader(h) {
+        Leader::Me => {
+            let (tx, rx) = oneshot::channel();
+            let msg = MvccMsg::Lease(LeaseMsg::TimeToLive {
+                id,
+                keys,
+                reply: tx,
+            });
+            h.mvcc.send(msg).await.map_err(|_| LeaseError::NotLeader)?;
+            rx.await.map_err(|_| LeaseError::NotLeader)?
+        }
+        Leader::Other(leader, node) if origin == Origin::Client => {
+            let req = PeerRequest::LeaseTimeToLive { id, keys };
+            match h.peers.call(leader, &node, &req, h.request_timeout).await {
+                Ok(PeerResponse::LeaseTimeToLive {
+                    remaining,
+                    granted,
+                    keys,
+                }) => Ok(LeaseTtl {
+                    remaining,
+                    granted,
+                    keys: keys.into_iter().map(Bytes::from).collect(),
+                }),
+                Ok(PeerResponse::LeaseNotFound) => Err(LeaseError::NotFound),
+                _ => Err(LeaseError::NotLeader),
+            }
+        }
+        _ => Err(LeaseError::NotLeader),
+    }
+}
 
 /// Runs a membership change here if this member leads, else on the leader.
 async fn change_members(h: &RaftHandles, change: MemberChange) -> Result<(), MemberError> {
@@ -722,9 +813,10 @@ pub fn is_learner() -> bool {
 /// [`is_learner`], and stops the process if
 /// openraft stops on a fatal error (a failed snapshot write, say): serving
 /// on without a log would only answer "server stopped" forever.
-async fn watch_leadership(raft: Raft) {
+async fn watch_leadership(raft: Raft, mvcc: mpsc::Sender<MvccMsg>) {
     let mut rx = raft.metrics();
     let mut last_leader = None;
+    let mut was_leader = false;
     loop {
         let (leader, me, log_index) = {
             let m = rx.borrow_and_update();
@@ -745,6 +837,14 @@ async fn watch_leadership(raft: Raft) {
             mx.leader_changes.inc();
         }
         last_leader = leader;
+        let is_leader = leader == Some(me);
+        if is_leader != was_leader {
+            was_leader = is_leader;
+            let msg = MvccMsg::Lease(LeaseMsg::Leadership { leader: is_leader });
+            if mvcc.send(msg).await.is_err() {
+                return;
+            }
+        }
         if rx.changed().await.is_err() {
             return;
         }

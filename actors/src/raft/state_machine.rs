@@ -83,6 +83,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .map_err(|_| sm_err("MVCC actor stopped"))?;
         let SnapshotView {
             view,
+            leases,
             current_rev,
             compact_rev,
             applied,
@@ -94,7 +95,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let started = Instant::now();
         let (path, size) = glommio::executor()
             .spawn_blocking(move || {
-                save_snapshot_file(&dir, index, &app, current_rev, compact_rev, &view)
+                save_snapshot_file(&dir, index, &app, current_rev, compact_rev, &view, &leases)
             })
             .await
             .map_err(|e| StorageError::from(StorageIOError::write_snapshot(None, &e)))?;

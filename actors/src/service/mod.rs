@@ -4,6 +4,7 @@
 pub mod cluster;
 pub mod http;
 pub mod kv;
+pub mod lease;
 pub mod maintenance;
 pub mod watch;
 
@@ -19,6 +20,8 @@ use crate::raft::actor::RaftRequest;
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     pub ids: HeaderIds,
+    /// Leases granted shorter are given this TTL, in seconds.
+    pub min_lease_ttl: i64,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
     /// How long a write or linearizable read may take before

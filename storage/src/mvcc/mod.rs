@@ -13,6 +13,7 @@
 //! [`snapshot`] defines the snapshot file format.
 
 pub mod key_index;
+pub mod lease;
 pub mod revision_log;
 pub mod snapshot;
 mod store;
@@ -20,10 +21,11 @@ pub mod store_range;
 pub mod store_txn;
 
 pub use key_index::{KeyRange, KeyVersion};
+pub use lease::{LeaseRecord, Leases};
 pub use revision_log::{Event, LogView};
 pub use store::{KvStore, WriteTxn};
 pub use store_range::RangeArgs;
-pub use store_txn::{ApplyOutcome, CommandResponse, LeaseCheck, NoLeases};
+pub use store_txn::{ApplyOutcome, CommandResponse};
 
 /// A point in the store's history: `main` is the revision of a modifying
 /// request, `sub` orders the changes within it (a txn changes several keys
@@ -44,6 +46,8 @@ pub enum MvccError {
     /// ignore_value / ignore_lease on a key that does not exist.
     #[error("key not found")]
     KeyNotFound,
+    #[error("lease already exists")]
+    LeaseExists,
     #[error("requested lease not found")]
     LeaseNotFound,
 }

@@ -10,12 +10,14 @@
 //!   1 Meta:   current_rev i64 | compact_rev i64 | app_len u32 | app bytes
 //!   2 Events: count u32 | count x event
 //!   3 End:    total_events u64
+//!   4 Leases: count u32 | count x (id i64 | ttl i64 | remaining_ttl i64)   (version 2)
 //! event:  main i64 | sub i64 | create_revision i64 | version i64 | lease i64 |
 //!         key_len u32 | value_len u32 | key | value      (version 0 = delete)
 //! ```
 //!
-//! All integers little-endian. Exactly one Meta frame comes first and one End
-//! frame last; a file without its End frame is incomplete and rejected.
+//! All integers little-endian. Exactly one Meta frame comes first, then (from
+//! version 2) one Leases frame, and one End frame last; version 1 files have
+//! no Leases frame (no leases); a file without its End frame is incomplete and rejected.
 //! Files are written as `<name>.tmp`, fsynced, renamed into place and the
 //! directory fsynced: a crash leaves either no new snapshot or a whole one.
 
@@ -26,11 +28,12 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 
 use super::key_index::KeyVersion;
+use super::lease::LeaseRecord;
 use super::revision_log::{Event, LogView};
 use super::{KvStore, Revision};
 
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"KEELSNAP";
-pub const SNAPSHOT_VERSION: u32 = 1;
+pub const SNAPSHOT_VERSION: u32 = 2;
 /// Events are grouped into frames of about this many bytes.
 const FRAME_TARGET_BYTES: usize = 1 << 20;
 /// Larger frames are rejected on read: a corrupt length must not make us
@@ -42,6 +45,7 @@ pub const SNAPSHOTS_KEPT: usize = 2;
 const KIND_META: u8 = 1;
 const KIND_EVENTS: u8 = 2;
 const KIND_END: u8 = 3;
+const KIND_LEASES: u8 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -96,6 +100,7 @@ pub fn write_snapshot(
     current_rev: i64,
     compact_rev: i64,
     view: &LogView,
+    leases: &[LeaseRecord],
 ) -> io::Result<()> {
     let mut head = Vec::with_capacity(16);
     head.extend_from_slice(&SNAPSHOT_MAGIC);
@@ -109,6 +114,15 @@ pub fn write_snapshot(
     meta.extend_from_slice(&(app_meta.len() as u32).to_le_bytes());
     meta.extend_from_slice(app_meta);
     write_frame(w, &meta)?;
+
+    let mut body = vec![KIND_LEASES];
+    body.extend_from_slice(&(leases.len() as u32).to_le_bytes());
+    for l in leases {
+        for x in [l.id, l.ttl, l.remaining] {
+            body.extend_from_slice(&x.to_le_bytes());
+        }
+    }
+    write_frame(w, &body)?;
 
     let mut total = 0u64;
     let mut body = Vec::with_capacity(FRAME_TARGET_BYTES + 4096);
@@ -203,16 +217,17 @@ pub fn read_snapshot(r: &mut impl Read, path: &Path) -> Result<(Vec<u8>, KvStore
         return Err(corrupt(0, "not a keel snapshot (bad magic)"));
     }
     let version = u32::from_le_bytes(head[8..12].try_into().expect("4 bytes"));
-    if version != SNAPSHOT_VERSION {
+    if version != 1 && version != SNAPSHOT_VERSION {
         return Err(corrupt(
             8,
-            &format!("snapshot version {version} is not {SNAPSHOT_VERSION}"),
+            &format!("snapshot version {version} is not 1 or {SNAPSHOT_VERSION}"),
         ));
     }
     offset += 16;
 
     let mut meta: Option<(i64, i64, Vec<u8>)> = None;
     let mut events = Vec::new();
+    let mut leases: Vec<LeaseRecord> = Vec::new();
     loop {
         let mut fh = [0u8; 8];
         match r.read_exact(&mut fh) {
@@ -247,6 +262,21 @@ pub fn read_snapshot(r: &mut impl Read, path: &Path) -> Result<(Vec<u8>, KvStore
                 })();
                 meta = Some(parsed.ok_or_else(|| corrupt(offset, "malformed meta frame"))?);
             }
+            (KIND_LEASES, Some(_)) if version >= 2 => {
+                let parsed = (|| {
+                    let n = c.u32()?;
+                    let mut out = Vec::new();
+                    for _ in 0..n {
+                        out.push(LeaseRecord {
+                            id: c.i64()?,
+                            ttl: c.i64()?,
+                            remaining: c.i64()?,
+                        });
+                    }
+                    Some(out)
+                })();
+                leases = parsed.ok_or_else(|| corrupt(offset, "malformed leases frame"))?;
+            }
             (KIND_EVENTS, Some(_)) => {
                 let n = c
                     .u32()
@@ -265,8 +295,8 @@ pub fn read_snapshot(r: &mut impl Read, path: &Path) -> Result<(Vec<u8>, KvStore
                     return Err(corrupt(offset, "event count does not match end frame"));
                 }
                 let (cur, compact, app) = meta.take().expect("matched Some");
-                let store =
-                    KvStore::restore(cur, compact, events).map_err(|e| corrupt(offset, &e))?;
+                let store = KvStore::restore(cur, compact, events, &leases)
+                    .map_err(|e| corrupt(offset, &e))?;
                 return Ok((app, store));
             }
             (kind, _) => return Err(corrupt(offset, &format!("unexpected frame kind {kind}"))),
@@ -305,6 +335,7 @@ pub fn save_snapshot_file(
     current_rev: i64,
     compact_rev: i64,
     view: &LogView,
+    leases: &[LeaseRecord],
 ) -> io::Result<(PathBuf, u64)> {
     fs::create_dir_all(dir)?;
     let path = dir.join(snapshot_file_name(index));
@@ -312,7 +343,7 @@ pub fn save_snapshot_file(
     {
         let f = fs::File::create(&tmp)?;
         let mut w = BufWriter::with_capacity(1 << 20, f);
-        write_snapshot(&mut w, app_meta, current_rev, compact_rev, view)?;
+        write_snapshot(&mut w, app_meta, current_rev, compact_rev, view, leases)?;
         let f = w.into_inner().map_err(|e| e.into_error())?;
         f.sync_all()?;
     }
@@ -367,6 +398,9 @@ mod tests {
 
     fn sample() -> KvStore {
         let mut s = KvStore::default();
+        s.leases_mut().grant(1, 60);
+        s.leases_mut().grant(2, 30);
+        s.leases_mut().checkpoint(2, 17);
         for i in 0..3000 {
             let mut t = s.begin_write();
             if i % 11 == 5 {
@@ -394,10 +428,16 @@ mod tests {
             s.current_rev(),
             s.compact_rev(),
             &s.view(),
+            &s.leases().records(),
         )
         .unwrap();
         let (meta, r) = read_snapshot(&mut &buf[..], Path::new("x")).unwrap();
         assert_eq!(meta, b"raft-meta");
+        assert_eq!(r.leases().records(), s.leases().records());
+        for id in [1, 2] {
+            assert_eq!(r.leases().get(id), s.leases().get(id), "lease {id}");
+            assert!(!s.leases().get(id).unwrap().keys.is_empty());
+        }
         assert_eq!(r.current_rev(), s.current_rev());
         assert_eq!(r.compact_rev(), 1000);
         let a: Vec<_> = s.events().cloned().collect();
@@ -409,7 +449,15 @@ mod tests {
     fn any_damage_is_detected() {
         let s = sample();
         let mut buf = Vec::new();
-        write_snapshot(&mut buf, b"m", s.current_rev(), s.compact_rev(), &s.view()).unwrap();
+        write_snapshot(
+            &mut buf,
+            b"m",
+            s.current_rev(),
+            s.compact_rev(),
+            &s.view(),
+            &[],
+        )
+        .unwrap();
         // Truncation anywhere.
         for cut in [10, 20, buf.len() / 2, buf.len() - 1] {
             assert!(
@@ -445,6 +493,7 @@ mod tests {
                 s.current_rev(),
                 s.compact_rev(),
                 &s.view(),
+                &[],
             )
             .unwrap();
         }

@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use bytes::Bytes;
 
 use super::key_index::{KeyIndex, KeyRange, KeyVersion};
+use super::lease::{LeaseRecord, Leases};
 use super::revision_log::{Event, LogView, RevisionLog};
 use super::{MvccError, Revision};
 
@@ -25,6 +26,8 @@ pub struct KvStore {
     live_keys: u64,
     /// Estimated bytes held by retained versions.
     size_bytes: u64,
+    /// Granted leases and the live keys attached to each.
+    leases: Leases,
 }
 
 impl Default for KvStore {
@@ -36,6 +39,7 @@ impl Default for KvStore {
             compact_rev: -1,
             live_keys: 0,
             size_bytes: 0,
+            leases: Leases::default(),
         }
     }
 }
@@ -65,6 +69,14 @@ impl KvStore {
 
     pub fn index(&self) -> &KeyIndex {
         &self.index
+    }
+
+    pub fn leases(&self) -> &Leases {
+        &self.leases
+    }
+
+    pub fn leases_mut(&mut self) -> &mut Leases {
+        &mut self.leases
     }
 
     /// Every retained version in revision order.
@@ -134,6 +146,7 @@ impl KvStore {
         current_rev: i64,
         compact_rev: i64,
         events: impl IntoIterator<Item = Event>,
+        leases: &[LeaseRecord],
     ) -> Result<KvStore, String> {
         let mut s = KvStore {
             current_rev,
@@ -164,6 +177,11 @@ impl KvStore {
             .iter()
             .filter(|(_, versions)| versions.last().is_some_and(|v| !v.is_tombstone()))
             .count() as u64;
+        let live = s.index.iter().filter_map(|(k, versions)| {
+            let v = versions.last()?;
+            (!v.is_tombstone() && v.lease != 0).then_some((k, v.lease))
+        });
+        s.leases = Leases::restore(leases, live);
         Ok(s)
     }
 }
@@ -210,8 +228,16 @@ impl WriteTxn<'_> {
     }
 
     fn record(&mut self, key: &[u8], kv: KeyVersion) {
+        let before = self
+            .store
+            .index
+            .get(key, self.main - 1)
+            .filter(|v| !v.is_tombstone())
+            .map_or(0, |v| v.lease);
+        let after = if kv.is_tombstone() { 0 } else { kv.lease };
         self.store.size_bytes += version_bytes(key, &kv);
         let key = self.store.index.push(key, kv.clone());
+        self.store.leases.reattach(&key, before, after);
         self.store.log.push(Event { key, kv });
     }
 
@@ -350,7 +376,8 @@ mod tests {
         }
         s.compact(20).unwrap();
         let view = s.view();
-        let r = KvStore::restore(s.current_rev(), s.compact_rev(), view.iter().cloned()).unwrap();
+        let r =
+            KvStore::restore(s.current_rev(), s.compact_rev(), view.iter().cloned(), &[]).unwrap();
         assert_eq!(r.live_keys(), s.live_keys());
         assert_eq!(r.size_bytes(), s.size_bytes());
         let a: Vec<_> = s

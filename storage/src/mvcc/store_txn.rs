@@ -23,20 +23,6 @@ use super::key_index::KeyRange;
 use super::store_range::{to_key_value, RangeArgs};
 use super::{KvStore, MvccError, WriteTxn};
 
-/// Whether a lease exists; the lease subsystem implements it.
-pub trait LeaseCheck {
-    fn exists(&self, id: i64) -> bool;
-}
-
-/// No lease exists (before leases are granted).
-pub struct NoLeases;
-
-impl LeaseCheck for NoLeases {
-    fn exists(&self, _id: i64) -> bool {
-        false
-    }
-}
-
 /// The response to an applied command. Headers carry the revision only.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CommandResponse {
@@ -44,6 +30,9 @@ pub enum CommandResponse {
     DeleteRange(pb::DeleteRangeResponse),
     Txn(pb::TxnResponse),
     Compact(pb::CompactionResponse),
+    LeaseGrant(pb::LeaseGrantResponse),
+    LeaseRevoke(pb::LeaseRevokeResponse),
+    LeaseCheckpoint(pb::LeaseCheckpointResponse),
 }
 
 pub type ApplyOutcome = Result<CommandResponse, MvccError>;
@@ -72,16 +61,11 @@ fn share_or_copy(owner: &Bytes, part: &[u8]) -> Bytes {
 
 impl KvStore {
     /// Applies one command. `owner` is the buffer `cmd` was read from.
-    pub fn apply(
-        &mut self,
-        cmd: &ArchivedCommand,
-        owner: &Bytes,
-        leases: &dyn LeaseCheck,
-    ) -> ApplyOutcome {
+    pub fn apply(&mut self, cmd: &ArchivedCommand, owner: &Bytes) -> ApplyOutcome {
         match cmd {
             ArchivedCommand::Put(p) => {
                 let lease = p.lease.to_native();
-                if lease != 0 && !leases.exists(lease) {
+                if lease != 0 && !self.leases().exists(lease) {
                     return Err(MvccError::LeaseNotFound);
                 }
                 let mut txn = self.begin_write();
@@ -98,12 +82,50 @@ impl KvStore {
                 txn.end();
                 Ok(CommandResponse::DeleteRange(resp))
             }
-            ArchivedCommand::Txn(t) => self.apply_txn(t, owner, leases).map(CommandResponse::Txn),
+            ArchivedCommand::Txn(t) => self.apply_txn(t, owner).map(CommandResponse::Txn),
             ArchivedCommand::Compact(c) => {
                 self.compact(c.revision.to_native())?;
                 Ok(CommandResponse::Compact(pb::CompactionResponse {
                     header: header(self.current_rev()),
                 }))
+            }
+            ArchivedCommand::LeaseGrant(g) => {
+                let (id, ttl) = (g.id.to_native(), g.ttl.to_native());
+                if !self.leases_mut().grant(id, ttl) {
+                    return Err(MvccError::LeaseExists);
+                }
+                Ok(CommandResponse::LeaseGrant(pb::LeaseGrantResponse {
+                    header: header(self.current_rev()),
+                    id,
+                    ttl,
+                    error: String::new(),
+                }))
+            }
+            ArchivedCommand::LeaseRevoke(r) => {
+                let lease = self
+                    .leases_mut()
+                    .remove(r.id.to_native())
+                    .ok_or(MvccError::LeaseNotFound)?;
+                // Every attached key goes in one revision, one event each.
+                let mut txn = self.begin_write();
+                for key in &lease.keys {
+                    txn.delete_range(KeyRange::Single(key));
+                }
+                let rev = txn.end();
+                Ok(CommandResponse::LeaseRevoke(pb::LeaseRevokeResponse {
+                    header: header(rev),
+                }))
+            }
+            ArchivedCommand::LeaseCheckpoint(c) => {
+                for cp in c.checkpoints.iter() {
+                    let (id, remaining) = (cp.0.to_native(), cp.1.to_native());
+                    self.leases_mut().checkpoint(id, remaining);
+                }
+                Ok(CommandResponse::LeaseCheckpoint(
+                    pb::LeaseCheckpointResponse {
+                        header: header(self.current_rev()),
+                    },
+                ))
             }
         }
     }
@@ -112,13 +134,12 @@ impl KvStore {
         &mut self,
         t: &ArchivedTxnCmd,
         owner: &Bytes,
-        leases: &dyn LeaseCheck,
     ) -> Result<pb::TxnResponse, MvccError> {
         let before = self.current_rev();
         let mut path = Vec::new();
         compare_to_path(self, before, t, &mut path);
         if !is_read_only(t) {
-            check_requests(t, &path, &mut |op| check_put(self, before, op, leases))?;
+            check_requests(t, &path, &mut |op| check_put(self, before, op))?;
         }
         check_requests(t, &path, &mut |op| check_range(self, before, op))?;
 
@@ -321,12 +342,7 @@ fn check_requests(
     Ok(walked)
 }
 
-fn check_put(
-    store: &KvStore,
-    rev: i64,
-    op: &ArchivedOpCmd,
-    leases: &dyn LeaseCheck,
-) -> Result<(), MvccError> {
+fn check_put(store: &KvStore, rev: i64, op: &ArchivedOpCmd) -> Result<(), MvccError> {
     let ArchivedOpCmd::Put(p) = op else {
         return Ok(());
     };
@@ -334,7 +350,7 @@ fn check_put(
         return Err(MvccError::KeyNotFound);
     }
     let lease = p.lease.to_native();
-    if lease != 0 && !leases.exists(lease) {
+    if lease != 0 && !store.leases().exists(lease) {
         return Err(MvccError::LeaseNotFound);
     }
     Ok(())
