@@ -36,7 +36,8 @@ pub struct LeaseClock {
     last_checkpoint: Option<Instant>,
 }
 
-fn secs(d: Duration) -> i64 {
+/// Whole seconds, rounded up (checkpoints: never record less than is left).
+fn secs_up(d: Duration) -> i64 {
     d.as_secs() as i64 + i64::from(d.subsec_nanos() > 0)
 }
 
@@ -86,7 +87,7 @@ impl LeaseClock {
         Ok(lease.ttl)
     }
 
-    /// Seconds left, rounded up; 0 once expired.
+    /// Whole seconds left (rounded down, as etcd reports); 0 once expired.
     pub fn remaining(&self, leases: &Leases, id: i64, now: Instant) -> Result<i64, LeaseError> {
         if !self.leader {
             return Err(LeaseError::NotLeader);
@@ -95,7 +96,7 @@ impl LeaseClock {
         Ok(self
             .deadlines
             .get(&id)
-            .map_or(0, |d| secs(d.saturating_duration_since(now))))
+            .map_or(0, |d| d.saturating_duration_since(now).as_secs() as i64))
     }
 
     /// Leases whose time is up and whose revoke should be proposed now.
@@ -138,7 +139,7 @@ impl LeaseClock {
             .deadlines
             .iter()
             .filter(|(id, _)| !self.revoking.contains_key(*id))
-            .map(|(id, d)| (*id, secs(d.saturating_duration_since(now)).max(1)))
+            .map(|(id, d)| (*id, secs_up(d.saturating_duration_since(now)).max(1)))
             .collect();
         out.sort_unstable();
         out
@@ -170,7 +171,10 @@ mod tests {
         assert_eq!(c.renew(&leases, 1, t0), Err(LeaseError::NotLeader));
         c.set_leader(true, &leases, t0);
         assert_eq!(c.remaining(&leases, 1, t0), Ok(60));
-        assert_eq!(c.remaining(&leases, 2, t0), Ok(5));
+        assert_eq!(
+            c.remaining(&leases, 2, t0 + Duration::from_millis(1)),
+            Ok(4)
+        );
         assert_eq!(c.expired(t0 + Duration::from_secs(4)), Vec::<i64>::new());
         assert_eq!(c.expired(t0 + Duration::from_secs(5)), vec![2]);
         // Not proposed again at once, but again after the retry delay.
@@ -193,7 +197,7 @@ mod tests {
         assert_eq!(c.renew(&leases, 1, t4), Ok(10));
         assert_eq!(
             c.remaining(&leases, 1, t4 + Duration::from_millis(500)),
-            Ok(10)
+            Ok(9)
         );
         let t6 = t0 + Duration::from_secs(6);
         assert_eq!(c.checkpoint_due(t6, every), vec![(1, 8)]);

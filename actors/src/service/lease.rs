@@ -114,9 +114,9 @@ pub async fn time_to_live(
             granted_ttl: granted,
             keys,
         }),
-        // etcd answers an unknown lease with TTL -1 and an empty header.
+        // etcd answers an unknown lease with TTL -1.
         Err(LeaseError::NotFound) => Ok(pb::LeaseTimeToLiveResponse {
-            header: Some(pb::ResponseHeader::default()),
+            header: current_header(ctx).await?,
             id: req.id,
             ttl: -1,
             ..Default::default()
