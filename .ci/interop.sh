@@ -102,4 +102,23 @@ compacted_watch=$(timeout 3 "${E[@]}" watch dir/k1 --rev=2 2>&1 || true)
 echo "$compacted_watch" | grep -q "required revision has been compacted" || fail "watch below compaction: $compacted_watch"
 echo "ok: watch below the compaction point is canceled"
 
+# leases
+lease_out=$("${E[@]}" lease grant 600)
+LID=$(echo "$lease_out" | awk '{print $2}')
+expect "lease grant" "$(echo "$lease_out" | sed 's/lease [0-9a-f]* /lease ID /')" "lease ID granted with TTL(600s)"
+expect "put --lease" "$("${E[@]}" put leased v --lease="$LID")" "OK"
+expect "lease timetolive --keys" "$("${E[@]}" lease timetolive "$LID" --keys | sed 's/remaining([0-9]*s)/remaining(Ns)/; s/lease [0-9a-f]* /lease ID /')" "lease ID granted with TTL(600s), remaining(Ns), attached keys([leased])"
+expect "lease keep-alive --once" "$("${E[@]}" lease keep-alive --once "$LID" | sed 's/lease [0-9a-f]* /lease ID /')" "lease ID keepalived with TTL(600)"
+expect "lease list" "$("${E[@]}" lease list | grep -c "$LID")" "1"
+expect "lease revoke" "$("${E[@]}" lease revoke "$LID" | sed 's/lease [0-9a-f]* /lease ID /')" "lease ID revoked"
+expect "revoke deleted the key" "$("${E[@]}" get leased -w json | json 'd.get("count", 0)')" "0"
+expect "timetolive of a revoked lease" "$("${E[@]}" lease timetolive "$LID" | sed 's/lease [0-9a-f]* /lease ID /')" "lease ID already expired"
+SHORT=$("${E[@]}" lease grant 2 | awk '{print $2}')
+"${E[@]}" put expiring v --lease="$SHORT" >/dev/null
+for _ in $(seq 1 60); do
+  [ "$("${E[@]}" get expiring -w json | json 'd.get("count", 0)')" == "0" ] && break
+  sleep 0.1
+done
+expect "lease expiry deletes the key" "$("${E[@]}" get expiring -w json | json 'd.get("count", 0)')" "0"
+
 echo "interop: all checks passed"
