@@ -8,6 +8,7 @@
 //! keel-load ... range KEY [END] [--consistency l|s]
 //! keel-load ... txn-put [--txn-ops N]
 //! keel-load ... watch-latency
+//! keel-load ... lease-keepalive
 //! ```
 //!
 //! `watch-latency` puts `--total` keys one at a time from one client while
@@ -70,6 +71,9 @@ enum Cmd {
     },
     /// Watch event latency: one writer, one watcher.
     WatchLatency,
+    /// Keep-alive round trips: each client renews its own lease back to back
+    /// on its own keep-alive stream.
+    LeaseKeepalive,
     /// Txns of --txn-ops puts each.
     TxnPut {
         #[arg(long, default_value_t = 1)]
@@ -124,7 +128,9 @@ async fn one(
             }
             c.get(key.as_bytes(), Some(o)).await.map(|_| ())
         }
-        Cmd::WatchLatency => unreachable!("watch-latency has its own loop"),
+        Cmd::WatchLatency | Cmd::LeaseKeepalive => {
+            unreachable!("streaming commands have their own loops")
+        }
         Cmd::TxnPut {
             txn_ops,
             key_space_size,
@@ -163,6 +169,9 @@ async fn main() {
             .await
             .expect("connecting the watcher");
         return watch_latency(&args, conns[0].clone(), watcher).await;
+    }
+    if let Cmd::LeaseKeepalive = args.cmd {
+        return lease_keepalive(args, conns).await;
     }
     let issued = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
@@ -256,6 +265,39 @@ async fn watch_latency(args: &Args, mut writer: Client, mut watcher: Client) {
     report(args, &from_send, elapsed, 0);
     println!("put acknowledged -> event received:");
     report(args, &from_ack, elapsed, 0);
+}
+
+async fn lease_keepalive(args: Arc<Args>, conns: Vec<Client>) {
+    let issued = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for w in 0..args.clients.max(1) {
+        let mut c = conns[w % conns.len()].clone();
+        let (args, issued) = (args.clone(), issued.clone());
+        workers.push(tokio::spawn(async move {
+            let id = c.lease_grant(600, None).await.expect("lease grant").id();
+            let (mut keeper, mut stream) = c.lease_keep_alive(id).await.expect("keep-alive");
+            let mut lat = Vec::new();
+            while issued.fetch_add(1, Ordering::Relaxed) < args.total {
+                let t = Instant::now();
+                keeper.keep_alive().await.expect("send keep-alive");
+                stream
+                    .message()
+                    .await
+                    .expect("keep-alive response")
+                    .expect("stream open");
+                lat.push(t.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for w in workers {
+        lat.extend(w.await.expect("worker"));
+    }
+    let elapsed = started.elapsed();
+    lat.sort_unstable();
+    report(&args, &lat, elapsed, 0);
 }
 
 fn report(args: &Args, lat: &[Duration], elapsed: Duration, errors: u64) {
