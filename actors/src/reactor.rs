@@ -23,7 +23,9 @@ use crate::grpc::frame;
 use crate::grpc::io::{HyperIo, LocalExec};
 use crate::grpc::status::{Code, Status};
 use crate::metrics::metrics;
-use crate::service::{cluster, http as http_service, kv, lease, maintenance, watch, ServerCtx};
+use crate::service::{
+    cluster, election, http as http_service, kv, lease, maintenance, watch, ServerCtx,
+};
 
 /// Serves `listener` until the process ends.
 pub async fn serve(listener: TcpListener, ctx: Rc<ServerCtx>) {
@@ -167,15 +169,18 @@ async fn handle_http2(req: http::Request<Incoming>, ctx: Rc<ServerCtx>) -> Respo
     };
     let labels = [grpc_type, method.service(), method.name()];
     metrics().grpc_started.with_label_values(&labels).inc();
-    if matches!(method, Method::Watch | Method::LeaseKeepAlive) {
+    if matches!(
+        method,
+        Method::Watch | Method::LeaseKeepAlive | Method::Observe
+    ) {
         if crate::raft::actor::is_learner() {
             return error_response(&Status::learner_unsupported());
         }
         let body = req.into_body();
-        return if method == Method::Watch {
-            streaming_response(|out| watch::serve(body, ctx, out))
-        } else {
-            streaming_response(|out| lease::keep_alive(body, ctx, out))
+        return match method {
+            Method::Watch => streaming_response(|out| watch::serve(body, ctx, out)),
+            Method::LeaseKeepAlive => streaming_response(|out| lease::keep_alive(body, ctx, out)),
+            _ => streaming_response(|out| election::observe(body, ctx, out)),
         };
     }
     let result = dispatch(method, req.into_body(), &ctx).await;
@@ -310,6 +315,50 @@ async fn dispatch(method: Method, body: Incoming, ctx: &Rc<ServerCtx>) -> Result
                 |c, _: keel_proto::etcdserverpb::LeaseLeasesRequest, _| async move {
                     lease::leases(&c).await
                 },
+            )
+            .await
+        }
+        Method::Lock => {
+            unary(
+                body,
+                ctx,
+                |c, r, _| async move { election::lock(&c, r).await },
+            )
+            .await
+        }
+        Method::Unlock => {
+            unary(
+                body,
+                ctx,
+                |c, r, _| async move { election::unlock(&c, r).await },
+            )
+            .await
+        }
+        Method::Campaign => {
+            unary(body, ctx, |c, r, _| async move {
+                election::campaign(&c, r).await
+            })
+            .await
+        }
+        Method::Proclaim => {
+            unary(body, ctx, |c, r, _| async move {
+                election::proclaim(&c, r).await
+            })
+            .await
+        }
+        Method::Leader => {
+            unary(
+                body,
+                ctx,
+                |c, r, _| async move { election::leader(&c, r).await },
+            )
+            .await
+        }
+        Method::Resign => {
+            unary(
+                body,
+                ctx,
+                |c, r, _| async move { election::resign(&c, r).await },
             )
             .await
         }

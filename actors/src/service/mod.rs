@@ -2,6 +2,7 @@
 //! edge (etcd's checks and messages), then talk to the actors.
 
 pub mod cluster;
+pub mod election;
 pub mod http;
 pub mod kv;
 pub mod lease;
