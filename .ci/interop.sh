@@ -121,4 +121,21 @@ for _ in $(seq 1 60); do
 done
 expect "lease expiry deletes the key" "$("${E[@]}" get expiring -w json | json 'd.get("count", 0)')" "0"
 
+# lock: the second holder runs only after the first one finished
+timeout 10 "${E[@]}" lock ilock -- sh -c "echo a-start >> $WORK/lock.out; sleep 1; echo a-end >> $WORK/lock.out" >/dev/null 2>&1 &
+LK1=$!
+sleep 0.3
+timeout 10 "${E[@]}" lock ilock -- sh -c "echo b-start >> $WORK/lock.out" >/dev/null 2>&1 &
+LK2=$!
+wait "$LK1" || true
+wait "$LK2" || true
+expect "lock mutual exclusion" "$(tr '\n' ' ' < "$WORK/lock.out")" "a-start a-end b-start "
+# elect: a campaigner wins, an observer sees it
+timeout 4 "${E[@]}" elect ielect alice > "$WORK/elect.out" 2>&1 &
+EL=$!
+sleep 0.5
+expect "elect -l (observe)" "$(timeout 2 "${E[@]}" elect -l ielect 2>/dev/null | head -2 | sed 's|ielect/[0-9a-f]*|ielect/ID|' | tr '\n' ' ')" "ielect/ID alice "
+wait "$EL" || true
+expect "elect (campaign)" "$(head -2 "$WORK/elect.out" | sed 's|ielect/[0-9a-f]*|ielect/ID|' | tr '\n' ' ')" "ielect/ID alice "
+
 echo "interop: all checks passed"

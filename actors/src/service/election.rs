@@ -432,7 +432,7 @@ async fn observe_loop(
             if last.as_ref() != Some(&seen) {
                 last = Some(seen);
                 let resp = epb::LeaderResponse {
-                    header: r.header.clone(),
+                    header: r.header,
                     kv: Some(kv.clone()),
                 };
                 if out

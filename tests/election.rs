@@ -1,0 +1,165 @@
+//! Lock and Election through the etcd-client crate against the real
+//! binary: mutual exclusion, hand-over on unlock and on lease expiry,
+//! campaign / proclaim / observe / resign, and etcd's errors.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{status_of, Server};
+use etcd_client::{Client, LeaderKey, LockOptions, ProclaimOptions, ResignOptions};
+
+async fn within<T>(d: Duration, f: impl std::future::Future<Output = T>) -> Option<T> {
+    tokio::time::timeout(d, f).await.ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_excludes_until_unlock_or_lease_expiry() {
+    let s = Server::start(&[]);
+    let mut c = s.client().await;
+    let first = c.lease_grant(60, None).await.unwrap().id();
+    let second = c.lease_grant(60, None).await.unwrap().id();
+    let third = c.lease_grant(2, None).await.unwrap().id();
+
+    let held = c
+        .lock("job", Some(LockOptions::new().with_lease(first)))
+        .await
+        .unwrap();
+    assert_eq!(held.key(), format!("job/{first:x}").as_bytes());
+
+    // A second locker waits while the first holds the lock.
+    let mut c2 = s.client().await;
+    let waiter = tokio::spawn(async move {
+        c2.lock("job", Some(LockOptions::new().with_lease(second)))
+            .await
+            .map(|r| r.key().to_vec())
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiter.is_finished(), "the second locker got a held lock");
+    c.unlock(held.key()).await.unwrap();
+    let got = within(Duration::from_secs(5), waiter)
+        .await
+        .expect("the second locker was not woken by the unlock")
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, format!("job/{second:x}").into_bytes());
+
+    // A third waits on the second, whose lease is revoked: it gets the lock.
+    let mut c3 = s.client().await;
+    let waiter = tokio::spawn(async move {
+        c3.lock("job", Some(LockOptions::new().with_lease(third)))
+            .await
+            .map(|r| r.key().to_vec())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished());
+    c.lease_revoke(second).await.unwrap();
+    within(Duration::from_secs(5), waiter)
+        .await
+        .expect("the third locker was not woken by the revoke")
+        .unwrap()
+        .unwrap();
+
+    // The third's lease (2 s) expires without keep-alives: a fourth gets it.
+    let fourth = c.lease_grant(60, None).await.unwrap().id();
+    let got = within(
+        Duration::from_secs(10),
+        c.lock("job", Some(LockOptions::new().with_lease(fourth))),
+    )
+    .await
+    .expect("the lock did not pass on when the holder's lease expired")
+    .unwrap();
+    assert_eq!(got.key(), format!("job/{fourth:x}").as_bytes());
+
+    // etcd's lock server returns errors as Unknown.
+    let e = status_of(
+        c.lock("job", Some(LockOptions::new().with_lease(0x777)))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        e,
+        (
+            tonic::Code::Unknown,
+            "etcdserver: requested lease not found".into()
+        )
+    );
+    // Unlocking a key that is not there is fine.
+    c.unlock("job/none").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn campaign_observe_proclaim_and_resign() {
+    let s = Server::start(&[]);
+    let mut c = s.client().await;
+    let e = status_of(c.leader("pick").await.unwrap_err());
+    assert_eq!(e, (tonic::Code::Unknown, "election: no leader".into()));
+
+    let alice = c.lease_grant(60, None).await.unwrap().id();
+    let bob = c.lease_grant(60, None).await.unwrap().id();
+    let won = c.campaign("pick", "alice", alice).await.unwrap();
+    let alice_key: LeaderKey = won.leader().unwrap().clone();
+    assert_eq!(alice_key.key(), format!("pick/{alice:x}").as_bytes());
+
+    let mut observer = s.client().await.observe("pick").await.unwrap();
+    let first = within(Duration::from_secs(5), observer.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.kv().unwrap().value_str().unwrap(), "alice");
+
+    // Bob campaigns and waits behind alice.
+    let mut c2 = s.client().await;
+    let bob_campaign = tokio::spawn(async move { c2.campaign("pick", "bob", bob).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!bob_campaign.is_finished());
+
+    // Alice proclaims a new value: observed.
+    c.proclaim(
+        "alice-2",
+        Some(ProclaimOptions::new().with_leader(alice_key.clone())),
+    )
+    .await
+    .unwrap();
+    let r = within(Duration::from_secs(5), observer.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.kv().unwrap().value_str().unwrap(), "alice-2");
+    assert_eq!(
+        c.leader("pick").await.unwrap().kv().unwrap().value_str().unwrap(),
+        "alice-2"
+    );
+
+    // Alice resigns: bob wins, and the observer sees him.
+    c.resign(Some(ResignOptions::new().with_leader(alice_key.clone())))
+        .await
+        .unwrap();
+    let bob_won = within(Duration::from_secs(5), bob_campaign)
+        .await
+        .expect("bob did not win after alice resigned")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        bob_won.leader().unwrap().key(),
+        format!("pick/{bob:x}").as_bytes()
+    );
+    let r = within(Duration::from_secs(5), observer.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.kv().unwrap().value_str().unwrap(), "bob");
+
+    // Alice is no leader any more.
+    let e = status_of(
+        c.proclaim("x", Some(ProclaimOptions::new().with_leader(alice_key)))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(e, (tonic::Code::Unknown, "election: not leader".into()));
+    let e = status_of(Client::campaign(&mut c, "other", "v", 0x777).await.unwrap_err());
+    assert_eq!(e.1, "etcdserver: requested lease not found");
+}
