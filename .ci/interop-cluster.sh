@@ -71,4 +71,18 @@ expect "member remove" "$(e "${CLIENT[2]}" member remove "$new_id" | grep -c rem
 expect "member list after remove" "$(e "${CLIENT[0]}" member list | grep -c .)" "3"
 expect "/metrics has_leader" "$(curl -sf "${CLIENT[1]}/metrics" | grep '^etcd_server_has_leader ')" "etcd_server_has_leader 1"
 
+# watches and leases across members
+timeout 4 etcdctl --endpoints="${CLIENT[2]}" watch cw > "$WORK/cw.out" 2>&1 &
+CW=$!
+sleep 0.7
+e "${CLIENT[0]}" put cw from-m0 >/dev/null
+wait "$CW" || true
+expect "watch on m2 sees a put on m0" "$(tr '\n' ' ' < "$WORK/cw.out")" "PUT cw from-m0 "
+CL=$(e "${CLIENT[1]}" lease grant 600 | awk '{print $2}')
+e "${CLIENT[1]}" put cl v --lease="$CL" >/dev/null
+expect "keep-alive through m2" "$(e "${CLIENT[2]}" lease keep-alive --once "$CL" | sed 's/lease [0-9a-f]* /lease ID /')" "lease ID keepalived with TTL(600)"
+expect "timetolive through m0" "$(e "${CLIENT[0]}" lease timetolive "$CL" --keys | sed 's/remaining([0-9]*s)/remaining(Ns)/; s/lease [0-9a-f]* /lease ID /')" "lease ID granted with TTL(600s), remaining(Ns), attached keys([cl])"
+e "${CLIENT[2]}" lease revoke "$CL" >/dev/null
+expect "revoke through m2 removed the key on m1" "$(e "${CLIENT[1]}" get cl -w json | json 'd.get("count", 0)')" "0"
+
 echo "cluster interop: all checks passed"
