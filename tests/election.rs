@@ -129,7 +129,13 @@ async fn campaign_observe_proclaim_and_resign() {
         .unwrap();
     assert_eq!(r.kv().unwrap().value_str().unwrap(), "alice-2");
     assert_eq!(
-        c.leader("pick").await.unwrap().kv().unwrap().value_str().unwrap(),
+        c.leader("pick")
+            .await
+            .unwrap()
+            .kv()
+            .unwrap()
+            .value_str()
+            .unwrap(),
         "alice-2"
     );
 
@@ -160,6 +166,10 @@ async fn campaign_observe_proclaim_and_resign() {
             .unwrap_err(),
     );
     assert_eq!(e, (tonic::Code::Unknown, "election: not leader".into()));
-    let e = status_of(Client::campaign(&mut c, "other", "v", 0x777).await.unwrap_err());
+    let e = status_of(
+        Client::campaign(&mut c, "other", "v", 0x777)
+            .await
+            .unwrap_err(),
+    );
     assert_eq!(e.1, "etcdserver: requested lease not found");
 }

@@ -74,6 +74,10 @@ async fn grant_attach_revoke_and_errors() {
             "etcdserver: requested lease not found".into()
         )
     );
+    // ignore_lease keeps the key's lease.
+    c.put("l/b", "2", Some(PutOptions::new().with_ignore_lease()))
+        .await
+        .unwrap();
     let t = c
         .lease_time_to_live(0x1234, Some(LeaseTimeToLiveOptions::new().with_keys()))
         .await

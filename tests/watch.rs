@@ -122,6 +122,15 @@ async fn history_filters_prev_kv_and_cancel() {
     assert_eq!(revs, [2, 3, 5, 6, 7]);
     assert!(got.iter().all(|e| e.0 == EventType::Put));
 
+    let (_, metrics) = common::http_get(s.port, "/metrics").unwrap();
+    assert!(
+        metrics.contains("etcd_debugging_mvcc_watch_stream_total 2"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("etcd_debugging_mvcc_watcher_total 3"));
+    assert!(metrics.contains("etcd_debugging_mvcc_slow_watcher_total 0"));
+    assert!(metrics.contains("etcd_debugging_mvcc_pending_events_total 0"));
+
     // Cancel: answered with canceled, then silence.
     w.cancel_by_id(filtered_id).await.unwrap();
     let r = next(&mut stream, Duration::from_secs(5)).await;
