@@ -147,7 +147,9 @@ async fn malformed_protobuf_and_unknown_methods() {
     let e = call(&s, "/no.Such/Service", vec![]).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unimplemented);
     // A service that exists but is not built yet.
-    let e = call(&s, "/v3lockpb.Lock/Lock", vec![]).await.unwrap_err();
+    let e = call(&s, "/etcdserverpb.Maintenance/Defragment", vec![])
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unimplemented);
     still_serving(&s).await;
 }
@@ -187,7 +189,7 @@ async fn unbuilt_streaming_services_fail_fast() {
     .expect("snapshot answered within the bound");
     let e = snapshot.expect_err("snapshot streaming is not built yet");
     assert_eq!(common::status_of(e).0, tonic::Code::Unimplemented);
-    let e = c.lock("name", None).await.unwrap_err();
+    let e = c.defragment().await.unwrap_err();
     assert_eq!(common::status_of(e).0, tonic::Code::Unimplemented);
     still_serving(&s).await;
 }
