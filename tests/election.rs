@@ -173,3 +173,73 @@ async fn campaign_observe_proclaim_and_resign() {
     );
     assert_eq!(e.1, "etcdserver: requested lease not found");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_and_election_across_members() {
+    let mut cluster = common::Cluster::start(
+        3,
+        &["--heartbeat-interval", "50", "--election-timeout", "500"],
+    );
+    let eps = cluster.endpoints();
+    let connect = |i: usize| {
+        let ep = eps[i].clone();
+        async move { Client::connect([ep], None).await.unwrap() }
+    };
+    let leader = cluster.leader().await;
+    let (a, b) = ((leader + 1) % 3, (leader + 2) % 3);
+    let mut ca = connect(a).await;
+    let mut cb = connect(b).await;
+    let la = ca.lease_grant(60, None).await.unwrap().id();
+    let lb = cb.lease_grant(60, None).await.unwrap().id();
+    // Held through one follower, waited for through the other.
+    let held = ca
+        .lock("shared", Some(LockOptions::new().with_lease(la)))
+        .await
+        .unwrap();
+    let waiter = tokio::spawn(async move {
+        cb.lock("shared", Some(LockOptions::new().with_lease(lb)))
+            .await
+            .map(|r| r.key().to_vec())
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiter.is_finished());
+    // Released through the leader.
+    connect(leader).await.unlock(held.key()).await.unwrap();
+    let got = within(Duration::from_secs(5), waiter)
+        .await
+        .expect("the waiter on another member was not woken")
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, format!("shared/{lb:x}").into_bytes());
+
+    // An observer on one follower sees a campaign won through the other,
+    // and keeps observing after the leader of the cluster is killed.
+    let mut observer = connect(b).await.observe("duty").await.unwrap();
+    let won = ca.campaign("duty", "on-a", la).await.unwrap();
+    let r = within(Duration::from_secs(5), observer.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.kv().unwrap().value_str().unwrap(), "on-a");
+    cluster.members[leader].kill9();
+    let key = won.leader().unwrap().clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while ca
+        .proclaim(
+            "still-a",
+            Some(ProclaimOptions::new().with_leader(key.clone())),
+        )
+        .await
+        .is_err()
+    {
+        assert!(std::time::Instant::now() < deadline, "no new raft leader");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = within(Duration::from_secs(10), observer.message())
+        .await
+        .expect("the observer saw no proclamation after the leader change")
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.kv().unwrap().value_str().unwrap(), "still-a");
+}
