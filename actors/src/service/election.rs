@@ -177,49 +177,64 @@ async fn enter(
     Ok((resp, my_rev, owner))
 }
 
-/// Waits until `key` is deleted after revision `rev` (or the watch is
-/// canceled by compaction: the caller looks again either way).
-async fn wait_deleted(ctx: &ServerCtx, key: &Bytes, rev: i64) -> Result<(), Status> {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1 << 62);
-    let stream = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let (tx, mut rx) = mpsc::channel(WAIT_QUEUE);
-    let stopped = |_| Status::stopped();
-    let msgs = [
-        WatchMsg::Open {
+/// A watch the server keeps for itself on the MVCC actor's hub; closed
+/// when dropped, however the wait ends.
+struct InternalWatch<'a> {
+    ctx: &'a ServerCtx,
+    stream: u64,
+    rx: mpsc::Receiver<pb::WatchResponse>,
+}
+
+impl<'a> InternalWatch<'a> {
+    async fn open(ctx: &'a ServerCtx, spec: WatchSpec) -> Result<InternalWatch<'a>, Status> {
+        // Ids far above the client streams' (which count up from 1).
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1 << 62);
+        let stream = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(WAIT_QUEUE);
+        let open = WatchMsg::Open {
             stream,
             tx,
             max_bytes: usize::MAX,
-        },
-        WatchMsg::Create {
-            stream,
-            spec: WatchSpec {
-                key: key.clone(),
-                start_rev: rev + 1,
-                no_put: true,
-                ..Default::default()
-            },
-        },
-    ];
-    for m in msgs {
-        ctx.mvcc.send(MvccMsg::Watch(m)).await.map_err(stopped)?;
-    }
-    // Closes the internal stream however this ends (even if dropped).
-    struct Close<'a>(&'a ServerCtx, u64);
-    impl Drop for Close<'_> {
-        fn drop(&mut self) {
-            let _ = self
-                .0
-                .mvcc
-                .try_send(MvccMsg::Watch(WatchMsg::Close { stream: self.1 }));
+        };
+        for m in [open, WatchMsg::Create { stream, spec }] {
+            ctx.mvcc
+                .send(MvccMsg::Watch(m))
+                .await
+                .map_err(|_| Status::stopped())?;
         }
+        Ok(InternalWatch { ctx, stream, rx })
     }
-    let _close = Close(ctx, stream);
-    while let Some(r) = rx.recv().await {
-        if !r.events.is_empty() || r.canceled {
-            return Ok(());
+
+    /// Resolves at the first event (or a cancellation by compaction: the
+    /// caller looks again either way).
+    async fn changed(&mut self) -> Result<(), Status> {
+        while let Some(r) = self.rx.recv().await {
+            if !r.events.is_empty() || r.canceled {
+                return Ok(());
+            }
         }
+        Err(Status::stopped())
     }
-    Err(Status::stopped())
+}
+
+impl Drop for InternalWatch<'_> {
+    fn drop(&mut self) {
+        let close = WatchMsg::Close {
+            stream: self.stream,
+        };
+        let _ = self.ctx.mvcc.try_send(MvccMsg::Watch(close));
+    }
+}
+
+/// Waits until `key` is deleted after revision `rev`.
+async fn wait_deleted(ctx: &ServerCtx, key: &Bytes, rev: i64) -> Result<(), Status> {
+    let spec = WatchSpec {
+        key: key.clone(),
+        start_rev: rev + 1,
+        no_put: true,
+        ..Default::default()
+    };
+    InternalWatch::open(ctx, spec).await?.changed().await
 }
 
 /// etcd's waitDeletes: until no key under `prefix` created at or before
@@ -458,48 +473,16 @@ async fn wait_change(
     rev: i64,
     out: &mpsc::Sender<StreamItem>,
 ) -> Result<bool, Status> {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(3 << 61);
-    let stream = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let (tx, mut rx) = mpsc::channel(WAIT_QUEUE);
-    for m in [
-        WatchMsg::Open {
-            stream,
-            tx,
-            max_bytes: usize::MAX,
-        },
-        WatchMsg::Create {
-            stream,
-            spec: WatchSpec {
-                key: Bytes::copy_from_slice(prefix),
-                range_end: prefix_end(prefix),
-                start_rev: rev + 1,
-                ..Default::default()
-            },
-        },
-    ] {
-        ctx.mvcc
-            .send(MvccMsg::Watch(m))
-            .await
-            .map_err(|_| Status::stopped())?;
-    }
-    let changed = futures_lite::future::or(
-        async {
-            while let Some(r) = rx.recv().await {
-                if !r.events.is_empty() || r.canceled {
-                    return Ok(false);
-                }
-            }
-            Err(Status::stopped())
-        },
-        async {
-            out.closed().await;
-            Ok(true)
-        },
-    )
-    .await;
-    let _ = ctx
-        .mvcc
-        .send(MvccMsg::Watch(WatchMsg::Close { stream }))
-        .await;
-    changed
+    let spec = WatchSpec {
+        key: Bytes::copy_from_slice(prefix),
+        range_end: prefix_end(prefix),
+        start_rev: rev + 1,
+        ..Default::default()
+    };
+    let mut watch = InternalWatch::open(ctx, spec).await?;
+    futures_lite::future::or(async { watch.changed().await.map(|()| false) }, async {
+        out.closed().await;
+        Ok(true)
+    })
+    .await
 }
