@@ -23,22 +23,21 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use keel_proto::etcdserverpb as pb;
-use keel_storage::mvcc::ApplyOutcome;
 use openraft::error::ClientWriteError;
 use tokio::sync::{mpsc, oneshot};
 
-use super::members::{self, MemberError};
+use super::leader::{change_members, forward, lease_renew, lease_ttl};
+use super::members::MemberError;
+use super::reads::{read_index_rounds, ReadWaiter};
+use super::transfer::{move_leader, Hold};
 use super::types::{
     Applied, InflightGate, Membership, Node, NodeId, Proposal, ProposeError, Raft, ReplyTx,
 };
-use crate::grpc::status::Code;
 use crate::lease::LeaseError;
 use crate::metrics::metrics;
-use crate::mvcc_actor::{set_member_id, LeaseMsg, LeaseTtl, MvccMsg, RangeReply, ReadError};
-use crate::peer::conn::{PeerClients, PeerError};
-use crate::peer::wire::{
-    failed_from_wire, outcome_from_wire, MemberChange, PeerRequest, PeerResponse, WireOutcome,
-};
+use crate::mvcc_actor::{LeaseMsg, LeaseTtl, MvccMsg, RangeReply, ReadError};
+use crate::peer::conn::PeerClients;
+use crate::peer::wire::MemberChange;
 
 /// Raft entries between proposal and apply at once. Two keep the log busy:
 /// one is being flushed while the next is gathered.
@@ -49,8 +48,6 @@ pub const PENDING_PROPOSALS_MAX: usize = 16_384;
 /// Commands in one batch at most.
 pub const BATCH_COMMANDS_MAX: usize = 4096;
 
-/// Reads served by one read-index round at most.
-pub const READ_BATCH_MAX: usize = 4096;
 /// Reads queued for the next read-index round.
 pub const READ_QUEUE: usize = 16_384;
 
@@ -168,38 +165,8 @@ pub struct RaftHandles {
     pub hold: Rc<Hold>,
 }
 
-/// Holds new proposals and read-index rounds while a leader transfer runs,
-/// so no append or heartbeat refreshes the followers' leader lease.
-#[derive(Default)]
-pub struct Hold {
-    on: std::cell::Cell<bool>,
-    released: tokio::sync::Notify,
-}
-
-impl Hold {
-    pub fn is_on(&self) -> bool {
-        self.on.get()
-    }
-
-    fn set(&self, on: bool) {
-        self.on.set(on);
-        if !on {
-            self.released.notify_waiters();
-        }
-    }
-
-    /// Resolves when a hold that is on now is released; never, if none is.
-    async fn released(&self) {
-        if self.on.get() {
-            self.released.notified().await;
-        } else {
-            std::future::pending::<()>().await;
-        }
-    }
-}
-
 /// Leadership as the proposal and read paths see it: unknown while held.
-fn usable_leader(h: &RaftHandles) -> Leader {
+pub(super) fn usable_leader(h: &RaftHandles) -> Leader {
     if h.hold.is_on() {
         Leader::Unknown
     } else {
@@ -330,7 +297,7 @@ pub async fn run(h: RaftHandles, mut rx: mpsc::Receiver<RaftRequest>, batch_byte
     }
 }
 
-fn fail_all(replies: Vec<ReplyTx>, e: ProposeError) {
+pub(super) fn fail_all(replies: Vec<ReplyTx>, e: ProposeError) {
     for tx in replies {
         let _ = tx.send(Err(e.clone()));
     }
@@ -373,88 +340,6 @@ fn answer_applied(replies: Vec<ReplyTx>, result: CommitResult) {
             fail_all(replies, ProposeError::Stopped);
         }
     }
-}
-
-/// Sends a batch to the leader, then answers each command once this member
-/// has applied it as well.
-async fn forward(
-    h: &RaftHandles,
-    leader: NodeId,
-    node: &Node,
-    commands: Vec<Bytes>,
-    replies: Vec<ReplyTx>,
-) {
-    let req = PeerRequest::Forward {
-        commands: commands.iter().map(|c| c.to_vec()).collect(),
-    };
-    let outcomes = match h.peers.call(leader, node, &req, h.request_timeout).await {
-        Ok(PeerResponse::Forwarded { outcomes }) if outcomes.len() == replies.len() => outcomes,
-        Ok(PeerResponse::NotLeader { leader }) => {
-            return fail_all(replies, ProposeError::NotLeader { leader })
-        }
-        // Nothing reached the leader.
-        Err(PeerError::Unreachable(..) | PeerError::Rejected(..)) => {
-            return fail_all(replies, ProposeError::NotLeader { leader: None })
-        }
-        Ok(_) | Err(_) => {
-            metrics().proposals_failed.inc();
-            return fail_all(replies, ProposeError::LeaderChanged);
-        }
-    };
-    let last = outcomes
-        .iter()
-        .filter_map(|o| match o {
-            WireOutcome::Applied { index, .. } | WireOutcome::Failed { index, .. } => Some(*index),
-            _ => None,
-        })
-        .max();
-    if let Some(index) = last {
-        let (tx, rx) = oneshot::channel();
-        let waited = h
-            .mvcc
-            .send(MvccMsg::WaitApplied { index, reply: tx })
-            .await
-            .is_ok()
-            && glommio::timer::timeout(h.request_timeout, async { Ok(rx.await) })
-                .await
-                .is_ok_and(|r| r.is_ok());
-        if !waited {
-            return fail_all(replies, ProposeError::Stopped);
-        }
-    }
-    let me = h.raft.metrics().borrow().id;
-    for (tx, o) in replies.into_iter().zip(outcomes) {
-        let r = match o {
-            WireOutcome::Applied { index, kind, body } => match outcome_from_wire(kind, &body) {
-                Ok(mut resp) => {
-                    set_member_id(&mut resp, me);
-                    Ok(Applied {
-                        index,
-                        outcome: Ok(resp),
-                    })
-                }
-                Err(e) => {
-                    tracing::error!("undecodable forwarded outcome: {e}");
-                    Err(ProposeError::Stopped)
-                }
-            },
-            WireOutcome::Failed { index, error } => match failed_from_wire(error) {
-                Ok(e) => Ok(Applied {
-                    index,
-                    outcome: ApplyOutcome::Err(e),
-                }),
-                Err(_) => Err(ProposeError::Stopped),
-            },
-            WireOutcome::NotLeader => Err(ProposeError::NotLeader { leader: None }),
-            WireOutcome::Stopped => Err(ProposeError::Stopped),
-        };
-        let _ = tx.send(r);
-    }
-}
-
-enum ReadWaiter {
-    Range(pb::RangeRequest, RangeReply),
-    Index(Origin, ReadIndexReply),
 }
 
 async fn handle(
@@ -522,282 +407,6 @@ async fn handle(
                 let _ = reply.send(move_leader(&h, target).await);
             })
             .detach();
-        }
-    }
-}
-
-/// Hands leadership to `target`. openraft 0.9 has no leader transfer, so
-/// this leader goes quiet: new proposals and reads are held and heartbeats
-/// stop once `target` has every entry; after the followers' leader lease
-/// (the longest election timeout) has run out, `target` is told to
-/// campaign, and wins with its up-to-date log before anyone else's timer
-/// fires. Takes about two election timeouts.
-async fn move_leader(h: &RaftHandles, target: NodeId) -> Result<(), MemberError> {
-    let (me, voter) = {
-        let m = h.raft.metrics();
-        let m = m.borrow();
-        let voter = m
-            .membership_config
-            .membership()
-            .voter_ids()
-            .any(|v| v == target);
-        (m.id, voter)
-    };
-    if leader_of(&h.raft) != Leader::Me {
-        return Err(MemberError::not_leader_for_transfer());
-    }
-    if !voter {
-        return Err(MemberError::bad_transferee());
-    }
-    if target == me {
-        return Ok(());
-    }
-    let node = h
-        .raft
-        .metrics()
-        .borrow()
-        .membership_config
-        .membership()
-        .get_node(&target)
-        .cloned()
-        .ok_or_else(MemberError::bad_transferee)?;
-    h.hold.set(true);
-    let result = transfer(h, target, &node).await;
-    h.raft.runtime_config().heartbeat(true);
-    h.hold.set(false);
-    result
-}
-
-async fn transfer(h: &RaftHandles, target: NodeId, node: &Node) -> Result<(), MemberError> {
-    let timed_out = MemberError::transfer_timed_out;
-    // 1. The target has every entry (it would lose the election otherwise).
-    let mut rx = h.raft.metrics();
-    let caught_up = glommio::timer::timeout(h.request_timeout, async {
-        loop {
-            {
-                let m = rx.borrow_and_update();
-                let last = m.last_log_index;
-                let matched = m
-                    .replication
-                    .as_ref()
-                    .and_then(|r| r.get(&target).cloned().flatten())
-                    .map(|l| l.index);
-                if m.current_leader != Some(m.id) {
-                    return Ok(false);
-                }
-                if matched.is_some() && matched == last {
-                    return Ok(true);
-                }
-            }
-            if rx.changed().await.is_err() {
-                return Ok(false);
-            }
-        }
-    })
-    .await;
-    if !matches!(caught_up, Ok(true)) {
-        return Err(timed_out());
-    }
-    // 2. Go quiet until the followers' lease on this leader has run out.
-    h.raft.runtime_config().heartbeat(false);
-    let lease = h.election_timeout * 2;
-    glommio::timer::sleep(lease + LEASE_MARGIN).await;
-    // 3. The target campaigns.
-    match h
-        .peers
-        .call(target, node, &PeerRequest::TimeoutNow, h.request_timeout)
-        .await
-    {
-        Ok(PeerResponse::Done) => {}
-        _ => return Err(timed_out()),
-    }
-    let won = glommio::timer::timeout(h.election_timeout * 2, async {
-        loop {
-            if h.raft.metrics().borrow_and_update().current_leader == Some(target) {
-                return Ok(true);
-            }
-            if rx.changed().await.is_err() {
-                return Ok(false);
-            }
-        }
-    })
-    .await;
-    if matches!(won, Ok(true)) {
-        Ok(())
-    } else {
-        Err(timed_out())
-    }
-}
-
-/// Waited beyond the leader lease before the transferee campaigns.
-const LEASE_MARGIN: Duration = Duration::from_millis(50);
-
-/// Asks this member's lease clock (the leader's) or the leader.
-async fn lease_renew(h: &RaftHandles, id: i64, origin: Origin) -> Result<i64, LeaseError> {
-    match usable_leader(h) {
-        Leader::Me => {
-            let (tx, rx) = oneshot::channel();
-            let msg = MvccMsg::Lease(LeaseMsg::Renew { id, reply: tx });
-            h.mvcc.send(msg).await.map_err(|_| LeaseError::NotLeader)?;
-            rx.await.map_err(|_| LeaseError::NotLeader)?
-        }
-        Leader::Other(leader, node) if origin == Origin::Client => {
-            let req = PeerRequest::LeaseRenew { id };
-            match h.peers.call(leader, &node, &req, h.request_timeout).await {
-                Ok(PeerResponse::LeaseRenewed { ttl }) => Ok(ttl),
-                Ok(PeerResponse::LeaseNotFound) => Err(LeaseError::NotFound),
-                _ => Err(LeaseError::NotLeader),
-            }
-        }
-        _ => Err(LeaseError::NotLeader),
-    }
-}
-
-async fn lease_ttl(
-    h: &RaftHandles,
-    id: i64,
-    keys: bool,
-    origin: Origin,
-) -> Result<LeaseTtl, LeaseError> {
-    match usable_leader(h) {
-        Leader::Me => {
-            let (tx, rx) = oneshot::channel();
-            let msg = MvccMsg::Lease(LeaseMsg::TimeToLive {
-                id,
-                keys,
-                reply: tx,
-            });
-            h.mvcc.send(msg).await.map_err(|_| LeaseError::NotLeader)?;
-            rx.await.map_err(|_| LeaseError::NotLeader)?
-        }
-        Leader::Other(leader, node) if origin == Origin::Client => {
-            let req = PeerRequest::LeaseTimeToLive { id, keys };
-            match h.peers.call(leader, &node, &req, h.request_timeout).await {
-                Ok(PeerResponse::LeaseTimeToLive {
-                    remaining,
-                    granted,
-                    keys,
-                }) => Ok(LeaseTtl {
-                    remaining,
-                    granted,
-                    keys: keys.into_iter().map(Bytes::from).collect(),
-                }),
-                Ok(PeerResponse::LeaseNotFound) => Err(LeaseError::NotFound),
-                _ => Err(LeaseError::NotLeader),
-            }
-        }
-        _ => Err(LeaseError::NotLeader),
-    }
-}
-
-/// Runs a membership change here if this member leads, else on the leader.
-async fn change_members(h: &RaftHandles, change: MemberChange) -> Result<(), MemberError> {
-    match leader_of(&h.raft) {
-        Leader::Me => members::execute(&h.raft, change).await,
-        Leader::Unknown => Err(MemberError::not_leader()),
-        Leader::Other(id, node) => {
-            let req = PeerRequest::ChangeMembers(change);
-            match h.peers.call(id, &node, &req, h.request_timeout).await {
-                Ok(PeerResponse::Members { .. }) => Ok(()),
-                Ok(PeerResponse::MemberError { code, message }) => Err(MemberError {
-                    code: Code::from_u8(code),
-                    message,
-                }),
-                Ok(PeerResponse::NotLeader { .. }) | Err(_) | Ok(_) => {
-                    Err(MemberError::not_leader())
-                }
-            }
-        }
-    }
-}
-
-/// The index a linearizable read must see applied: confirmed by this
-/// member as leader, or asked of the leader. Waits up to the request
-/// timeout for a leader to be known.
-async fn read_index(h: &RaftHandles, may_forward: bool) -> Result<u64, ReadError> {
-    let mut rx = h.raft.metrics();
-    let waited = glommio::timer::timeout(h.request_timeout, async {
-        loop {
-            let leader = usable_leader(h);
-            if leader != Leader::Unknown {
-                return Ok(leader);
-            }
-            let changed = futures_lite::future::or(async { rx.changed().await.is_ok() }, async {
-                h.hold.released().await;
-                true
-            })
-            .await;
-            if !changed {
-                return Ok(Leader::Unknown);
-            }
-        }
-    })
-    .await;
-    match waited {
-        Ok(Leader::Me) => match h.raft.get_read_log_id().await {
-            Ok((read_log_id, _)) => Ok(read_log_id.map_or(0, |l| l.index)),
-            Err(_) => Err(ReadError::NoLeader),
-        },
-        Ok(Leader::Other(id, node)) if may_forward => {
-            match h
-                .peers
-                .call(id, &node, &PeerRequest::ReadIndex, h.request_timeout)
-                .await
-            {
-                Ok(PeerResponse::ReadIndex { index }) => Ok(index),
-                _ => Err(ReadError::NoLeader),
-            }
-        }
-        _ => Err(ReadError::NoLeader),
-    }
-}
-
-async fn read_index_rounds(h: RaftHandles, mut rx: mpsc::Receiver<ReadWaiter>) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < READ_BATCH_MAX {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
-            }
-        }
-        // Peers ask this member as their leader; they are not forwarded on.
-        let only_peers = batch
-            .iter()
-            .all(|w| matches!(w, ReadWaiter::Index(Origin::Peer, _)));
-        let index = read_index(&h, !only_peers).await;
-        let am_leader = leader_of(&h.raft) == Leader::Me;
-        for w in batch {
-            match w {
-                ReadWaiter::Index(origin, reply) => {
-                    let r = if origin == Origin::Peer && !am_leader {
-                        Err(ReadError::NoLeader)
-                    } else {
-                        index
-                    };
-                    let _ = reply.send(r);
-                }
-                ReadWaiter::Range(req, reply) => match index {
-                    Ok(min_applied) => {
-                        if let Err(e) = h
-                            .mvcc
-                            .send(MvccMsg::Range {
-                                req,
-                                min_applied,
-                                reply,
-                            })
-                            .await
-                        {
-                            if let MvccMsg::Range { reply, .. } = e.0 {
-                                let _ = reply.send(Err(ReadError::NoLeader));
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
-                    }
-                },
-            }
         }
     }
 }

@@ -1,0 +1,182 @@
+//! Requests only the leader answers, run here when this member leads and
+//! sent to the leader over the peer transport otherwise: forwarded write
+//! batches, keep-alives, lease time-to-live, membership changes.
+
+use bytes::Bytes;
+use keel_storage::mvcc::ApplyOutcome;
+use tokio::sync::oneshot;
+
+use super::actor::{fail_all, leader_of, usable_leader, Leader, Origin, RaftHandles};
+use super::members::{self, MemberError};
+use super::types::{Applied, Node, NodeId, ProposeError, ReplyTx};
+use crate::grpc::status::Code;
+use crate::lease::LeaseError;
+use crate::metrics::metrics;
+use crate::mvcc_actor::{set_member_id, LeaseMsg, LeaseTtl, MvccMsg};
+use crate::peer::conn::PeerError;
+use crate::peer::wire::{
+    failed_from_wire, outcome_from_wire, MemberChange, PeerRequest, PeerResponse, WireOutcome,
+};
+
+/// Sends a batch to the leader, then answers each command once this member
+/// has applied it as well.
+pub(super) async fn forward(
+    h: &RaftHandles,
+    leader: NodeId,
+    node: &Node,
+    commands: Vec<Bytes>,
+    replies: Vec<ReplyTx>,
+) {
+    let req = PeerRequest::Forward {
+        commands: commands.iter().map(|c| c.to_vec()).collect(),
+    };
+    let outcomes = match h.peers.call(leader, node, &req, h.request_timeout).await {
+        Ok(PeerResponse::Forwarded { outcomes }) if outcomes.len() == replies.len() => outcomes,
+        Ok(PeerResponse::NotLeader { leader }) => {
+            return fail_all(replies, ProposeError::NotLeader { leader })
+        }
+        // Nothing reached the leader.
+        Err(PeerError::Unreachable(..) | PeerError::Rejected(..)) => {
+            return fail_all(replies, ProposeError::NotLeader { leader: None })
+        }
+        Ok(_) | Err(_) => {
+            metrics().proposals_failed.inc();
+            return fail_all(replies, ProposeError::LeaderChanged);
+        }
+    };
+    let last = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            WireOutcome::Applied { index, .. } | WireOutcome::Failed { index, .. } => Some(*index),
+            _ => None,
+        })
+        .max();
+    if let Some(index) = last {
+        let (tx, rx) = oneshot::channel();
+        let waited = h
+            .mvcc
+            .send(MvccMsg::WaitApplied { index, reply: tx })
+            .await
+            .is_ok()
+            && glommio::timer::timeout(h.request_timeout, async { Ok(rx.await) })
+                .await
+                .is_ok_and(|r| r.is_ok());
+        if !waited {
+            return fail_all(replies, ProposeError::Stopped);
+        }
+    }
+    let me = h.raft.metrics().borrow().id;
+    for (tx, o) in replies.into_iter().zip(outcomes) {
+        let r = match o {
+            WireOutcome::Applied { index, kind, body } => match outcome_from_wire(kind, &body) {
+                Ok(mut resp) => {
+                    set_member_id(&mut resp, me);
+                    Ok(Applied {
+                        index,
+                        outcome: Ok(resp),
+                    })
+                }
+                Err(e) => {
+                    tracing::error!("undecodable forwarded outcome: {e}");
+                    Err(ProposeError::Stopped)
+                }
+            },
+            WireOutcome::Failed { index, error } => match failed_from_wire(error) {
+                Ok(e) => Ok(Applied {
+                    index,
+                    outcome: ApplyOutcome::Err(e),
+                }),
+                Err(_) => Err(ProposeError::Stopped),
+            },
+            WireOutcome::NotLeader => Err(ProposeError::NotLeader { leader: None }),
+            WireOutcome::Stopped => Err(ProposeError::Stopped),
+        };
+        let _ = tx.send(r);
+    }
+}
+
+/// Asks this member's lease clock (the leader's) or the leader.
+pub(super) async fn lease_renew(
+    h: &RaftHandles,
+    id: i64,
+    origin: Origin,
+) -> Result<i64, LeaseError> {
+    match usable_leader(h) {
+        Leader::Me => {
+            let (tx, rx) = oneshot::channel();
+            let msg = MvccMsg::Lease(LeaseMsg::Renew { id, reply: tx });
+            h.mvcc.send(msg).await.map_err(|_| LeaseError::NotLeader)?;
+            rx.await.map_err(|_| LeaseError::NotLeader)?
+        }
+        Leader::Other(leader, node) if origin == Origin::Client => {
+            let req = PeerRequest::LeaseRenew { id };
+            match h.peers.call(leader, &node, &req, h.request_timeout).await {
+                Ok(PeerResponse::LeaseRenewed { ttl }) => Ok(ttl),
+                Ok(PeerResponse::LeaseNotFound) => Err(LeaseError::NotFound),
+                _ => Err(LeaseError::NotLeader),
+            }
+        }
+        _ => Err(LeaseError::NotLeader),
+    }
+}
+
+pub(super) async fn lease_ttl(
+    h: &RaftHandles,
+    id: i64,
+    keys: bool,
+    origin: Origin,
+) -> Result<LeaseTtl, LeaseError> {
+    match usable_leader(h) {
+        Leader::Me => {
+            let (tx, rx) = oneshot::channel();
+            let msg = MvccMsg::Lease(LeaseMsg::TimeToLive {
+                id,
+                keys,
+                reply: tx,
+            });
+            h.mvcc.send(msg).await.map_err(|_| LeaseError::NotLeader)?;
+            rx.await.map_err(|_| LeaseError::NotLeader)?
+        }
+        Leader::Other(leader, node) if origin == Origin::Client => {
+            let req = PeerRequest::LeaseTimeToLive { id, keys };
+            match h.peers.call(leader, &node, &req, h.request_timeout).await {
+                Ok(PeerResponse::LeaseTimeToLive {
+                    remaining,
+                    granted,
+                    keys,
+                }) => Ok(LeaseTtl {
+                    remaining,
+                    granted,
+                    keys: keys.into_iter().map(Bytes::from).collect(),
+                }),
+                Ok(PeerResponse::LeaseNotFound) => Err(LeaseError::NotFound),
+                _ => Err(LeaseError::NotLeader),
+            }
+        }
+        _ => Err(LeaseError::NotLeader),
+    }
+}
+
+/// Runs a membership change here if this member leads, else on the leader.
+pub(super) async fn change_members(
+    h: &RaftHandles,
+    change: MemberChange,
+) -> Result<(), MemberError> {
+    match leader_of(&h.raft) {
+        Leader::Me => members::execute(&h.raft, change).await,
+        Leader::Unknown => Err(MemberError::not_leader()),
+        Leader::Other(id, node) => {
+            let req = PeerRequest::ChangeMembers(change);
+            match h.peers.call(id, &node, &req, h.request_timeout).await {
+                Ok(PeerResponse::Members { .. }) => Ok(()),
+                Ok(PeerResponse::MemberError { code, message }) => Err(MemberError {
+                    code: Code::from_u8(code),
+                    message,
+                }),
+                Ok(PeerResponse::NotLeader { .. }) | Err(_) | Ok(_) => {
+                    Err(MemberError::not_leader())
+                }
+            }
+        }
+    }
+}
