@@ -698,3 +698,40 @@ async fn five_members_survive_two_failures() {
         assert_eq!(keys, ["after", "before"], "m{i}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_member_stops_and_stays_out() {
+    let mut cluster = Cluster::start(3, FAST);
+    let eps = cluster.endpoints();
+    let leader = cluster.leader().await;
+    let gone = (leader + 1) % 3;
+    let gone_id = client(&eps[gone])
+        .await
+        .status()
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .member_id();
+    let mut c = client(&eps[leader]).await;
+    c.member_remove(gone_id).await.unwrap();
+    // It learns of its removal (from the log, or when a peer refuses it)
+    // and stops, as etcd's removed members do.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while cluster.members[gone].is_running() {
+        assert!(Instant::now() < deadline, "the removed member kept running");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let logs = cluster.members[gone].logs();
+    assert!(
+        logs.contains("the member has been permanently removed from the cluster"),
+        "{logs}"
+    );
+    // Restarted on its data dir, it stops again.
+    let (code, out) = cluster.members[gone].start_expect_exit();
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("permanently removed"), "{out}");
+    // The two others carry on.
+    c.put("after-removal", "1", None).await.unwrap();
+    assert_eq!(c.member_list().await.unwrap().members().len(), 2);
+}

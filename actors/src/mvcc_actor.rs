@@ -5,7 +5,7 @@
 //! raft index it must observe; it waits here, without blocking anything
 //! else, until that index is applied. The actor never does I/O.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -58,6 +58,7 @@ pub type RangeReply = oneshot::Sender<Result<pb::RangeResponse, ReadError>>;
 /// A consistent picture of the store for a snapshot.
 pub struct SnapshotView {
     pub view: LogView,
+    pub removed: BTreeSet<u64>,
     pub leases: Vec<LeaseRecord>,
     pub current_rev: i64,
     pub compact_rev: i64,
@@ -89,6 +90,11 @@ pub enum MvccMsg {
     AppliedState {
         reply: oneshot::Sender<(Option<LogId>, StoredMembership)>,
     },
+    /// Whether member `id` was removed from the cluster.
+    IsRemoved {
+        id: u64,
+        reply: oneshot::Sender<bool>,
+    },
     /// Answer once entries up to `index` are applied.
     WaitApplied {
         index: u64,
@@ -102,6 +108,7 @@ pub enum MvccMsg {
         store: KvStore,
         applied: Option<LogId>,
         membership: StoredMembership,
+        removed: BTreeSet<u64>,
         reply: oneshot::Sender<()>,
     },
     Status {
@@ -180,6 +187,8 @@ pub struct MvccActor {
     timing: MvccTiming,
     next_tick: Instant,
     lease_clock: LeaseClock,
+    /// Members removed from the cluster; their peer connections are refused.
+    removed: BTreeSet<u64>,
     /// For proposing lease revokes and checkpoints (as the leader).
     raft: mpsc::Sender<RaftRequest>,
 }
@@ -198,6 +207,7 @@ impl MvccActor {
         store: KvStore,
         applied: Option<LogId>,
         membership: StoredMembership,
+        removed: BTreeSet<u64>,
         ids: HeaderIds,
         timing: MvccTiming,
         raft: mpsc::Sender<RaftRequest>,
@@ -215,6 +225,7 @@ impl MvccActor {
             timing,
             next_tick: Instant::now(),
             lease_clock: LeaseClock::default(),
+            removed,
             raft,
         };
         a.update_gauges();
@@ -382,6 +393,7 @@ impl MvccActor {
             MvccMsg::SnapshotView { reply } => {
                 let _ = reply.send(SnapshotView {
                     view: self.store.view(),
+                    removed: self.removed.clone(),
                     leases: self.store.leases().records(),
                     current_rev: self.store.current_rev(),
                     compact_rev: self.store.compact_rev(),
@@ -393,8 +405,10 @@ impl MvccActor {
                 store,
                 applied,
                 membership,
+                removed,
                 reply,
             } => {
+                self.removed = removed;
                 self.store = store;
                 self.watches.resync_all();
                 self.applied = applied;
@@ -405,6 +419,9 @@ impl MvccActor {
                 self.update_gauges();
             }
             MvccMsg::Watch(w) => self.handle_watch(w),
+            MvccMsg::IsRemoved { id, reply } => {
+                let _ = reply.send(self.removed.contains(&id));
+            }
             MvccMsg::Lease(l) => self.handle_lease(l),
             MvccMsg::Status { reply } => {
                 let _ = reply.send(MvccStatus {
@@ -470,7 +487,21 @@ impl MvccActor {
             let result = match e.payload {
                 ApplyPayload::Blank => Vec::new(),
                 ApplyPayload::Membership(m) => {
+                    let before: Vec<u64> = self
+                        .membership
+                        .membership()
+                        .nodes()
+                        .map(|(id, _)| *id)
+                        .collect();
+                    for id in before {
+                        if m.get_node(&id).is_none() {
+                            self.removed.insert(id);
+                        }
+                    }
                     self.membership = StoredMembership::new(Some(e.log_id), m);
+                    if self.removed.contains(&self.ids.member_id) {
+                        crate::fatal("the member has been permanently removed from the cluster");
+                    }
                     Vec::new()
                 }
                 ApplyPayload::Normal(batch) => {

@@ -33,7 +33,7 @@ use crate::peer::conn::PeerClients;
 use crate::peer::server::PeerCtx;
 use crate::peer::wire::MemberChange;
 use crate::raft::actor::{Origin, RaftHandles, RaftRequest};
-use crate::raft::codec::decode_snapshot_meta;
+use crate::raft::codec::decode_snapshot_app;
 use crate::raft::log_store::LogStore;
 use crate::raft::members::MemberError;
 use crate::raft::network::PeerNetwork;
@@ -395,15 +395,17 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
     if let Some(note) = &recovered.repaired {
         tracing::warn!("{note}");
     }
-    let (store, applied, membership, loaded_meta) = match load_latest_snapshot(&snap_dir)? {
+    let (store, applied, membership, removed, loaded_meta) = match load_latest_snapshot(&snap_dir)?
+    {
         Some(s) => {
-            let (applied, membership) = decode_snapshot_meta(&s.app_meta).map_err(|msg| {
-                StartError::Snapshot(keel_storage::mvcc::snapshot::SnapshotError::Corrupt {
-                    file: s.path.clone(),
-                    offset: 0,
-                    reason: msg,
-                })
-            })?;
+            let (applied, membership, removed) =
+                decode_snapshot_app(&s.app_meta).map_err(|msg| {
+                    StartError::Snapshot(keel_storage::mvcc::snapshot::SnapshotError::Corrupt {
+                        file: s.path.clone(),
+                        offset: 0,
+                        reason: msg,
+                    })
+                })?;
             tracing::info!(path = %s.path.display(), rev = s.store.current_rev(), "loaded snapshot");
             let meta = SnapshotMeta {
                 last_log_id: applied,
@@ -412,9 +414,15 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
                     format!("{}-{}", l.leader_id.term, l.index)
                 }),
             };
-            (s.store, applied, membership, Some((meta, s.path)))
+            (s.store, applied, membership, removed, Some((meta, s.path)))
         }
-        None => (KvStore::default(), None, StoredMembership::default(), None),
+        None => (
+            KvStore::default(),
+            None,
+            StoredMembership::default(),
+            Default::default(),
+            None,
+        ),
     };
     // The log must continue where the snapshot ends.
     let applied_index = applied.map(|l| l.index);
@@ -458,7 +466,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
     let (ready_tx, ready_rx) = watch::channel(false);
 
     let mut raft_parts = Some((raft_rx, recovered, loaded_meta, ready_tx));
-    let mut mvcc_parts = Some((mvcc_rx, store, applied, membership));
+    let mut mvcc_parts = Some((mvcc_rx, store, applied, membership, removed));
     let mut handles = Vec::new();
     for (core, &cpu) in cpus.iter().enumerate().take(placement.cores) {
         let raft_parts = if core == placement.raft_core {
@@ -481,13 +489,20 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
             .spin_before_park(cfg.spin_before_park)
             .blocking_thread_pool_placement(PoolPlacement::Unbound(1))
             .spawn(move || async move {
-                if let Some((mvcc_rx, store, applied, membership)) = mvcc_parts {
+                if let Some((mvcc_rx, store, applied, membership, removed)) = mvcc_parts {
                     let timing = MvccTiming {
                         progress_every: cfg.watch_progress_notify_interval,
                         lease_checkpoint_every: cfg.lease_checkpoint_interval,
                     };
-                    let actor =
-                        MvccActor::new(store, applied, membership, ids, timing, raft_tx.clone());
+                    let actor = MvccActor::new(
+                        store,
+                        applied,
+                        membership,
+                        removed,
+                        ids,
+                        timing,
+                        raft_tx.clone(),
+                    );
                     glommio::spawn_local(actor.run(mvcc_rx)).detach();
                 }
                 if let Some((raft_rx, recovered, loaded_meta, ready_tx)) = raft_parts {
@@ -517,6 +532,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
                             me: ids.member_id,
                             cluster_id: ids.cluster_id,
                             raft_tx: raft_tx.clone(),
+                            mvcc: mvcc_tx.clone(),
                             snap_dir,
                         });
                         for l in peer_listeners {
@@ -637,7 +653,7 @@ async fn start_raft(
     // A member that never saw a leader and is refused by a peer was pointed
     // at the wrong cluster: stop with the reason instead of retrying forever.
     let on_rejected = Box::new(|peer: NodeId, reason: &str| {
-        if metrics().leader_changes.get() == 0 {
+        if metrics().leader_changes.get() == 0 || reason == crate::peer::server::REMOVED {
             crate::fatal(&format!("member {peer:x} refused this member: {reason}"));
         }
         tracing::error!("member {peer:x} refused this member: {reason}");

@@ -374,6 +374,10 @@ impl PeerClients {
                 self.failed(target);
                 Err(PeerError::Io(target, e.to_string()))
             }
+            Ok(Ok(PeerResponse::Rejected { reason })) => {
+                (self.on_rejected)(target, &reason);
+                Err(PeerError::Rejected(target, reason))
+            }
             Ok(Ok(resp)) => {
                 metrics()
                     .peer_round_trip_seconds

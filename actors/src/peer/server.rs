@@ -23,6 +23,7 @@ use super::wire::{
 };
 use crate::lease::LeaseError;
 use crate::metrics::metrics;
+use crate::mvcc_actor::MvccMsg;
 use crate::raft::actor::{Origin, RaftRequest};
 use crate::raft::codec::{decode_snapshot_meta, encode_membership};
 use crate::raft::log_store::aligned_bytes;
@@ -34,7 +35,17 @@ pub struct PeerCtx {
     pub me: NodeId,
     pub cluster_id: u64,
     pub raft_tx: mpsc::Sender<RaftRequest>,
+    pub mvcc: mpsc::Sender<MvccMsg>,
     pub snap_dir: PathBuf,
+}
+
+/// What a removed member is told (etcd's words); it stops on hearing it.
+pub const REMOVED: &str = "the member has been permanently removed from the cluster";
+
+async fn is_removed(ctx: &PeerCtx, id: NodeId) -> bool {
+    let (tx, rx) = oneshot::channel();
+    let ask = MvccMsg::IsRemoved { id, reply: tx };
+    ctx.mvcc.send(ask).await.is_ok() && rx.await.unwrap_or(false)
 }
 
 /// Serves peer connections until the process ends.
@@ -90,6 +101,8 @@ async fn serve_connection(mut stream: TcpStream, ctx: &PeerCtx) -> std::io::Resu
             "member ID mismatch: this is member {:x}, the caller expected {to:x}",
             ctx.me
         ))
+    } else if !membership_only && is_removed(ctx, from).await {
+        Some(REMOVED.to_string())
     } else {
         None
     };
@@ -115,6 +128,12 @@ async fn serve_connection(mut stream: TcpStream, ctx: &PeerCtx) -> std::io::Resu
             rkyv::access::<ArchivedPeerRequest, rkyv::rancor::Error>(&body).map_err(invalid)?;
         if membership_only && !matches!(req, ArchivedPeerRequest::Members) {
             return Err(invalid("only Members may be asked before joining"));
+        }
+        // A removed member campaigns once the leader stops talking to it,
+        // on connections made before its removal: tell it at its first vote.
+        if matches!(req, ArchivedPeerRequest::Vote { .. }) && is_removed(ctx, from).await {
+            let reason = REMOVED.to_string();
+            return reply(&mut stream, &label, &PeerResponse::Rejected { reason }).await;
         }
         let resp = match req {
             ArchivedPeerRequest::SnapshotBegin {

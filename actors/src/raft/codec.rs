@@ -9,6 +9,8 @@
 //! snapshot meta: flags u8 (bit0 applied present, bit1 membership log id present),
 //!                applied (term u64, leader u64, index u64),
 //!                membership log id (term, leader, index), membership
+//! snapshot file's app bytes: snapshot meta, then removed members:
+//!                n u32, n x node_id u64 (absent in older files: none)
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -179,6 +181,43 @@ pub fn decode_snapshot_meta(b: &[u8]) -> Result<(Option<LogId>, StoredMembership
     ))
 }
 
+/// Raft's part of a snapshot file: the snapshot meta and the ids of
+/// members removed from the cluster (refused if they come back).
+pub fn encode_snapshot_app(
+    applied: Option<&LogId>,
+    membership: &StoredMembership,
+    removed: &BTreeSet<NodeId>,
+) -> Vec<u8> {
+    let mut out = encode_snapshot_meta(applied, membership);
+    out.extend_from_slice(&(removed.len() as u32).to_le_bytes());
+    for id in removed {
+        out.extend_from_slice(&id.to_le_bytes());
+    }
+    out
+}
+
+pub type SnapshotApp = (Option<LogId>, StoredMembership, BTreeSet<NodeId>);
+
+pub fn decode_snapshot_app(b: &[u8]) -> Result<SnapshotApp, String> {
+    let mut r = Reader { b };
+    let flags = r.take(1)?[0];
+    let applied = r.log_id()?;
+    let m_log_id = r.log_id()?;
+    let membership = r.membership()?;
+    let mut removed = BTreeSet::new();
+    if !r.b.is_empty() {
+        let n = r.u32()?;
+        for _ in 0..n {
+            removed.insert(r.u64()?);
+        }
+    }
+    Ok((
+        (flags & 1 != 0).then_some(applied),
+        StoredMembership::new((flags & 2 != 0).then_some(m_log_id), membership),
+        removed,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,5 +252,14 @@ mod tests {
         assert_eq!(applied, Some(id));
         assert_eq!(back, sm);
         assert!(decode_snapshot_meta(&bytes[..bytes.len() - 1]).is_err());
+        // The file's app bytes add removed members; without them, none.
+        let removed = BTreeSet::from([5u64, 9]);
+        let app = encode_snapshot_app(Some(&id), &sm, &removed);
+        assert_eq!(
+            decode_snapshot_app(&app).unwrap(),
+            (Some(id), sm.clone(), removed)
+        );
+        assert_eq!(decode_snapshot_app(&bytes).unwrap().2, BTreeSet::new());
+        assert!(decode_snapshot_app(&app[..app.len() - 1]).is_err());
     }
 }

@@ -15,7 +15,7 @@ use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use tokio::sync::{mpsc, oneshot};
 
-use super::codec::{decode_snapshot_meta, encode_snapshot_meta};
+use super::codec::{decode_snapshot_app, encode_snapshot_app};
 use super::types::{
     AppliedResult, Entry, LogId, SnapshotFile, SnapshotMeta, StorageError, StoredMembership,
     TypeConfig,
@@ -83,13 +83,14 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .map_err(|_| sm_err("MVCC actor stopped"))?;
         let SnapshotView {
             view,
+            removed,
             leases,
             current_rev,
             compact_rev,
             applied,
             membership,
         } = rx.await.map_err(|_| sm_err("MVCC actor stopped"))?;
-        let app = encode_snapshot_meta(applied.as_ref(), &membership);
+        let app = encode_snapshot_app(applied.as_ref(), &membership, &removed);
         let dir = self.snap_dir.clone();
         let index = applied.map_or(0, |l| l.index);
         let started = Instant::now();
@@ -187,11 +188,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .await
             .map_err(|e| sm_err(&format!("installing snapshot: {e}")))?;
         let (app, store, path) = loaded;
-        let (applied, membership) = decode_snapshot_meta(&app).map_err(|e| sm_err(&e))?;
+        let (applied, membership, removed) = decode_snapshot_app(&app).map_err(|e| sm_err(&e))?;
         self.ask(|reply| MvccMsg::Install {
             store,
             applied,
             membership,
+            removed,
             reply,
         })
         .await?;
