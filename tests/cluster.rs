@@ -19,6 +19,12 @@ async fn client(endpoint: &str) -> Client {
         .expect("connect")
 }
 
+/// The id of the member serving `endpoint`.
+async fn member_id(endpoint: &str) -> u64 {
+    let s = client(endpoint).await.status().await.unwrap();
+    s.header().unwrap().member_id()
+}
+
 /// Everything a member's store holds under `prefix`, read locally
 /// (serializable) after a linearizable read made it catch up.
 async fn content(endpoint: &str, prefix: &str) -> (i64, Vec<(String, String, i64, i64, i64)>) {
@@ -436,14 +442,7 @@ async fn membership_changes_and_move_leader_under_load() {
 
     // Remove one of the founders (a follower now) and stop it.
     let removed = (0..3).find(|i| *i != leader).unwrap();
-    let removed_id = client(&eps[removed])
-        .await
-        .status()
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .member_id();
+    let removed_id = member_id(&eps[removed]).await;
     let r = client(&joiner_ep)
         .await
         .member_remove(removed_id)
@@ -518,17 +517,7 @@ async fn partitioned_member_cannot_serve_and_converges_after_healing() {
         let s = m.status().await.unwrap();
         s.leader()
     };
-    assert_ne!(
-        new_leader,
-        client(&eps[old])
-            .await
-            .status()
-            .await
-            .unwrap()
-            .header()
-            .unwrap()
-            .member_id()
-    );
+    assert_ne!(new_leader, member_id(&eps[old]).await);
 
     cluster.heal();
     tokio::time::sleep(Duration::from_millis(1000)).await;
@@ -705,14 +694,7 @@ async fn a_removed_member_stops_and_stays_out() {
     let eps = cluster.endpoints();
     let leader = cluster.leader().await;
     let gone = (leader + 1) % 3;
-    let gone_id = client(&eps[gone])
-        .await
-        .status()
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .member_id();
+    let gone_id = member_id(&eps[gone]).await;
     let mut c = client(&eps[leader]).await;
     c.member_remove(gone_id).await.unwrap();
     // It learns of its removal (from the log, or when a peer refuses it)
