@@ -217,6 +217,31 @@ async fn data_dir_is_locked_against_a_second_server() {
 }
 
 #[tokio::test]
+async fn a_port_in_use_is_refused_not_shared() {
+    let s = Server::start(&["--cores", "1"]);
+    let other = tempfile::tempdir().unwrap();
+    let mut second = keel();
+    second
+        .arg("--data-dir")
+        .arg(other.path())
+        .arg("--listen-client-urls")
+        .arg(s.endpoint())
+        .arg("--listen-peer-urls")
+        .arg(format!("http://127.0.0.1:{}", common::free_port()))
+        .args(["--cores", "1"]);
+    let (code, out) = run_to_exit(second, Duration::from_secs(20));
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!(
+            "cannot listen for clients on 127.0.0.1:{}: Address already in use",
+            s.port
+        )),
+        "{out}"
+    );
+    s.client().await.put("still", "mine", None).await.unwrap();
+}
+
+#[tokio::test]
 async fn periodic_auto_compaction() {
     // Retention 2 s: revisions are sampled every 200 ms and history older
     // than ~2 s is compacted every 2 s.

@@ -347,23 +347,59 @@ fn usable_cpus() -> Vec<usize> {
     (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect()
 }
 
-/// A listener for this executor. Every core's reactor binds the client
-/// port (SO_REUSEPORT, the kernel spreads connections); SO_REUSEADDR lets a
-/// restarted member bind while its predecessor's connections linger.
-pub fn listen(addr: &SocketAddr) -> std::io::Result<glommio::net::TcpListener> {
+/// How long start-up retries a port that is in use: a member killed a
+/// moment ago may still hold its listening sockets while the kernel tears
+/// its io_uring instances down.
+const BIND_RETRY_FOR: Duration = Duration::from_secs(3);
+const BIND_RETRY_EVERY: Duration = Duration::from_millis(50);
+
+/// Binds one listening socket per address, without SO_REUSEPORT: a port
+/// another process listens on is refused (after [`BIND_RETRY_FOR`]) instead
+/// of silently shared. SO_REUSEADDR lets a restarted member bind while its
+/// predecessor's connections linger. Every core accepts on a duplicate of
+/// the same socket ([`core_listener`]).
+fn bind_listeners(addrs: &[SocketAddr], what: &str) -> Result<Vec<socket2::Socket>, StartError> {
     use socket2::{Domain, Protocol, Socket, Type};
+    let mut out = Vec::new();
+    for addr in addrs {
+        let deadline = Instant::now() + BIND_RETRY_FOR;
+        let socket = loop {
+            let attempt = (|| -> std::io::Result<Socket> {
+                let s = Socket::new(
+                    Domain::for_address(*addr),
+                    Type::STREAM,
+                    Some(Protocol::TCP),
+                )?;
+                s.set_reuse_address(true)?;
+                s.bind(&(*addr).into())?;
+                s.listen(1024)?;
+                Ok(s)
+            })();
+            match attempt {
+                Ok(s) => break s,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(BIND_RETRY_EVERY)
+                }
+                Err(e) => {
+                    return Err(StartError::Config(format!(
+                        "cannot listen for {what} on {addr}: {e}"
+                    )))
+                }
+            }
+        };
+        out.push(socket);
+    }
+    Ok(out)
+}
+
+/// This executor's handle on a shared listening socket.
+fn core_listener(socket: &socket2::Socket) -> std::io::Result<glommio::net::TcpListener> {
     use std::os::fd::{FromRawFd, IntoRawFd};
-    let socket = Socket::new(
-        Domain::for_address(*addr),
-        Type::STREAM,
-        Some(Protocol::TCP),
-    )?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.bind(&(*addr).into())?;
-    socket.listen(1024)?;
-    // SAFETY: a bound, listening socket whose ownership moves to glommio.
-    Ok(unsafe { glommio::net::TcpListener::from_raw_fd(socket.into_raw_fd()) })
+    let dup = socket.try_clone()?;
+    // SAFETY: a listening socket (a fresh duplicate) whose ownership moves to glommio.
+    Ok(unsafe { glommio::net::TcpListener::from_raw_fd(dup.into_raw_fd()) })
 }
 
 /// Runs a member until the process is stopped.
@@ -387,6 +423,8 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
     // paths (EBADF), and the default data dir is relative (`default.keel`).
     let member_dir = std::fs::canonicalize(cfg.data_dir.join("member")).map_err(data_dir_err)?;
     let _lock = lock_data_dir(&member_dir)?;
+    let client_sockets = Arc::new(bind_listeners(&cfg.listen_client, "clients")?);
+    let peer_sockets = Arc::new(bind_listeners(&cfg.listen_peer, "peers")?);
     let ids = identity(&member_dir, &cfg)?;
     let wal_dir = member_dir.join("wal");
     let snap_dir = member_dir.join("snap");
@@ -483,6 +521,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
         let serve_cfg = serve_cfg.clone();
         let (raft_tx, mvcc_tx, mut ready_rx) = (raft_tx.clone(), mvcc_tx.clone(), ready_rx.clone());
         let (wal_dir, snap_dir) = (wal_dir.clone(), snap_dir.clone());
+        let (client_sockets, peer_sockets) = (client_sockets.clone(), peer_sockets.clone());
         let handle = LocalExecutorBuilder::new(CpuPlacement::Fixed(cpu))
             .name(&format!("keel-core{core}"))
             .io_memory(4 << 20)
@@ -507,12 +546,10 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
                 }
                 if let Some((raft_rx, recovered, loaded_meta, ready_tx)) = raft_parts {
                     let mut peer_listeners = Vec::new();
-                    for addr in &cfg.listen_peer {
-                        match listen(addr) {
+                    for socket in peer_sockets.iter() {
+                        match core_listener(socket) {
                             Ok(l) => peer_listeners.push(l),
-                            Err(e) => {
-                                crate::fatal(&format!("cannot listen for peers on {addr}: {e}"))
-                            }
+                            Err(e) => crate::fatal(&format!("cannot listen for peers: {e}")),
                         }
                     }
                     let (raft_tx, mvcc_tx, cfg) = (raft_tx.clone(), mvcc_tx.clone(), cfg.clone());
@@ -567,12 +604,10 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
                     .detach();
                 }
                 let mut listeners = Vec::new();
-                for addr in &cfg.listen_client {
-                    match listen(addr) {
+                for socket in client_sockets.iter() {
+                    match core_listener(socket) {
                         Ok(l) => listeners.push(l),
-                        Err(e) => {
-                            crate::fatal(&format!("cannot listen for clients on {addr}: {e}"))
-                        }
+                        Err(e) => crate::fatal(&format!("cannot listen for clients: {e}")),
                     }
                 }
                 while !*ready_rx.borrow_and_update() {

@@ -1,5 +1,5 @@
 //! The network reactor: one per core, accepting on the client port (every
-//! core binds it with SO_REUSEPORT, so the kernel spreads connections).
+//! core accepts on its duplicate of the one listening socket).
 //!
 //! A connection that opens with the HTTP/2 preface is served by hyper's
 //! HTTP/2 server; gRPC requests are dispatched by path, anything else goes
