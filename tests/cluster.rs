@@ -403,12 +403,20 @@ async fn membership_changes_and_move_leader_under_load() {
             }
             Err(e) => {
                 let (code, msg) = status_of(e);
-                assert_eq!(
-                    msg,
-                    "etcdserver: can only promote a learner member which is in sync with leader",
-                    "{code:?}"
+                // Under load a forwarded change may also meet a transient
+                // Unavailable (no leader / timed out); anything else must be
+                // etcd's not-in-sync refusal.
+                if code != tonic::Code::Unavailable {
+                    assert_eq!(
+                        msg,
+                        "etcdserver: can only promote a learner member which is in sync with leader",
+                        "{code:?}"
+                    );
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the learner never caught up: {msg}"
                 );
-                assert!(Instant::now() < deadline, "the learner never caught up");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
