@@ -42,10 +42,6 @@ fn secs_up(d: Duration) -> i64 {
 }
 
 impl LeaseClock {
-    pub fn is_leader(&self) -> bool {
-        self.leader
-    }
-
     /// Leadership changed. A new leader starts every lease's clock from
     /// its checkpointed remaining TTL.
     pub fn set_leader(&mut self, leader: bool, leases: &Leases, now: Instant) {

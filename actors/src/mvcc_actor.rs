@@ -23,7 +23,8 @@ use crate::watch::{HeaderInfo, StreamId, WatchHub, WatchSpec};
 /// How often unsynced watchers catch up and progress notifications go out.
 pub const WATCH_TICK: Duration = Duration::from_millis(100);
 
-/// Reads that may wait for their index at once; more are refused as busy.
+/// Reads (and other waiters) that may wait for their index at once; more
+/// are refused.
 pub const WAITING_READS_MAX: usize = 65_536;
 
 /// Identity stamped on every response header.
@@ -116,6 +117,8 @@ pub enum MvccMsg {
     },
     Watch(WatchMsg),
     Lease(LeaseMsg),
+    /// Time for the periodic duties (see [`MvccActor::tick`]).
+    Tick,
 }
 
 /// What a lease's time-to-live query answers.
@@ -185,7 +188,6 @@ pub struct MvccActor {
     waiting_len: usize,
     watches: WatchHub,
     timing: MvccTiming,
-    next_tick: Instant,
     lease_clock: LeaseClock,
     /// Members removed from the cluster; their peer connections are refused.
     removed: BTreeSet<u64>,
@@ -223,7 +225,6 @@ impl MvccActor {
             waiting_len: 0,
             watches: WatchHub::default(),
             timing,
-            next_tick: Instant::now(),
             lease_clock: LeaseClock::default(),
             removed,
             raft,
@@ -233,28 +234,32 @@ impl MvccActor {
     }
 
     pub async fn run(mut self, mut rx: mpsc::Receiver<MvccMsg>) {
+        while let Some(msg) = rx.recv().await {
+            self.handle(msg);
+        }
+    }
+
+    /// Sends [`MvccMsg::Tick`] every [`WATCH_TICK`] until the actor is gone.
+    /// A tick that finds the inbox full is skipped: the actor is busy and
+    /// the next one comes soon.
+    pub async fn tick(tx: mpsc::Sender<MvccMsg>) {
         loop {
-            let msg = if self.watches.is_empty() && !self.lease_clock.active() {
-                Some(rx.recv().await)
-            } else {
-                let tick = async {
-                    glommio::timer::sleep(WATCH_TICK).await;
-                    None
-                };
-                futures_lite::future::or(async { Some(rx.recv().await) }, tick).await
-            };
-            match msg {
-                Some(Some(msg)) => self.handle(msg),
-                Some(None) => return,
-                None => {}
+            glommio::timer::sleep(WATCH_TICK).await;
+            if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(MvccMsg::Tick) {
+                return;
             }
-            if self.next_tick.elapsed() >= WATCH_TICK {
-                self.next_tick = Instant::now();
-                let h = self.header_info();
-                self.watches
-                    .catch_up(&self.store, h, self.timing.progress_every);
-                self.lease_duties();
-            }
+        }
+    }
+
+    /// Periodic duties: slow watchers, progress notifications, leases.
+    fn on_tick(&mut self) {
+        if !self.watches.is_empty() {
+            let h = self.header_info();
+            self.watches
+                .catch_up(&self.store, h, self.timing.progress_every);
+        }
+        if self.lease_clock.active() {
+            self.lease_duties();
         }
     }
 
@@ -381,11 +386,10 @@ impl MvccActor {
             MvccMsg::WaitApplied { index, reply } => {
                 if index <= self.applied_index() {
                     let _ = reply.send(());
-                } else {
-                    // Bounded by the writes in flight that wait here (the
-                    // raft actor forwards at most a few batches at once).
+                } else if self.waiting_len < WAITING_READS_MAX {
                     self.wait(index, Waiter::Applied(reply));
                 }
+                // else: dropping the reply tells the waiter it cannot wait here.
             }
             MvccMsg::AppliedState { reply } => {
                 let _ = reply.send((self.applied, self.membership.clone()));
@@ -419,6 +423,7 @@ impl MvccActor {
                 self.update_gauges();
             }
             MvccMsg::Watch(w) => self.handle_watch(w),
+            MvccMsg::Tick => self.on_tick(),
             MvccMsg::IsRemoved { id, reply } => {
                 let _ = reply.send(self.removed.contains(&id));
             }

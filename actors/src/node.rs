@@ -543,6 +543,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
                         raft_tx.clone(),
                     );
                     glommio::spawn_local(actor.run(mvcc_rx)).detach();
+                    glommio::spawn_local(MvccActor::tick(mvcc_tx.clone())).detach();
                 }
                 if let Some((raft_rx, recovered, loaded_meta, ready_tx)) = raft_parts {
                     let mut peer_listeners = Vec::new();

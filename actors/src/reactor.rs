@@ -213,167 +213,53 @@ where
     Ok(frame::encode(&resp))
 }
 
+/// `unary!(body, ctx, handler)` serves a unary method with a handler taking
+/// `(ctx, request)`; `unary!(body, ctx, handler, sized)` with one that also
+/// takes the request's encoded size (writes check it against the limit).
+macro_rules! unary {
+    ($body:expr, $ctx:expr, $handler:path) => {
+        unary($body, $ctx, |c, r, _| async move { $handler(&c, r).await }).await
+    };
+    ($body:expr, $ctx:expr, $handler:path, sized) => {
+        unary(
+            $body,
+            $ctx,
+            |c, r, n| async move { $handler(&c, r, n).await },
+        )
+        .await
+    };
+}
+
 async fn dispatch(method: Method, body: Incoming, ctx: &Rc<ServerCtx>) -> Result<Bytes, Status> {
     // A learner serves only Status and serializable ranges (checked in kv::range).
     if crate::raft::actor::is_learner() && !matches!(method, Method::Range | Method::Status) {
         return Err(Status::learner_unsupported());
     }
     match method {
-        Method::Range => unary(body, ctx, |c, r, _| async move { kv::range(&c, r).await }).await,
-        Method::Put => unary(body, ctx, |c, r, n| async move { kv::put(&c, r, n).await }).await,
-        Method::DeleteRange => {
-            unary(body, ctx, |c, r, n| async move {
-                kv::delete_range(&c, r, n).await
-            })
-            .await
-        }
-        Method::Txn => unary(body, ctx, |c, r, n| async move { kv::txn(&c, r, n).await }).await,
-        Method::Compact => {
-            unary(
-                body,
-                ctx,
-                |c, r, n| async move { kv::compact(&c, r, n).await },
-            )
-            .await
-        }
-        Method::Status => {
-            unary(
-                body,
-                ctx,
-                |c, _: keel_proto::etcdserverpb::StatusRequest, _| async move {
-                    maintenance::status(&c).await
-                },
-            )
-            .await
-        }
-        Method::Alarm => {
-            unary(body, ctx, |c, r, _| async move {
-                maintenance::alarm(&c, r).await
-            })
-            .await
-        }
-        Method::MemberList => {
-            unary(
-                body,
-                ctx,
-                |c, _: keel_proto::etcdserverpb::MemberListRequest, _| async move {
-                    maintenance::member_list(&c).await
-                },
-            )
-            .await
-        }
-        Method::MemberAdd => {
-            unary(body, ctx, |c, r, _| async move {
-                cluster::member_add(&c, r).await
-            })
-            .await
-        }
-        Method::MemberRemove => {
-            unary(body, ctx, |c, r, _| async move {
-                cluster::member_remove(&c, r).await
-            })
-            .await
-        }
-        Method::MemberUpdate => {
-            unary(body, ctx, |c, r, _| async move {
-                cluster::member_update(&c, r).await
-            })
-            .await
-        }
-        Method::MemberPromote => {
-            unary(body, ctx, |c, r, _| async move {
-                cluster::member_promote(&c, r).await
-            })
-            .await
-        }
-        Method::LeaseGrant => {
-            unary(
-                body,
-                ctx,
-                |c, r, n| async move { lease::grant(&c, r, n).await },
-            )
-            .await
-        }
-        Method::LeaseRevoke => {
-            unary(
-                body,
-                ctx,
-                |c, r, n| async move { lease::revoke(&c, r, n).await },
-            )
-            .await
-        }
-        Method::LeaseTimeToLive => {
-            unary(body, ctx, |c, r, _| async move {
-                lease::time_to_live(&c, r).await
-            })
-            .await
-        }
-        Method::LeaseLeases => {
-            unary(
-                body,
-                ctx,
-                |c, _: keel_proto::etcdserverpb::LeaseLeasesRequest, _| async move {
-                    lease::leases(&c).await
-                },
-            )
-            .await
-        }
-        Method::Lock => {
-            unary(
-                body,
-                ctx,
-                |c, r, _| async move { election::lock(&c, r).await },
-            )
-            .await
-        }
-        Method::Unlock => {
-            unary(
-                body,
-                ctx,
-                |c, r, _| async move { election::unlock(&c, r).await },
-            )
-            .await
-        }
-        Method::Campaign => {
-            unary(body, ctx, |c, r, _| async move {
-                election::campaign(&c, r).await
-            })
-            .await
-        }
-        Method::Proclaim => {
-            unary(body, ctx, |c, r, _| async move {
-                election::proclaim(&c, r).await
-            })
-            .await
-        }
-        Method::Leader => {
-            unary(
-                body,
-                ctx,
-                |c, r, _| async move { election::leader(&c, r).await },
-            )
-            .await
-        }
-        Method::Resign => {
-            unary(
-                body,
-                ctx,
-                |c, r, _| async move { election::resign(&c, r).await },
-            )
-            .await
-        }
-        Method::MoveLeader => {
-            unary(body, ctx, |c, r, _| async move {
-                cluster::move_leader(&c, r).await
-            })
-            .await
-        }
-        Method::HealthCheck => {
-            unary(body, ctx, |c, r, _| async move {
-                maintenance::health_check(&c, r).await
-            })
-            .await
-        }
+        Method::Range => unary!(body, ctx, kv::range),
+        Method::Put => unary!(body, ctx, kv::put, sized),
+        Method::DeleteRange => unary!(body, ctx, kv::delete_range, sized),
+        Method::Txn => unary!(body, ctx, kv::txn, sized),
+        Method::Compact => unary!(body, ctx, kv::compact, sized),
+        Method::Status => unary!(body, ctx, maintenance::status),
+        Method::Alarm => unary!(body, ctx, maintenance::alarm),
+        Method::MemberList => unary!(body, ctx, maintenance::member_list),
+        Method::MemberAdd => unary!(body, ctx, cluster::member_add),
+        Method::MemberRemove => unary!(body, ctx, cluster::member_remove),
+        Method::MemberUpdate => unary!(body, ctx, cluster::member_update),
+        Method::MemberPromote => unary!(body, ctx, cluster::member_promote),
+        Method::MoveLeader => unary!(body, ctx, cluster::move_leader),
+        Method::LeaseGrant => unary!(body, ctx, lease::grant, sized),
+        Method::LeaseRevoke => unary!(body, ctx, lease::revoke, sized),
+        Method::LeaseTimeToLive => unary!(body, ctx, lease::time_to_live),
+        Method::LeaseLeases => unary!(body, ctx, lease::leases),
+        Method::Lock => unary!(body, ctx, election::lock),
+        Method::Unlock => unary!(body, ctx, election::unlock),
+        Method::Campaign => unary!(body, ctx, election::campaign),
+        Method::Proclaim => unary!(body, ctx, election::proclaim),
+        Method::Leader => unary!(body, ctx, election::leader),
+        Method::Resign => unary!(body, ctx, election::resign),
+        Method::HealthCheck => unary!(body, ctx, maintenance::health_check),
         other => Err(Status::new(
             Code::Unimplemented,
             format!(

@@ -23,6 +23,7 @@ use bytes::Bytes;
 use keel_proto::etcdserverpb as pb;
 use keel_proto::mvccpb;
 use keel_storage::mvcc::revision_log::Event;
+use keel_storage::mvcc::store_range::to_key_value;
 use keel_storage::mvcc::{KeyRange, KvStore};
 use prost::Message;
 use tokio::sync::mpsc;
@@ -35,6 +36,9 @@ pub type StreamId = u64;
 pub const CATCH_UP_REVS: i64 = 1000;
 /// Watchers one stream may hold.
 pub const WATCHERS_PER_STREAM_MAX: usize = 65_536;
+/// Responses one stream may hold waiting for room (control responses and
+/// the remaining parts of fragmented ones).
+pub const BACKLOG_MAX: usize = 4096;
 /// etcd's message for a client-chosen id already in use on the stream.
 pub const DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
 /// etcd's message for a range that holds no key.
@@ -144,16 +148,29 @@ impl Stream {
         true
     }
 
+    /// Keeps a response for later. A stream whose backlog outgrows
+    /// [`BACKLOG_MAX`] reads nothing at all: it is closed rather than
+    /// allowed to hold memory without bound.
+    fn queue(&mut self, r: pb::WatchResponse) {
+        if self.backlog.len() >= BACKLOG_MAX {
+            tracing::warn!("closing a watch stream whose client reads nothing");
+            self.backlog.clear();
+            self.closed = true;
+            return;
+        }
+        self.backlog.push_back(r);
+    }
+
     /// A response that must arrive (control, or the rest of a fragmented one).
     fn send_or_queue(&mut self, r: pb::WatchResponse) {
         if self.flush() {
             match self.tx.try_send(r) {
                 Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(r)) => self.backlog.push_back(r),
+                Err(mpsc::error::TrySendError::Full(r)) => self.queue(r),
                 Err(mpsc::error::TrySendError::Closed(_)) => self.closed = true,
             }
         } else if !self.closed {
-            self.backlog.push_back(r);
+            self.queue(r);
         }
     }
 
@@ -183,7 +200,9 @@ impl Stream {
         let first = parts.remove(0);
         match self.tx.try_send(first) {
             Ok(()) => {
-                self.backlog.extend(parts);
+                for p in parts {
+                    self.queue(p);
+                }
                 true
             }
             Err(mpsc::error::TrySendError::Full(_)) => false,
@@ -230,17 +249,6 @@ fn fragments(
     parts
 }
 
-fn key_value(key: &Bytes, v: &keel_storage::mvcc::KeyVersion) -> mvccpb::KeyValue {
-    mvccpb::KeyValue {
-        key: key.clone(),
-        create_revision: v.create_revision,
-        mod_revision: v.rev.main,
-        version: v.version,
-        value: v.value.clone(),
-        lease: v.lease,
-    }
-}
-
 /// The wire event for `e`, with the key's previous version if asked.
 fn to_pb(store: &KvStore, e: &Event, prev_kv: bool) -> mvccpb::Event {
     let kv = if e.is_delete() {
@@ -250,14 +258,14 @@ fn to_pb(store: &KvStore, e: &Event, prev_kv: bool) -> mvccpb::Event {
             ..Default::default()
         }
     } else {
-        key_value(&e.key, &e.kv)
+        to_key_value(&e.key, &e.kv)
     };
     let prev = if prev_kv {
         store
             .index()
             .get(&e.key, e.rev().main - 1)
             .filter(|v| !v.is_tombstone())
-            .map(|v| key_value(&e.key, v))
+            .map(|v| to_key_value(&e.key, v))
     } else {
         None
     };
@@ -316,6 +324,7 @@ impl WatchHub {
     }
 
     /// Whether some watcher waits for `catch_up` (or a backlog for room).
+    #[cfg(test)]
     pub fn needs_catch_up(&self) -> bool {
         self.streams.values().any(|s| {
             !s.backlog.is_empty() || s.progress_pending || s.watchers.values().any(|w| !w.synced)
@@ -677,6 +686,26 @@ mod tests {
         assert_eq!(r[0].compact_revision, 4);
         assert!(revs.is_empty());
         assert!(!hub.needs_catch_up());
+    }
+
+    #[test]
+    fn a_stream_that_reads_nothing_is_closed_not_buffered_without_bound() {
+        let store = KvStore::default();
+        let h = HeaderInfo::default();
+        let mut hub = WatchHub::default();
+        let (tx, rx) = mpsc::channel(1);
+        hub.open(1, tx, 1 << 20);
+        // Every create of a taken id queues a refusal the client never reads.
+        let taken = WatchSpec {
+            watch_id: 5,
+            ..spec("k/")
+        };
+        for _ in 0..BACKLOG_MAX + 10 {
+            hub.create(1, taken.clone(), &store, h);
+        }
+        hub.catch_up(&store, h, Duration::from_secs(3600));
+        assert!(hub.is_empty(), "the stream should have been closed");
+        drop(rx);
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! never interleave on a connection. A peer that refused a connection is
 //! not dialed again until its backoff (doubling up to a second) has passed.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -28,6 +28,8 @@ use crate::raft::types::{Membership, Node, NodeId};
 pub const HEADER_BYTES: usize = 16;
 /// Largest frame accepted: a full AppendEntries batch or snapshot chunk with room to spare.
 pub const FRAME_MAX: usize = 256 << 20;
+/// Largest greeting: nothing larger is allocated for a caller not yet known.
+pub const GREETING_MAX: usize = 4096;
 /// Idle connections kept per peer.
 const IDLE_PER_PEER: usize = 8;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -61,14 +63,14 @@ pub fn response_frame(resp: &PeerResponse) -> AlignedVec {
     })
 }
 
-/// The body length a frame header announces, and its checksum.
-fn parse_header(header: &[u8; HEADER_BYTES]) -> io::Result<(usize, u32)> {
+/// The body length a frame header announces (at most `max`), and its checksum.
+fn parse_header(header: &[u8; HEADER_BYTES], max: usize) -> io::Result<(usize, u32)> {
     let len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
     let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
-    if len > FRAME_MAX {
+    if len > max {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("peer frame of {len} bytes exceeds the {FRAME_MAX} byte limit"),
+            format!("peer frame of {len} bytes exceeds the {max} byte limit"),
         ));
     }
     Ok((len, crc))
@@ -92,9 +94,14 @@ fn body_buffer(len: usize) -> AlignedVec<16> {
 
 /// Reads one frame's body (16-byte aligned), checking its length and checksum.
 pub async fn read_frame(stream: &mut TcpStream) -> io::Result<AlignedVec<16>> {
+    read_frame_within(stream, FRAME_MAX).await
+}
+
+/// As [`read_frame`], refusing bodies longer than `max` before allocating.
+pub async fn read_frame_within(stream: &mut TcpStream, max: usize) -> io::Result<AlignedVec<16>> {
     let mut header = [0u8; HEADER_BYTES];
     stream.read_exact(&mut header).await?;
-    let (len, crc) = parse_header(&header)?;
+    let (len, crc) = parse_header(&header, max)?;
     let mut body = body_buffer(len);
     stream.read_exact(&mut body).await?;
     check_body(&body, crc)?;
@@ -116,7 +123,7 @@ pub fn ask_membership(url: &str, timeout: Duration) -> io::Result<(u64, Membersh
                 s.write_all(&request_frame(req))?;
                 let mut header = [0u8; HEADER_BYTES];
                 s.read_exact(&mut header)?;
-                let (len, crc) = parse_header(&header)?;
+                let (len, crc) = parse_header(&header, FRAME_MAX)?;
                 let mut body = body_buffer(len);
                 s.read_exact(&mut body)?;
                 check_body(&body, crc)?;
@@ -167,7 +174,7 @@ pub fn decode_hello(body: &[u8]) -> Option<(u64, NodeId, NodeId)> {
 /// The body length announced by a frame header (for tools that relay
 /// frames, such as the tests' fault-injecting proxy).
 pub fn frame_body_len(header: &[u8; HEADER_BYTES]) -> io::Result<usize> {
-    parse_header(header).map(|(len, _)| len)
+    parse_header(header, FRAME_MAX).map(|(len, _)| len)
 }
 
 pub fn decode_response(body: &[u8]) -> io::Result<PeerResponse> {
@@ -225,10 +232,6 @@ impl PeerConn {
             .inc_by((body.len() + HEADER_BYTES) as u64);
         decode_response(&body)
     }
-
-    pub fn target(&self) -> NodeId {
-        self.target
-    }
 }
 
 /// Called when a peer refuses this member (another cluster, say).
@@ -244,7 +247,7 @@ struct Backoff {
 /// raft core that talks to other members.
 pub struct PeerClients {
     me: NodeId,
-    cluster_id: Cell<u64>,
+    cluster_id: u64,
     idle: RefCell<HashMap<NodeId, Vec<PeerConn>>>,
     backoff: RefCell<HashMap<NodeId, Backoff>>,
     on_rejected: OnRejected,
@@ -254,7 +257,7 @@ impl PeerClients {
     pub fn new(me: NodeId, cluster_id: u64, on_rejected: OnRejected) -> Self {
         PeerClients {
             me,
-            cluster_id: Cell::new(cluster_id),
+            cluster_id,
             idle: RefCell::default(),
             backoff: RefCell::default(),
             on_rejected,
@@ -325,7 +328,7 @@ impl PeerClients {
     async fn greet(&self, conn: &mut PeerConn) -> Result<(), PeerError> {
         let target = conn.target;
         let hello = request_frame(&PeerRequest::Hello {
-            cluster_id: self.cluster_id.get(),
+            cluster_id: self.cluster_id,
             from: self.me,
             to: target,
         });
@@ -392,11 +395,5 @@ impl PeerClients {
                 Ok(resp)
             }
         }
-    }
-
-    /// Forgets connections to members that left.
-    pub fn retain(&self, keep: impl Fn(NodeId) -> bool) {
-        self.idle.borrow_mut().retain(|id, _| keep(*id));
-        self.backoff.borrow_mut().retain(|id, _| keep(*id));
     }
 }

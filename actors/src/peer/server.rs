@@ -16,7 +16,9 @@ use openraft::raft::{AppendEntriesRequest, VoteRequest};
 use openraft::storage::Snapshot;
 use tokio::sync::{mpsc, oneshot};
 
-use super::conn::{decode_hello, read_frame, response_frame, HEADER_BYTES};
+use super::conn::{
+    decode_hello, read_frame, read_frame_within, response_frame, GREETING_MAX, HEADER_BYTES,
+};
 use super::wire::{
     append_to_wire, entry_from_archived, log_id_from_wire, log_id_to_wire, outcome_to_wire,
     vote_from_wire, vote_to_wire, ArchivedPeerRequest, MemberChange, PeerResponse, WireOutcome,
@@ -85,7 +87,7 @@ fn invalid(e: impl std::fmt::Display) -> std::io::Error {
 
 async fn serve_connection(mut stream: TcpStream, ctx: &PeerCtx) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
-    let hello = read_frame(&mut stream).await?;
+    let hello = read_frame_within(&mut stream, GREETING_MAX).await?;
     let (cluster_id, from, to) =
         decode_hello(&hello).ok_or_else(|| invalid("peer connection did not start with Hello"))?;
     let label = format!("{from:x}");
@@ -257,35 +259,35 @@ async fn handle(req: &ArchivedPeerRequest, ctx: &PeerCtx) -> Result<PeerResponse
             }
         }
         ArchivedPeerRequest::LeaseRenew { id } => {
-            let (tx, rx) = oneshot::channel();
-            let req = RaftRequest::LeaseRenew {
-                id: id.to_native(),
-                origin: Origin::Peer,
-                reply: tx,
-            };
-            match (ctx.raft_tx.send(req).await, rx.await) {
-                (Ok(()), Ok(Ok(ttl))) => PeerResponse::LeaseRenewed { ttl },
-                (Ok(()), Ok(Err(LeaseError::NotFound))) => PeerResponse::LeaseNotFound,
-                _ => not_leader(ctx),
-            }
+            let id = id.to_native();
+            lease_clock(
+                ctx,
+                |reply| RaftRequest::LeaseRenew {
+                    id,
+                    origin: Origin::Peer,
+                    reply,
+                },
+                |ttl| PeerResponse::LeaseRenewed { ttl },
+            )
+            .await
         }
         ArchivedPeerRequest::LeaseTimeToLive { id, keys } => {
-            let (tx, rx) = oneshot::channel();
-            let req = RaftRequest::LeaseTimeToLive {
-                id: id.to_native(),
-                keys: *keys,
-                origin: Origin::Peer,
-                reply: tx,
-            };
-            match (ctx.raft_tx.send(req).await, rx.await) {
-                (Ok(()), Ok(Ok(t))) => PeerResponse::LeaseTimeToLive {
+            let (id, keys) = (id.to_native(), *keys);
+            lease_clock(
+                ctx,
+                |reply| RaftRequest::LeaseTimeToLive {
+                    id,
+                    keys,
+                    origin: Origin::Peer,
+                    reply,
+                },
+                |t| PeerResponse::LeaseTimeToLive {
                     remaining: t.remaining,
                     granted: t.granted,
                     keys: t.keys.iter().map(|k| k.to_vec()).collect(),
                 },
-                (Ok(()), Ok(Err(LeaseError::NotFound))) => PeerResponse::LeaseNotFound,
-                _ => not_leader(ctx),
-            }
+            )
+            .await
         }
         ArchivedPeerRequest::TimeoutNow => {
             tracing::info!("the leader hands over leadership: campaigning");
@@ -300,6 +302,24 @@ async fn handle(req: &ArchivedPeerRequest, ctx: &PeerCtx) -> Result<PeerResponse
         | ArchivedPeerRequest::SnapshotBegin { .. }
         | ArchivedPeerRequest::SnapshotChunk { .. } => return Err("unexpected peer request".into()),
     })
+}
+
+/// A follower's lease question, answered by this member's lease clock if
+/// it still leads.
+async fn lease_clock<T>(
+    ctx: &PeerCtx,
+    make: impl FnOnce(oneshot::Sender<Result<T, LeaseError>>) -> RaftRequest,
+    ok: impl FnOnce(T) -> PeerResponse,
+) -> PeerResponse {
+    let (tx, rx) = oneshot::channel();
+    if ctx.raft_tx.send(make(tx)).await.is_err() {
+        return not_leader(ctx);
+    }
+    match rx.await {
+        Ok(Ok(t)) => ok(t),
+        Ok(Err(LeaseError::NotFound)) => PeerResponse::LeaseNotFound,
+        _ => not_leader(ctx),
+    }
 }
 
 fn not_leader(ctx: &PeerCtx) -> PeerResponse {

@@ -310,25 +310,20 @@ const KIND_LEASE_GRANT: u8 = 4;
 const KIND_LEASE_REVOKE: u8 = 5;
 const KIND_LEASE_CHECKPOINT: u8 = 6;
 
-fn mvcc_error_code(e: MvccError) -> u8 {
-    match e {
-        MvccError::Compacted => 0,
-        MvccError::FutureRev => 1,
-        MvccError::KeyNotFound => 2,
-        MvccError::LeaseNotFound => 3,
-        MvccError::LeaseExists => 4,
-    }
-}
+/// MVCC errors on the wire: the index is the code.
+const MVCC_ERRORS: [MvccError; 5] = [
+    MvccError::Compacted,
+    MvccError::FutureRev,
+    MvccError::KeyNotFound,
+    MvccError::LeaseNotFound,
+    MvccError::LeaseExists,
+];
 
-fn mvcc_error_from(code: u8) -> Option<MvccError> {
-    Some(match code {
-        0 => MvccError::Compacted,
-        1 => MvccError::FutureRev,
-        2 => MvccError::KeyNotFound,
-        3 => MvccError::LeaseNotFound,
-        4 => MvccError::LeaseExists,
-        _ => return None,
-    })
+fn mvcc_error_code(e: MvccError) -> u8 {
+    MVCC_ERRORS
+        .iter()
+        .position(|x| *x == e)
+        .expect("every MvccError is in the table") as u8
 }
 
 pub fn outcome_to_wire(index: u64, o: &ApplyOutcome) -> WireOutcome {
@@ -379,7 +374,10 @@ pub fn outcome_from_wire(kind: u8, body: &[u8]) -> Result<CommandResponse, Strin
 }
 
 pub fn failed_from_wire(error: u8) -> Result<MvccError, String> {
-    mvcc_error_from(error).ok_or_else(|| format!("unknown mvcc error code {error}"))
+    MVCC_ERRORS
+        .get(error as usize)
+        .copied()
+        .ok_or_else(|| format!("unknown mvcc error code {error}"))
 }
 
 #[cfg(test)]
@@ -424,6 +422,22 @@ mod tests {
             round_trip(&req),
             PeerRequest::AppendEntries { .. }
         ));
+    }
+
+    #[test]
+    fn every_mvcc_error_has_a_code() {
+        for e in MVCC_ERRORS {
+            // Exhaustive: a new MvccError does not compile until it is listed.
+            match e {
+                MvccError::Compacted
+                | MvccError::FutureRev
+                | MvccError::KeyNotFound
+                | MvccError::LeaseNotFound
+                | MvccError::LeaseExists => {}
+            }
+            assert_eq!(failed_from_wire(mvcc_error_code(e)), Ok(e));
+        }
+        assert_eq!(MVCC_ERRORS.len(), 5);
     }
 
     #[test]

@@ -95,29 +95,54 @@ pub(super) async fn forward(
     }
 }
 
-/// Asks this member's lease clock (the leader's) or the leader.
+/// Asks the leader's lease clock: this member's if it leads, else the
+/// leader's over the peer transport (a peer's request is never passed on).
+async fn ask_lease_clock<T>(
+    h: &RaftHandles,
+    origin: Origin,
+    local: impl FnOnce(oneshot::Sender<Result<T, LeaseError>>) -> LeaseMsg,
+    remote: PeerRequest,
+    answer: impl FnOnce(PeerResponse) -> Option<T>,
+) -> Result<T, LeaseError> {
+    match usable_leader(h) {
+        Leader::Me => {
+            let (tx, rx) = oneshot::channel();
+            let msg = MvccMsg::Lease(local(tx));
+            h.mvcc.send(msg).await.map_err(|_| LeaseError::NotLeader)?;
+            rx.await.map_err(|_| LeaseError::NotLeader)?
+        }
+        Leader::Other(leader, node) if origin == Origin::Client => {
+            match h
+                .peers
+                .call(leader, &node, &remote, h.request_timeout)
+                .await
+            {
+                Ok(PeerResponse::LeaseNotFound) => Err(LeaseError::NotFound),
+                Ok(resp) => answer(resp).ok_or(LeaseError::NotLeader),
+                Err(_) => Err(LeaseError::NotLeader),
+            }
+        }
+        _ => Err(LeaseError::NotLeader),
+    }
+}
+
+/// A keep-alive: the lease's TTL.
 pub(super) async fn lease_renew(
     h: &RaftHandles,
     id: i64,
     origin: Origin,
 ) -> Result<i64, LeaseError> {
-    match usable_leader(h) {
-        Leader::Me => {
-            let (tx, rx) = oneshot::channel();
-            let msg = MvccMsg::Lease(LeaseMsg::Renew { id, reply: tx });
-            h.mvcc.send(msg).await.map_err(|_| LeaseError::NotLeader)?;
-            rx.await.map_err(|_| LeaseError::NotLeader)?
-        }
-        Leader::Other(leader, node) if origin == Origin::Client => {
-            let req = PeerRequest::LeaseRenew { id };
-            match h.peers.call(leader, &node, &req, h.request_timeout).await {
-                Ok(PeerResponse::LeaseRenewed { ttl }) => Ok(ttl),
-                Ok(PeerResponse::LeaseNotFound) => Err(LeaseError::NotFound),
-                _ => Err(LeaseError::NotLeader),
-            }
-        }
-        _ => Err(LeaseError::NotLeader),
-    }
+    ask_lease_clock(
+        h,
+        origin,
+        |reply| LeaseMsg::Renew { id, reply },
+        PeerRequest::LeaseRenew { id },
+        |resp| match resp {
+            PeerResponse::LeaseRenewed { ttl } => Some(ttl),
+            _ => None,
+        },
+    )
+    .await
 }
 
 pub(super) async fn lease_ttl(
@@ -126,35 +151,25 @@ pub(super) async fn lease_ttl(
     keys: bool,
     origin: Origin,
 ) -> Result<LeaseTtl, LeaseError> {
-    match usable_leader(h) {
-        Leader::Me => {
-            let (tx, rx) = oneshot::channel();
-            let msg = MvccMsg::Lease(LeaseMsg::TimeToLive {
-                id,
+    ask_lease_clock(
+        h,
+        origin,
+        |reply| LeaseMsg::TimeToLive { id, keys, reply },
+        PeerRequest::LeaseTimeToLive { id, keys },
+        |resp| match resp {
+            PeerResponse::LeaseTimeToLive {
+                remaining,
+                granted,
                 keys,
-                reply: tx,
-            });
-            h.mvcc.send(msg).await.map_err(|_| LeaseError::NotLeader)?;
-            rx.await.map_err(|_| LeaseError::NotLeader)?
-        }
-        Leader::Other(leader, node) if origin == Origin::Client => {
-            let req = PeerRequest::LeaseTimeToLive { id, keys };
-            match h.peers.call(leader, &node, &req, h.request_timeout).await {
-                Ok(PeerResponse::LeaseTimeToLive {
-                    remaining,
-                    granted,
-                    keys,
-                }) => Ok(LeaseTtl {
-                    remaining,
-                    granted,
-                    keys: keys.into_iter().map(Bytes::from).collect(),
-                }),
-                Ok(PeerResponse::LeaseNotFound) => Err(LeaseError::NotFound),
-                _ => Err(LeaseError::NotLeader),
-            }
-        }
-        _ => Err(LeaseError::NotLeader),
-    }
+            } => Some(LeaseTtl {
+                remaining,
+                granted,
+                keys: keys.into_iter().map(Bytes::from).collect(),
+            }),
+            _ => None,
+        },
+    )
+    .await
 }
 
 /// Runs a membership change here if this member leads, else on the leader.

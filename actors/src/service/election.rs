@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use super::kv;
 use super::ServerCtx;
 use crate::grpc::body::StreamItem;
-use crate::grpc::frame::{self, MessageReader};
+use crate::grpc::frame;
 use crate::grpc::status::{Code, Status};
 use crate::mvcc_actor::{MvccMsg, WatchMsg};
 use crate::watch::WatchSpec;
@@ -427,15 +427,7 @@ async fn observe_loop(
     ctx: &ServerCtx,
     out: &mpsc::Sender<StreamItem>,
 ) -> Result<(), Status> {
-    let bytes = MessageReader::new(body, ctx.cfg.max_recv_bytes())
-        .next()
-        .await?
-        .ok_or_else(|| {
-            Status::new(
-                Code::Internal,
-                "grpc: request ended before a complete message was received",
-            )
-        })?;
+    let bytes = frame::read_unary(body, ctx.cfg.max_recv_bytes()).await?;
     let req = frame::decode::<epb::LeaderRequest>(bytes)?;
     let prefix = prefix_of(&req.name);
     let mut last: Option<(Bytes, i64)> = None;

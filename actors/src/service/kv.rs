@@ -282,7 +282,7 @@ pub async fn compact(
     }
 }
 
-fn mismatch() -> Status {
+pub(super) fn mismatch() -> Status {
     Status::new(
         crate::grpc::status::Code::Internal,
         "response does not match the request",

@@ -13,7 +13,7 @@ use keel_storage::mvcc::CommandResponse;
 use rand::Rng;
 use tokio::sync::{mpsc, oneshot};
 
-use super::kv::{propose, with_timeout};
+use super::kv::{mismatch, propose, with_timeout};
 use super::maintenance::{ask_mvcc, header};
 use super::ServerCtx;
 use crate::grpc::body::StreamItem;
@@ -22,10 +22,6 @@ use crate::grpc::status::{Code, Status};
 use crate::lease::LeaseError;
 use crate::mvcc_actor::{LeaseMsg, LeaseTtl, MvccMsg};
 use crate::raft::actor::{Origin, RaftRequest, RaftStatus};
-
-fn mismatch() -> Status {
-    Status::new(Code::Internal, "response does not match the request")
-}
 
 fn lease_error(e: LeaseError) -> Status {
     match e {
@@ -125,7 +121,10 @@ pub async fn time_to_live(
     }
 }
 
-pub async fn leases(ctx: &ServerCtx) -> Result<pb::LeaseLeasesResponse, Status> {
+pub async fn leases(
+    ctx: &ServerCtx,
+    _req: pb::LeaseLeasesRequest,
+) -> Result<pb::LeaseLeasesResponse, Status> {
     let (tx, rx) = oneshot::channel();
     ctx.mvcc
         .send(MvccMsg::Lease(LeaseMsg::List { reply: tx }))

@@ -38,7 +38,10 @@ pub fn header(ctx: &ServerCtx, raft: &RaftStatus, mvcc: &MvccStatus) -> Option<p
     })
 }
 
-pub async fn status(ctx: &ServerCtx) -> Result<pb::StatusResponse, Status> {
+pub async fn status(
+    ctx: &ServerCtx,
+    _req: pb::StatusRequest,
+) -> Result<pb::StatusResponse, Status> {
     let raft = ask_raft(ctx).await?;
     let mvcc = ask_mvcc(ctx).await?;
     Ok(pb::StatusResponse {
@@ -94,7 +97,10 @@ pub fn members_of(raft: &RaftStatus) -> Vec<pb::Member> {
         .collect()
 }
 
-pub async fn member_list(ctx: &ServerCtx) -> Result<pb::MemberListResponse, Status> {
+pub async fn member_list(
+    ctx: &ServerCtx,
+    _req: pb::MemberListRequest,
+) -> Result<pb::MemberListResponse, Status> {
     let raft = ask_raft(ctx).await?;
     let mvcc = ask_mvcc(ctx).await?;
     Ok(pb::MemberListResponse {

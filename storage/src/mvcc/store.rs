@@ -227,13 +227,9 @@ impl WriteTxn<'_> {
         rev
     }
 
-    fn record(&mut self, key: &[u8], kv: KeyVersion) {
-        let before = self
-            .store
-            .index
-            .get(key, self.main - 1)
-            .filter(|v| !v.is_tombstone())
-            .map_or(0, |v| v.lease);
+    /// Stores a new version of `key`; `before` is the lease of the version
+    /// it replaces (0: none), so the lease table follows the key.
+    fn record(&mut self, key: &[u8], kv: KeyVersion, before: i64) {
         let after = if kv.is_tombstone() { 0 } else { kv.lease };
         self.store.size_bytes += version_bytes(key, &kv);
         let key = self.store.index.push(key, kv.clone());
@@ -247,10 +243,11 @@ impl WriteTxn<'_> {
             .store
             .index
             .get(key, self.read_rev())
-            .map(|v| (v.create_revision, v.version));
+            .map(|v| (v.create_revision, v.version, v.lease));
         let rev = self.next_rev();
+        let prev_lease = prev.map_or(0, |p| p.2);
         let (create_revision, version) = match prev {
-            Some((create, version)) => (create, version + 1),
+            Some((create, version, _)) => (create, version + 1),
             None => {
                 self.store.live_keys += 1;
                 (rev.main, 1)
@@ -265,6 +262,7 @@ impl WriteTxn<'_> {
                 lease,
                 value,
             },
+            prev_lease,
         );
         rev.main
     }
@@ -272,15 +270,15 @@ impl WriteTxn<'_> {
     /// Deletes the live keys of `range`; returns how many.
     pub fn delete_range(&mut self, range: KeyRange<'_>) -> i64 {
         let read_rev = self.read_rev();
-        let keys: Vec<Bytes> = self
+        let keys: Vec<(Bytes, i64)> = self
             .store
             .index
             .range(range, read_rev)
-            .map(|(k, _)| k.clone())
+            .map(|(k, v)| (k.clone(), v.lease))
             .collect();
-        for k in &keys {
+        for (k, lease) in &keys {
             let rev = self.next_rev();
-            self.record(k, KeyVersion::tombstone(rev));
+            self.record(k, KeyVersion::tombstone(rev), *lease);
             self.store.live_keys -= 1;
         }
         keys.len() as i64
