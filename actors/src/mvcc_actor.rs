@@ -3,7 +3,9 @@
 //! It applies committed entries in log order, answers reads, and hands out
 //! consistent views for snapshots. A linearizable read arrives with the
 //! raft index it must observe; it waits here, without blocking anything
-//! else, until that index is applied. The actor never does I/O.
+//! else, until that index is applied. It also owns the watch hub
+//! (`crate::watch`) and the leader's lease clock (`crate::lease`), served
+//! every [`WATCH_TICK`] by a `Tick` message. The actor never does I/O.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
