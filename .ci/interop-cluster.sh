@@ -60,12 +60,13 @@ expect "same revision everywhere" \
 leader=$(echo "$status" | json 'd[0]["Status"]["leader"]')
 target=$(echo "$status" | json '[s["Status"]["header"]["member_id"] for s in d if s["Status"]["header"]["member_id"] != d[0]["Status"]["leader"]][0]')
 target_hex=$(printf '%x' "$target")
-e "$ALL" move-leader "$target_hex" | grep -q "Leadership transferred" || fail "move-leader"
+moved=$(e "$ALL" move-leader "$target_hex")
+[[ "$moved" == *"Leadership transferred"* ]] || fail "move-leader: $moved"
 expect "move-leader" "$(e "${CLIENT[0]}" endpoint status --cluster -w json | json 'len({s["Status"]["leader"] for s in d})'):$(e "${CLIENT[1]}" endpoint status -w json | json 'd[0]["Status"]["leader"]')" "1:$target"
 
 added=$(e "${CLIENT[0]}" member add m3 --peer-urls=http://127.0.0.1:1 --learner)
-echo "$added" | grep -q 'ETCD_INITIAL_CLUSTER_STATE="existing"' || fail "member add: $added"
-new_id=$(echo "$added" | head -1 | awk '{print $2}')
+[[ "$added" == *'ETCD_INITIAL_CLUSTER_STATE="existing"'* ]] || fail "member add: $added"
+new_id=$(awk 'NR == 1 {print $2}' <<<"$added")
 expect "learner listed" "$(e "${CLIENT[1]}" member list | grep -c "$new_id, unstarted.*true\|$new_id, started.*true")" "1"
 expect "member remove" "$(e "${CLIENT[2]}" member remove "$new_id" | grep -c removed)" "1"
 expect "member list after remove" "$(e "${CLIENT[0]}" member list | grep -c .)" "3"
