@@ -35,7 +35,9 @@ for i in 0 1 2; do
 done
 for i in 0 1 2; do
   for _ in $(seq 1 300); do
-    if curl -sf "${CLIENT[$i]}/health" >/dev/null 2>&1; then continue 2; fi
+    rc=0; curl -sf --max-time 5 "${CLIENT[$i]}/health" >/dev/null 2>&1 || rc=$?
+    [ "$rc" = 0 ] && continue 2
+    [ "$rc" = 28 ] && fail "m$i took a connection but did not answer /health within 5s"
     kill -0 "${PIDS[$i]}" 2>/dev/null || fail "m$i exited during start-up"
     sleep 0.1
   done
@@ -70,7 +72,7 @@ new_id=$(awk 'NR == 1 {print $2}' <<<"$added")
 expect "learner listed" "$(e "${CLIENT[1]}" member list | grep -c "$new_id, unstarted.*true\|$new_id, started.*true")" "1"
 expect "member remove" "$(e "${CLIENT[2]}" member remove "$new_id" | grep -c removed)" "1"
 expect "member list after remove" "$(e "${CLIENT[0]}" member list | grep -c .)" "3"
-expect "/metrics has_leader" "$(curl -sf "${CLIENT[1]}/metrics" | grep '^etcd_server_has_leader ')" "etcd_server_has_leader 1"
+expect "/metrics has_leader" "$(curl -sf --max-time 5 "${CLIENT[1]}/metrics" | grep '^etcd_server_has_leader ')" "etcd_server_has_leader 1"
 
 # watches and leases across members
 timeout 4 etcdctl --endpoints="${CLIENT[2]}" watch cw > "$WORK/cw.out" 2>&1 &

@@ -27,7 +27,9 @@ start() {
     --listen-peer-urls "$PEER" --initial-advertise-peer-urls "$PEER" >>"$WORK/keel.log" 2>&1 &
   PID=$!
   for _ in $(seq 1 200); do
-    if curl -sf "http://127.0.0.1:$PORT/health" >/dev/null 2>&1; then return 0; fi
+    rc=0; curl -sf --max-time 5 "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 || rc=$?
+    [ "$rc" = 0 ] && return 0
+    [ "$rc" = 28 ] && fail "keel took a connection but did not answer /health within 5s"
     kill -0 "$PID" 2>/dev/null || fail "keel exited during start-up"
     sleep 0.1
   done
@@ -76,7 +78,7 @@ echo "ok: empty key refused"
 expect "endpoint health" "$("${E[@]}" endpoint health 2>&1 | grep -c 'is healthy')" "1"
 expect "endpoint status version" "$("${E[@]}" endpoint status -w json | json 'd[0]["Status"]["version"]')" "3.6.0"
 expect "member list" "$("${E[@]}" member list | grep -c default)" "1"
-expect "/metrics" "$(curl -sf "http://127.0.0.1:$PORT/metrics" | grep -c '^etcd_disk_wal_fsync_duration_seconds_count')" "1"
+expect "/metrics" "$(curl -sf --max-time 5 "http://127.0.0.1:$PORT/metrics" | grep -c '^etcd_disk_wal_fsync_duration_seconds_count')" "1"
 
 # Durability across kill -9.
 kill -9 "$PID"; wait "$PID" 2>/dev/null || true; PID=""

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::io::ErrorKind;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -331,4 +332,35 @@ async fn default_relative_data_dir() {
     assert!(cwd.path().join("default.keel/member/wal").is_dir());
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// Every core accepts on a duplicate of one listening socket from the moment
+/// its executor starts. While that socket was blocking, glommio's accept
+/// (which flips O_NONBLOCK on and back around a first accept(2) attempt)
+/// raced on the shared file flags between the cores: one core could block
+/// in accept(2) and leave the connection it had just taken unserved, so a
+/// client connecting right after start-up waited forever.
+#[tokio::test]
+async fn connections_right_after_start_up_are_served() {
+    let mut s = Server::start(&["--cores", "2"]);
+    for round in 0..25 {
+        s.kill9();
+        s.spawn();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match http_get(s.port, "/version") {
+                Ok((200, _)) => break,
+                // Not listening yet, or the killed predecessor's socket.
+                Ok((0, _)) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::ConnectionRefused | ErrorKind::ConnectionReset
+                    ) => {}
+                other => panic!("round {round}: {other:?}\n{}", s.logs()),
+            }
+            assert!(Instant::now() < deadline, "round {round}: not serving");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }

@@ -371,6 +371,12 @@ fn bind_listeners(addrs: &[SocketAddr], what: &str) -> Result<Vec<socket2::Socke
                     Some(Protocol::TCP),
                 )?;
                 s.set_reuse_address(true)?;
+                // Non-blocking for good: the cores' duplicates share one
+                // file description, and glommio's accept turns O_NONBLOCK on
+                // and then back to what it found around its first accept(2)
+                // try. On a blocking socket two cores race there, and the
+                // loser blocks its whole executor in accept(2).
+                s.set_nonblocking(true)?;
                 s.bind(&(*addr).into())?;
                 s.listen(1024)?;
                 Ok(s)
@@ -787,5 +793,18 @@ async fn join_cluster(
         }
         glommio::timer::sleep(delay).await;
         delay = (delay * 2).min(JOIN_RETRY_MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn listening_sockets_are_non_blocking() {
+        let sockets = super::bind_listeners(&["127.0.0.1:0".parse().unwrap()], "clients").unwrap();
+        // SAFETY: F_GETFL on an open descriptor.
+        let flags = unsafe { libc::fcntl(sockets[0].as_raw_fd(), libc::F_GETFL) };
+        assert_ne!(flags & libc::O_NONBLOCK, 0, "flags {flags:#x}");
     }
 }
