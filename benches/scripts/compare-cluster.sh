@@ -26,7 +26,7 @@ for i in 0 1 2; do
   PIDS+=($!)
 done
 for i in 0 1 2; do
-  for _ in $(seq 300); do curl -sf "${C[$i]}/health" >/dev/null && break; sleep 0.1; done
+  for _ in $(seq 300); do curl -sf --max-time 5 "${C[$i]}/health" >/dev/null && break; sleep 0.1; done
 done
 EPS="${C[0]},${C[1]},${C[2]}"
 if [ "${LEADER_ONLY:-0}" = 1 ]; then

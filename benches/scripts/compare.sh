@@ -20,7 +20,7 @@ else
     $sargs > "$D/log" 2>&1 &
 fi
 PID=$!
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break; sleep 0.1; done
+for _ in $(seq 100); do curl -sf --max-time 5 "http://127.0.0.1:$PORT/health" >/dev/null && break; sleep 0.1; done
 echo "$PID" > "${TMPDIR:-/tmp}/keel-bench.pid"
 for la in "$@"; do
   echo "== $kind [$sargs] $la"
