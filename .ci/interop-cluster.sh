@@ -5,7 +5,7 @@ set -euo pipefail
 KEEL=$(realpath "$1")
 WORK=$(mktemp -d)
 export ETCDCTL_API=3
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source "$(dirname "$0")/lib.sh"
 CLIENT=() PEER=() PIDS=()
 for i in 0 1 2; do CLIENT+=("http://127.0.0.1:$(free_port)"); PEER+=("http://127.0.0.1:$(free_port)"); done
 INITIAL="m0=${PEER[0]},m1=${PEER[1]},m2=${PEER[2]}"
@@ -23,8 +23,6 @@ fail() {
   for i in 0 1 2; do echo "--- m$i log ---" >&2; tail -30 "$WORK/m$i.log" >&2 || true; done
   exit 1
 }
-expect() { [ "$2" == "$3" ] || fail "$1: got [$2], want [$3]"; echo "ok: $1"; }
-json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 
 for i in 0 1 2; do
   "$KEEL" --name "m$i" --data-dir "$WORK/m$i" \
@@ -33,16 +31,7 @@ for i in 0 1 2; do
     --initial-cluster-token interop >>"$WORK/m$i.log" 2>&1 &
   PIDS+=($!)
 done
-for i in 0 1 2; do
-  for _ in $(seq 1 300); do
-    rc=0; curl -sf --max-time 5 "${CLIENT[$i]}/health" >/dev/null 2>&1 || rc=$?
-    [ "$rc" = 0 ] && continue 2
-    [ "$rc" = 28 ] && fail "m$i took a connection but did not answer /health within 5s"
-    kill -0 "${PIDS[$i]}" 2>/dev/null || fail "m$i exited during start-up"
-    sleep 0.1
-  done
-  fail "m$i not healthy within 30s"
-done
+for i in 0 1 2; do wait_healthy "m$i" "${CLIENT[$i]}" "${PIDS[$i]}" 30; done
 
 expect "member list" "$(e "${CLIENT[0]}" member list | cut -d, -f3,5 | sort | tr -d ' ' | tr '\n' ' ')" \
   "m0,${CLIENT[0]} m1,${CLIENT[1]} m2,${CLIENT[2]} "

@@ -4,7 +4,7 @@
 set -euo pipefail
 KEEL=$(realpath "$1")
 WORK=$(mktemp -d)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source "$(dirname "$0")/lib.sh"
 PORT=$(free_port)
 PEER="http://127.0.0.1:$(free_port)"
 export ETCDCTL_API=3
@@ -18,22 +18,12 @@ cleanup() {
 trap cleanup EXIT
 
 fail() { echo "FAIL: $*" >&2; echo "--- keel log ---" >&2; tail -50 "$WORK/keel.log" >&2 || true; exit 1; }
-# expect NAME ACTUAL WANTED
-expect() { [ "$2" == "$3" ] || fail "$1: got [$2], want [$3]"; echo "ok: $1"; }
-json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 
 start() {
   "$KEEL" --data-dir "$WORK/data" --listen-client-urls "http://127.0.0.1:$PORT" \
     --listen-peer-urls "$PEER" --initial-advertise-peer-urls "$PEER" >>"$WORK/keel.log" 2>&1 &
   PID=$!
-  for _ in $(seq 1 200); do
-    rc=0; curl -sf --max-time 5 "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 || rc=$?
-    [ "$rc" = 0 ] && return 0
-    [ "$rc" = 28 ] && fail "keel took a connection but did not answer /health within 5s"
-    kill -0 "$PID" 2>/dev/null || fail "keel exited during start-up"
-    sleep 0.1
-  done
-  fail "keel not healthy within 20s"
+  wait_healthy keel "http://127.0.0.1:$PORT" "$PID" 20
 }
 
 start

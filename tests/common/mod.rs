@@ -6,7 +6,7 @@
 
 pub mod proxy;
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -131,10 +131,17 @@ impl Server {
     pub fn wait_healthy(&mut self) {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if let Ok((200, body)) = http_get(self.port, "/health") {
-                if body.contains("true") {
-                    return;
+            match http_get(self.port, "/health") {
+                Ok((200, body)) if body.contains("true") => return,
+                // /health answers within 1 s even without a leader; a
+                // connection taken and left unanswered is a stalled reactor.
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    panic!(
+                        "keel took a connection but did not answer /health: {e}\n{}",
+                        self.logs()
+                    )
                 }
+                _ => {}
             }
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
                 panic!(

@@ -10,7 +10,7 @@ use super::maintenance::{ask_mvcc, ask_raft, header, member_of, members_of};
 use super::ServerCtx;
 use crate::grpc::status::{Code, Status};
 use crate::mvcc_actor::MvccMsg;
-use crate::peer::wire::{MemberChange, WireNode};
+use crate::peer::wire::{node_to_wire, MemberChange};
 use crate::raft::actor::{Origin, RaftRequest, RaftStatus};
 use crate::raft::types::Node;
 
@@ -54,7 +54,14 @@ fn new_member_id(ctx: &ServerCtx, urls: &[String]) -> u64 {
     .max(1)
 }
 
-async fn change(ctx: &ServerCtx, change: MemberChange) -> Result<(), Status> {
+/// A membership change as the Cluster calls answer it: proposed, applied
+/// on this member, then the response header and the membership after it.
+struct Changed {
+    header: Option<pb::ResponseHeader>,
+    members: Vec<pb::Member>,
+}
+
+async fn change(ctx: &ServerCtx, change: MemberChange) -> Result<Changed, Status> {
     let (tx, rx) = oneshot::channel();
     ctx.raft
         .send(RaftRequest::ChangeMembers { change, reply: tx })
@@ -63,7 +70,12 @@ async fn change(ctx: &ServerCtx, change: MemberChange) -> Result<(), Status> {
     super::kv::with_timeout(ctx.cfg.request_timeout, rx)
         .await?
         .map_err(|_| Status::stopped())?
-        .map_err(|e| e.into_status())
+        .map_err(|e| e.into_status())?;
+    let raft = caught_up(ctx).await?;
+    Ok(Changed {
+        header: header_now(ctx, &raft).await?,
+        members: members_of(&raft),
+    })
 }
 
 /// Waits until this member has applied everything committed so far, then
@@ -106,30 +118,18 @@ pub async fn member_add(
 ) -> Result<pb::MemberAddResponse, Status> {
     check_urls(&req.peer_ur_ls)?;
     let id = new_member_id(ctx, &req.peer_ur_ls);
-    let node = WireNode {
-        name: String::new(),
-        peer_urls: req.peer_ur_ls.clone(),
-        client_urls: Vec::new(),
-    };
-    change(
-        ctx,
-        MemberChange::Add {
-            id,
-            node,
-            learner: req.is_learner,
-        },
-    )
-    .await?;
-    let raft = caught_up(ctx).await?;
     let added = Node {
         name: String::new(),
         peer_urls: req.peer_ur_ls,
         client_urls: Vec::new(),
     };
+    let node = node_to_wire(&added);
+    let learner = req.is_learner;
+    let done = change(ctx, MemberChange::Add { id, node, learner }).await?;
     Ok(pb::MemberAddResponse {
-        header: header_now(ctx, &raft).await?,
-        member: Some(member_of(id, &added, req.is_learner)),
-        members: members_of(&raft),
+        header: done.header,
+        member: Some(member_of(id, &added, learner)),
+        members: done.members,
     })
 }
 
@@ -137,11 +137,10 @@ pub async fn member_remove(
     ctx: &ServerCtx,
     req: pb::MemberRemoveRequest,
 ) -> Result<pb::MemberRemoveResponse, Status> {
-    change(ctx, MemberChange::Remove { id: req.id }).await?;
-    let raft = caught_up(ctx).await?;
+    let done = change(ctx, MemberChange::Remove { id: req.id }).await?;
     Ok(pb::MemberRemoveResponse {
-        header: header_now(ctx, &raft).await?,
-        members: members_of(&raft),
+        header: done.header,
+        members: done.members,
     })
 }
 
@@ -150,18 +149,11 @@ pub async fn member_update(
     req: pb::MemberUpdateRequest,
 ) -> Result<pb::MemberUpdateResponse, Status> {
     check_urls(&req.peer_ur_ls)?;
-    change(
-        ctx,
-        MemberChange::UpdatePeers {
-            id: req.id,
-            peer_urls: req.peer_ur_ls,
-        },
-    )
-    .await?;
-    let raft = caught_up(ctx).await?;
+    let (id, peer_urls) = (req.id, req.peer_ur_ls);
+    let done = change(ctx, MemberChange::UpdatePeers { id, peer_urls }).await?;
     Ok(pb::MemberUpdateResponse {
-        header: header_now(ctx, &raft).await?,
-        members: members_of(&raft),
+        header: done.header,
+        members: done.members,
     })
 }
 
@@ -169,11 +161,10 @@ pub async fn member_promote(
     ctx: &ServerCtx,
     req: pb::MemberPromoteRequest,
 ) -> Result<pb::MemberPromoteResponse, Status> {
-    change(ctx, MemberChange::Promote { id: req.id }).await?;
-    let raft = caught_up(ctx).await?;
+    let done = change(ctx, MemberChange::Promote { id: req.id }).await?;
     Ok(pb::MemberPromoteResponse {
-        header: header_now(ctx, &raft).await?,
-        members: members_of(&raft),
+        header: done.header,
+        members: done.members,
     })
 }
 

@@ -33,6 +33,13 @@ impl Priority {
             dependency,
         })
     }
+
+    pub fn encode<B: bytes::BufMut>(&self, dst: &mut B) {
+        tracing::trace!("encoding PRIORITY; id={:?}", self.stream_id);
+        let head = Head::new(Kind::Priority, 0, self.stream_id);
+        head.encode(5, dst);
+        self.dependency.encode(dst);
+    }
 }
 
 impl<B> From<Priority> for Frame<B> {
@@ -68,5 +75,32 @@ impl StreamDependency {
 
     pub fn dependency_id(&self) -> StreamId {
         self.dependency_id
+    }
+
+    /// The 5-byte form `load` reads: exclusive bit and dependency, weight.
+    pub fn encode<B: bytes::BufMut>(&self, dst: &mut B) {
+        let exclusive = if self.is_exclusive { 1 << 31 } else { 0 };
+        dst.put_u32(u32::from(self.dependency_id) | exclusive);
+        dst.put_u8(self.weight);
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn priority_encodes_what_load_reads() {
+        let frame = Priority {
+            stream_id: StreamId::from(3),
+            dependency: StreamDependency::new(StreamId::from(1), 200, true),
+        };
+        let mut buf = Vec::new();
+        frame.encode(&mut buf);
+        assert_eq!(buf.len(), 9 + 5);
+        let head = Head::parse(&buf);
+        assert_eq!(head.kind(), Kind::Priority);
+        assert_eq!(head.stream_id(), StreamId::from(3));
+        assert_eq!(Priority::load(head, &buf[9..]).unwrap(), frame);
     }
 }
