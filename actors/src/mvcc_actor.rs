@@ -11,14 +11,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use keel_proto::command::{ArchivedCommand, Command, LeaseCheckpointCmd, LeaseRevokeCmd};
+use keel_proto::command::{ArchivedCommand, Command, LeaseCheckpointInTermCmd, LeaseExpireCmd};
 use keel_proto::etcdserverpb as pb;
 use keel_storage::mvcc::{CommandResponse, KvStore, LeaseRecord, LogView, MvccError, RangeArgs};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::lease::{LeaseClock, LeaseError, CHECKPOINTS_PER_ENTRY};
 use crate::metrics::metrics;
-use crate::raft::actor::{Origin, RaftRequest};
+use crate::raft::actor::RaftRequest;
 use crate::raft::types::{AppliedResult, LogId, Membership, StoredMembership};
 use crate::watch::{HeaderInfo, StreamId, WatchHub, WatchSpec};
 
@@ -133,8 +133,9 @@ pub struct LeaseTtl {
 }
 
 pub enum LeaseMsg {
+    /// This member leads `term` (and has a recent quorum), or does not lead.
     Leadership {
-        leader: bool,
+        term: Option<u64>,
     },
     Renew {
         id: i64,
@@ -195,6 +196,8 @@ pub struct MvccActor {
     removed: BTreeSet<u64>,
     /// For proposing lease revokes and checkpoints (as the leader).
     raft: mpsc::Sender<RaftRequest>,
+    /// The term this member leads, if it does: stamped on what it decides.
+    leading_term: Option<u64>,
 }
 
 /// The MVCC actor's periodic duties.
@@ -230,6 +233,7 @@ impl MvccActor {
             lease_clock: LeaseClock::default(),
             removed,
             raft,
+            leading_term: None,
         };
         a.update_gauges();
         a
@@ -269,27 +273,29 @@ impl MvccActor {
     /// a checkpoint of every lease's remaining TTL. Never waits: a proposal
     /// that does not fit the raft actor's inbox is retried later.
     fn lease_duties(&mut self) {
+        let Some(term) = self.leading_term else {
+            return;
+        };
         let now = Instant::now();
         let mut commands: Vec<Command> = self
             .lease_clock
             .expired(now)
             .into_iter()
-            .map(|id| Command::LeaseRevoke(LeaseRevokeCmd { id }))
+            .map(|id| Command::LeaseExpire(LeaseExpireCmd { id, term }))
             .collect();
         let due = self
             .lease_clock
             .checkpoint_due(now, self.timing.lease_checkpoint_every);
         commands.extend(due.chunks(CHECKPOINTS_PER_ENTRY).map(|c| {
-            Command::LeaseCheckpoint(LeaseCheckpointCmd {
+            Command::LeaseCheckpointInTerm(LeaseCheckpointInTermCmd {
+                term,
                 checkpoints: c.to_vec(),
             })
         }));
         for cmd in commands {
-            let (reply, _) = oneshot::channel();
-            let _ = self.raft.try_send(RaftRequest::Propose {
+            let _ = self.raft.try_send(RaftRequest::ProposeAsLeader {
                 command: bytes::Bytes::from_owner(cmd.to_bytes()),
-                origin: Origin::Client,
-                reply,
+                term,
             });
         }
     }
@@ -297,9 +303,10 @@ impl MvccActor {
     fn handle_lease(&mut self, msg: LeaseMsg) {
         let now = Instant::now();
         match msg {
-            LeaseMsg::Leadership { leader } => {
+            LeaseMsg::Leadership { term } => {
+                self.leading_term = term;
                 self.lease_clock
-                    .set_leader(leader, self.store.leases(), now)
+                    .set_leader(term.is_some(), self.store.leases(), now)
             }
             LeaseMsg::Renew { id, reply } => {
                 let r = self.lease_clock.renew(self.store.leases(), id, now);
@@ -522,8 +529,19 @@ impl MvccActor {
                     for bytes in commands {
                         let cmd = Command::access(&bytes)
                             .map_err(|err| format!("entry {}: {err}", e.log_id.index))?;
-                        let mut outcome = self.store.apply(cmd, &bytes);
-                        self.track_leases(cmd, &outcome);
+                        // A deposed leader's decision, committed by a
+                        // successor, changes nothing: the lease may have
+                        // been kept alive through the successor.
+                        let superseded = cmd
+                            .decided_in_term()
+                            .is_some_and(|term| term != e.log_id.leader_id.term);
+                        let mut outcome = if superseded {
+                            self.store.unchanged()
+                        } else {
+                            let outcome = self.store.apply(cmd, &bytes);
+                            self.track_leases(cmd, &outcome);
+                            outcome
+                        };
                         if let Ok(resp) = &mut outcome {
                             count_ops(resp);
                             let h = header_of(resp);
@@ -548,6 +566,7 @@ impl MvccActor {
                 self.lease_clock.granted(g.id, g.ttl, Instant::now())
             }
             (ArchivedCommand::LeaseRevoke(r), _) => self.lease_clock.revoked(r.id.to_native()),
+            (ArchivedCommand::LeaseExpire(r), _) => self.lease_clock.revoked(r.id.to_native()),
             _ => {}
         }
     }

@@ -589,6 +589,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
                             peers,
                             request_timeout: cfg.request_timeout,
                             election_timeout: Duration::from_millis(cfg.election_timeout_ms),
+                            heartbeat_interval: Duration::from_millis(cfg.heartbeat_interval_ms),
                             hold: Rc::default(),
                         };
                         glommio::spawn_local(crate::raft::actor::run(
@@ -678,14 +679,20 @@ async fn start_raft(
     .unwrap_or_else(|e| crate::fatal(&format!("opening the WAL for writing: {e}")));
     glommio::spawn_local(writer.run(wal_rx)).detach();
 
-    let log_store = LogStore::from_recovered(&mut recovered, wal_tx)
+    let log_store = LogStore::from_recovered(&mut recovered, wal_tx, ids.member_id)
         .unwrap_or_else(|e| crate::fatal(&format!("rebuilding the raft log: {e}")));
     let sm = StateMachine::new(mvcc_tx, snap_dir, loaded_meta);
     let raft_config = openraft::Config {
         cluster_name: cfg.initial_cluster_token.clone(),
         heartbeat_interval: cfg.heartbeat_interval_ms,
-        election_timeout_min: cfg.election_timeout_ms,
-        election_timeout_max: cfg.election_timeout_ms * 2,
+        // openraft's follower waits its leader lease (election_timeout_max)
+        // plus a random timeout in [min, max) after the last heartbeat before
+        // it campaigns. With min = E/2 and max = E that is [1.5E, 2E): close
+        // to etcd's [E, 2E) from the last heartbeat, where E is
+        // --election-timeout. The lease (E) is also how long a voter refuses
+        // to vote while it hears from a leader, and what MoveLeader waits out.
+        election_timeout_min: cfg.election_timeout_ms / 2,
+        election_timeout_max: cfg.election_timeout_ms,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_count),
         max_in_snapshot_log_to_keep: cfg.snapshot_catchup_entries,
         ..Default::default()

@@ -23,6 +23,11 @@ pub enum Command {
     LeaseGrant(LeaseGrantCmd),
     LeaseRevoke(LeaseRevokeCmd),
     LeaseCheckpoint(LeaseCheckpointCmd),
+    /// A revoke the leader decided by its own clock (the lease expired).
+    LeaseExpire(LeaseExpireCmd),
+    /// Remaining TTLs the leader recorded by its own clock. Replaces
+    /// `LeaseCheckpoint` (still applied when read from an older log).
+    LeaseCheckpointInTerm(LeaseCheckpointInTermCmd),
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
@@ -139,6 +144,39 @@ pub struct LeaseRevokeCmd {
 pub struct LeaseCheckpointCmd {
     /// (lease id, remaining TTL in seconds)
     pub checkpoints: Vec<(i64, i64)>,
+}
+
+/// A lease the leader of `term` found expired: revoked (its keys deleted in
+/// one revision) only if the entry is applied in that same term. A leader
+/// that was deposed before its revoke was committed may have lost the
+/// lease's keep-alives to its successor; applied under another term, the
+/// command changes nothing.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+pub struct LeaseExpireCmd {
+    pub id: i64,
+    pub term: u64,
+}
+
+/// The remaining TTLs the leader of `term` recorded, applied only in that
+/// term (see [`LeaseExpireCmd`]).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+pub struct LeaseCheckpointInTermCmd {
+    pub term: u64,
+    /// (lease id, remaining TTL in seconds)
+    pub checkpoints: Vec<(i64, i64)>,
+}
+
+impl ArchivedCommand {
+    /// The leader term a command was decided in, for commands a leader
+    /// decides by its own clock: such a command takes effect only when its
+    /// entry belongs to that term.
+    pub fn decided_in_term(&self) -> Option<u64> {
+        match self {
+            ArchivedCommand::LeaseExpire(c) => Some(c.term.to_native()),
+            ArchivedCommand::LeaseCheckpointInTerm(c) => Some(c.term.to_native()),
+            _ => None,
+        }
+    }
 }
 
 /// Why archived bytes could not be read as a [`Command`].

@@ -207,6 +207,34 @@ pub enum PeerError {
     Rejected(NodeId, String),
 }
 
+/// Probes an idle peer connection after this long without traffic.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(5);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+const KEEPALIVE_PROBES: u32 = 3;
+/// Unacknowledged data fails the connection after this long.
+const USER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// TCP keepalive and a user timeout on a peer socket, so a connection to a
+/// member that vanished (power loss, a partition that drops packets) fails
+/// by itself instead of living on half-open. Calls have their own deadlines;
+/// this only keeps dead connections from piling up on either side.
+pub fn keep_alive(stream: &TcpStream) {
+    use std::os::fd::{AsRawFd, BorrowedFd};
+    // SAFETY: the descriptor belongs to `stream`, which outlives `fd`.
+    let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+    let socket = socket2::SockRef::from(&fd);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_PROBES);
+    if let Err(e) = socket
+        .set_tcp_keepalive(&keepalive)
+        .and_then(|()| socket.set_tcp_user_timeout(Some(USER_TIMEOUT)))
+    {
+        tracing::debug!("peer socket keepalive: {e}");
+    }
+}
+
 /// An open, greeted connection to one peer.
 pub struct PeerConn {
     target: NodeId,
@@ -311,6 +339,7 @@ impl PeerClients {
                 match TcpStream::connect_timeout(addr, CONNECT_TIMEOUT).await {
                     Ok(stream) => {
                         let _ = stream.set_nodelay(true);
+                        keep_alive(&stream);
                         let mut conn = PeerConn {
                             target,
                             label: format!("{target:x}"),
@@ -347,7 +376,9 @@ impl PeerClients {
         }
     }
 
-    /// Sends `req` to `target` and waits up to `timeout` for its response.
+    /// Sends `req` to `target` and waits up to `timeout` for its response,
+    /// dialing and greeting included: a peer whose kernel still completes
+    /// handshakes while the process is frozen must not hold a call longer.
     pub async fn call(
         &self,
         target: NodeId,
@@ -355,6 +386,7 @@ impl PeerClients {
         req: &PeerRequest,
         timeout: Duration,
     ) -> Result<PeerResponse, PeerError> {
+        let started = Instant::now();
         let frame = request_frame(req);
         let pooled = self
             .idle
@@ -363,14 +395,29 @@ impl PeerClients {
             .and_then(|v| v.pop());
         let mut conn = match pooled {
             Some(c) => c,
-            None => self.connect(target, node).await?,
+            None => {
+                let dialed = glommio::timer::timeout(timeout, async {
+                    Ok(self.connect(target, node).await)
+                })
+                .await;
+                match dialed {
+                    Ok(conn) => conn?,
+                    Err(_) => {
+                        self.failed(target);
+                        return Err(PeerError::Unreachable(
+                            target,
+                            format!("no greeting within {timeout:?}"),
+                        ));
+                    }
+                }
+            }
         };
-        let started = Instant::now();
+        let left = timeout.saturating_sub(started.elapsed());
         let exchange = async {
             conn.send(&frame).await?;
             conn.recv().await
         };
-        let result = glommio::timer::timeout(timeout, async { Ok(exchange.await) }).await;
+        let result = glommio::timer::timeout(left, async { Ok(exchange.await) }).await;
         match result {
             Err(_) => Err(PeerError::Timeout(target, timeout)),
             Ok(Err(e)) => {

@@ -87,6 +87,7 @@ fn invalid(e: impl std::fmt::Display) -> std::io::Error {
 
 async fn serve_connection(mut stream: TcpStream, ctx: &PeerCtx) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
+    super::conn::keep_alive(&stream);
     let hello = read_frame_within(&mut stream, GREETING_MAX).await?;
     let (cluster_id, from, to) =
         decode_hello(&hello).ok_or_else(|| invalid("peer connection did not start with Hello"))?;

@@ -1,6 +1,12 @@
 //! The raft actor: owns the `Raft` handle on the raft core and serves the
 //! reactors of every core (and the peer server) through one bounded inbox.
 //!
+//! * Leadership comes from openraft alone ([`RaftHandles::leader`]): its
+//!   current leader and term, and for this member's own leadership a
+//!   quorum heard from within an election timeout (etcd's check-quorum). A
+//!   batch is bound to the leader and term it was sent to; when they change
+//!   it fails with `leader changed` instead of waiting on or being carried
+//!   over (see ARCHITECTURE.md, "Leadership and terms").
 //! * Proposals are batched: at most [`BATCHES_IN_FLIGHT_MAX`] batches are
 //!   between proposal and apply; proposals arriving meanwhile wait here and
 //!   go out together as the next batch (a `keel_proto::batch`). openraft
@@ -67,6 +73,13 @@ pub enum RaftRequest {
         origin: Origin,
         reply: ReplyTx,
     },
+    /// What this member decided as leader of `term` by its own clock (lease
+    /// expiry, checkpoints): proposed only while it still leads that term,
+    /// and applied only in that term. Nobody waits for it.
+    ProposeAsLeader {
+        command: Bytes,
+        term: u64,
+    },
     LinearizableRange {
         req: pb::RangeRequest,
         reply: RangeReply,
@@ -119,12 +132,14 @@ impl RaftStatus {
     }
 }
 
-pub fn status_of(raft: &Raft) -> RaftStatus {
-    let m = raft.metrics().borrow().clone();
+/// This member's raft status, with the leader as [`RaftHandles::leader`]
+/// sees it: a leader cut off from its quorum reports none.
+pub fn status_of(h: &RaftHandles) -> RaftStatus {
+    let m = h.raft.metrics().borrow().clone();
     RaftStatus {
         me: m.id,
         term: m.current_term,
-        leader: m.current_leader,
+        leader: acting_leader(&m, h.election_timeout),
         last_log_index: m.last_log_index.unwrap_or(0),
         applied_index: m.last_applied.map_or(0, |l| l.index),
         membership: m.membership_config.membership().clone(),
@@ -139,16 +154,66 @@ pub enum Leader {
     Unknown,
 }
 
-pub fn leader_of(raft: &Raft) -> Leader {
-    let m = raft.metrics();
-    let m = m.borrow();
+type Metrics = openraft::RaftMetrics<NodeId, Node>;
+
+/// Whether a leader last heard from a quorum recently enough to act as one
+/// (etcd's check-quorum): within an election timeout, after which the
+/// followers may have elected another leader.
+pub fn quorum_recent(millis_since_quorum_ack: Option<u64>, election_timeout: Duration) -> bool {
+    millis_since_quorum_ack.is_some_and(|ms| u128::from(ms) < election_timeout.as_millis())
+}
+
+/// The leader as a client may rely on it: openraft's current leader, except
+/// that this member counts as leader only while its quorum is recent.
+pub fn acting_leader(m: &Metrics, election_timeout: Duration) -> Option<NodeId> {
     match m.current_leader {
+        Some(l) if l == m.id && !quorum_recent(m.millis_since_quorum_ack, election_timeout) => None,
+        other => other,
+    }
+}
+
+fn leader_in(m: &Metrics, election_timeout: Duration) -> Leader {
+    match acting_leader(m, election_timeout) {
         Some(l) if l == m.id => Leader::Me,
         Some(l) => match m.membership_config.membership().get_node(&l) {
             Some(n) => Leader::Other(l, n.clone()),
             None => Leader::Unknown,
         },
         None => Leader::Unknown,
+    }
+}
+
+/// Who leads in which term, as openraft reports it: what a forwarded batch
+/// or a read-index round is bound to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reign {
+    pub leader: Option<NodeId>,
+    pub term: u64,
+}
+
+pub fn reign_of(raft: &Raft) -> Reign {
+    let m = raft.metrics();
+    let m = m.borrow();
+    Reign {
+        leader: m.current_leader,
+        term: m.current_term,
+    }
+}
+
+/// Resolves once openraft reports another leader or term than `reign`
+/// (or stops).
+pub async fn reign_ends(raft: &Raft, reign: Reign) {
+    let mut rx = raft.metrics();
+    loop {
+        {
+            let m = rx.borrow_and_update();
+            if m.current_leader != reign.leader || m.current_term != reign.term {
+                return;
+            }
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
     }
 }
 
@@ -161,16 +226,57 @@ pub struct RaftHandles {
     /// How long a request to the leader may take.
     pub request_timeout: Duration,
     pub election_timeout: Duration,
+    pub heartbeat_interval: Duration,
     /// Set while leadership is being handed over: proposals and reads wait.
     pub hold: Rc<Hold>,
 }
 
-/// Leadership as the proposal and read paths see it: unknown while held.
-pub(super) fn usable_leader(h: &RaftHandles) -> Leader {
-    if h.hold.is_on() {
-        Leader::Unknown
-    } else {
-        leader_of(&h.raft)
+impl RaftHandles {
+    /// Leadership as the proposal, read and lease paths act on it: this
+    /// member leads only with a recent quorum, and nobody leads while a
+    /// leader transfer holds requests.
+    pub fn leader(&self) -> Leader {
+        if self.hold.is_on() {
+            Leader::Unknown
+        } else {
+            leader_in(&self.raft.metrics().borrow(), self.election_timeout)
+        }
+    }
+
+    /// Resolves when leadership may have changed: openraft reported
+    /// something, a hold was released, or a heartbeat interval passed (a
+    /// leader's quorum goes stale without any report).
+    pub async fn leadership_may_change(&self, rx: &mut tokio::sync::watch::Receiver<Metrics>) {
+        futures_lite::future::or(
+            async {
+                if rx.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            },
+            futures_lite::future::or(self.hold.released(), async {
+                glommio::timer::sleep(self.heartbeat_interval).await
+            }),
+        )
+        .await
+    }
+}
+
+/// One proposal waiting for a batch, and who waits for its outcome.
+enum Pending {
+    /// A client of this member (or one of its own tasks, e.g. compaction).
+    Client(Bytes, ReplyTx),
+    /// A follower's client: proposed only while this member leads.
+    Peer(Bytes, ReplyTx),
+    /// This member's decision as leader of a term (see
+    /// [`RaftRequest::ProposeAsLeader`]).
+    Leader(Bytes, u64),
+}
+
+impl Pending {
+    fn command(&self) -> &Bytes {
+        match self {
+            Pending::Client(c, _) | Pending::Peer(c, _) | Pending::Leader(c, _) => c,
+        }
     }
 }
 
@@ -185,12 +291,12 @@ enum Event {
 pub async fn run(h: RaftHandles, mut rx: mpsc::Receiver<RaftRequest>, batch_bytes_max: usize) {
     let (read_tx, read_rx) = mpsc::channel(READ_QUEUE);
     glommio::spawn_local(read_index_rounds(h.clone(), read_rx)).detach();
-    glommio::spawn_local(watch_leadership(h.raft.clone(), h.mvcc.clone())).detach();
+    glommio::spawn_local(watch_leadership(h.clone())).detach();
     let gate = Rc::new(InflightGate::default());
     let mut leader_rx = h.raft.metrics();
-    let mut pending: VecDeque<(Bytes, Origin, ReplyTx)> = VecDeque::new();
+    let mut pending: VecDeque<Pending> = VecDeque::new();
     loop {
-        let leader_known = usable_leader(&h) != Leader::Unknown;
+        let leader_known = h.leader() != Leader::Unknown;
         let must_wait =
             pending.is_empty() || gate.inflight() >= BATCHES_IN_FLIGHT_MAX || !leader_known;
         if must_wait {
@@ -205,15 +311,7 @@ pub async fn run(h: RaftHandles, mut rx: mpsc::Receiver<RaftRequest>, batch_byte
                         if leader_known {
                             std::future::pending::<()>().await;
                         }
-                        futures_lite::future::or(
-                            async {
-                                if leader_rx.changed().await.is_err() {
-                                    std::future::pending::<()>().await;
-                                }
-                            },
-                            h.hold.released(),
-                        )
-                        .await;
+                        h.leadership_may_change(&mut leader_rx).await;
                         Event::Wake
                     },
                 ),
@@ -232,35 +330,13 @@ pub async fn run(h: RaftHandles, mut rx: mpsc::Receiver<RaftRequest>, batch_byte
             }
         }
         while !pending.is_empty() && gate.inflight() < BATCHES_IN_FLIGHT_MAX {
-            let leader = usable_leader(&h);
+            let leader = h.leader();
             if leader == Leader::Unknown {
                 break;
             }
-            let mut commands = Vec::new();
-            let mut replies = Vec::new();
-            let mut bytes = 0;
-            while let Some((command, _, _)) = pending.front() {
-                if !commands.is_empty()
-                    && (bytes + command.len() > batch_bytes_max
-                        || commands.len() >= BATCH_COMMANDS_MAX)
-                {
-                    break;
-                }
-                let (command, origin, reply) = pending.pop_front().expect("front exists");
-                if origin == Origin::Peer && leader != Leader::Me {
-                    // A follower took us for the leader; it must ask the real one.
-                    let _ = reply.send(Err(ProposeError::NotLeader {
-                        leader: match &leader {
-                            Leader::Other(id, _) => Some(*id),
-                            _ => None,
-                        },
-                    }));
-                    continue;
-                }
-                bytes += command.len();
-                commands.push(command);
-                replies.push(reply);
-            }
+            // The batch is bound to this leader and term from here on.
+            let reign = reign_of(&h.raft);
+            let (commands, replies) = next_batch(&mut pending, &leader, reign, batch_bytes_max);
             metrics().proposals_pending.set(pending.len() as i64);
             if commands.is_empty() {
                 continue;
@@ -286,7 +362,7 @@ pub async fn run(h: RaftHandles, mut rx: mpsc::Receiver<RaftRequest>, batch_byte
                 Leader::Other(id, node) => {
                     let h = h.clone();
                     glommio::spawn_local(async move {
-                        forward(&h, id, &node, commands, replies).await;
+                        forward(&h, id, reign, &node, commands, replies).await;
                         drop(permit);
                     })
                     .detach();
@@ -295,6 +371,50 @@ pub async fn run(h: RaftHandles, mut rx: mpsc::Receiver<RaftRequest>, batch_byte
             }
         }
     }
+}
+
+/// Takes the next batch off `pending` for `leader` in `reign`: commands and
+/// who waits for each. Drops what must not be proposed now: proposals whose
+/// client has gone (it timed out or hung up: its write must not be applied
+/// after it was told it failed), a follower's proposals when this member
+/// does not lead, and this member's leader decisions from another term.
+fn next_batch(
+    pending: &mut VecDeque<Pending>,
+    leader: &Leader,
+    reign: Reign,
+    batch_bytes_max: usize,
+) -> (Vec<Bytes>, Vec<ReplyTx>) {
+    let mut commands = Vec::new();
+    let mut replies = Vec::new();
+    let mut bytes = 0;
+    while let Some(next) = pending.front() {
+        let len = next.command().len();
+        if !commands.is_empty()
+            && (bytes + len > batch_bytes_max || commands.len() >= BATCH_COMMANDS_MAX)
+        {
+            break;
+        }
+        let (command, reply) = match pending.pop_front().expect("front exists") {
+            Pending::Client(_, reply) if reply.is_closed() => continue,
+            Pending::Peer(_, reply) if *leader != Leader::Me => {
+                // A follower took us for the leader; it must ask the real one.
+                let leader = match leader {
+                    Leader::Other(id, _) => Some(*id),
+                    _ => None,
+                };
+                let _ = reply.send(Err(ProposeError::NotLeader { leader }));
+                continue;
+            }
+            Pending::Leader(_, term) if *leader != Leader::Me || term != reign.term => continue,
+            Pending::Client(command, reply) | Pending::Peer(command, reply) => (command, reply),
+            // Nobody waits: the outcome goes nowhere.
+            Pending::Leader(command, _) => (command, oneshot::channel().0),
+        };
+        bytes += len;
+        commands.push(command);
+        replies.push(reply);
+    }
+    (commands, replies)
 }
 
 pub(super) fn fail_all(replies: Vec<ReplyTx>, e: ProposeError) {
@@ -346,7 +466,7 @@ async fn handle(
     req: RaftRequest,
     h: &RaftHandles,
     read_tx: &mpsc::Sender<ReadWaiter>,
-    pending: &mut VecDeque<(Bytes, Origin, ReplyTx)>,
+    pending: &mut VecDeque<Pending>,
 ) {
     let queue_read = |w: ReadWaiter| async move {
         if let Err(e) = read_tx.send(w).await {
@@ -363,9 +483,17 @@ async fn handle(
     match req {
         RaftRequest::Propose {
             command,
-            origin,
+            origin: Origin::Client,
             reply,
-        } => pending.push_back((command, origin, reply)),
+        } => pending.push_back(Pending::Client(command, reply)),
+        RaftRequest::Propose {
+            command,
+            origin: Origin::Peer,
+            reply,
+        } => pending.push_back(Pending::Peer(command, reply)),
+        RaftRequest::ProposeAsLeader { command, term } => {
+            pending.push_back(Pending::Leader(command, term))
+        }
         RaftRequest::LinearizableRange { req, reply } => {
             queue_read(ReadWaiter::Range(req, reply)).await
         }
@@ -373,7 +501,7 @@ async fn handle(
             queue_read(ReadWaiter::Index(origin, reply)).await
         }
         RaftRequest::Status { reply } => {
-            let _ = reply.send(status_of(&h.raft));
+            let _ = reply.send(status_of(h));
         }
         RaftRequest::ChangeMembers { change, reply } => {
             let h = h.clone();
@@ -418,16 +546,19 @@ pub fn is_learner() -> bool {
     IS_LEARNER.load(Ordering::Relaxed)
 }
 
-/// Mirrors leadership into etcd's server gauges, and learner status into
-/// [`is_learner`], and stops the process if
-/// openraft stops on a fatal error (a failed snapshot write, say): serving
-/// on without a log would only answer "server stopped" forever.
-async fn watch_leadership(raft: Raft, mvcc: mpsc::Sender<MvccMsg>) {
-    let mut rx = raft.metrics();
+/// Mirrors leadership into etcd's server gauges, into the MVCC actor's
+/// lease clock (which acts only while this member leads with a recent
+/// quorum, and stamps its decisions with the term) and learner status into
+/// [`is_learner`]; and stops the process if openraft stops on a fatal error
+/// (a failed snapshot write, say): serving on without a log would only
+/// answer "server stopped" forever. Looks again every heartbeat interval,
+/// since a leader's quorum goes stale without openraft reporting anything.
+async fn watch_leadership(h: RaftHandles) {
+    let mut rx = h.raft.metrics();
     let mut last_leader = None;
-    let mut was_leader = false;
+    let mut leading_term = None;
     loop {
-        let (leader, me, log_index) = {
+        let (leader, me, term, log_index) = {
             let m = rx.borrow_and_update();
             if let Err(e) = &m.running_state {
                 crate::fatal(&format!("raft stopped: {e}"));
@@ -436,25 +567,44 @@ async fn watch_leadership(raft: Raft, mvcc: mpsc::Sender<MvccMsg>) {
             let learner =
                 membership.get_node(&m.id).is_some() && !membership.voter_ids().any(|v| v == m.id);
             IS_LEARNER.store(learner, Ordering::Relaxed);
-            (m.current_leader, m.id, m.last_log_index.unwrap_or(0))
+            let leader = acting_leader(&m, h.election_timeout);
+            (leader, m.id, m.current_term, m.last_log_index.unwrap_or(0))
         };
         let mx = metrics();
         mx.has_leader.set(i64::from(leader.is_some()));
         mx.is_leader.set(i64::from(leader == Some(me)));
         mx.proposals_committed.set(log_index as i64);
-        if leader.is_some() && leader != last_leader {
-            mx.leader_changes.inc();
+        if leader != last_leader {
+            if leader.is_some() {
+                mx.leader_changes.inc();
+            }
+            match leader {
+                Some(l) if l == me => tracing::info!(term, "this member leads"),
+                Some(l) => tracing::info!(term, leader = format!("{l:x}"), "following a leader"),
+                None if last_leader == Some(me) => {
+                    tracing::warn!(
+                        term,
+                        "this member stopped leading (no recent quorum, or a higher term)"
+                    )
+                }
+                None => tracing::info!(term, "no leader"),
+            }
         }
         last_leader = leader;
-        let is_leader = leader == Some(me);
-        if is_leader != was_leader {
-            was_leader = is_leader;
-            let msg = MvccMsg::Lease(LeaseMsg::Leadership { leader: is_leader });
-            if mvcc.send(msg).await.is_err() {
+        let now_leading = (leader == Some(me)).then_some(term);
+        if now_leading != leading_term {
+            leading_term = now_leading;
+            let msg = MvccMsg::Lease(LeaseMsg::Leadership { term: now_leading });
+            if h.mvcc.send(msg).await.is_err() {
                 return;
             }
         }
-        if rx.changed().await.is_err() {
+        let changed = futures_lite::future::or(async { rx.changed().await.is_ok() }, async {
+            glommio::timer::sleep(h.heartbeat_interval).await;
+            true
+        })
+        .await;
+        if !changed {
             return;
         }
     }

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use keel_storage::mvcc::ApplyOutcome;
 use tokio::sync::oneshot;
 
-use super::actor::{fail_all, leader_of, usable_leader, Leader, Origin, RaftHandles};
+use super::actor::{fail_all, reign_ends, Leader, Origin, RaftHandles, Reign};
 use super::members::{self, MemberError};
 use super::types::{Applied, Node, NodeId, ProposeError, ReplyTx};
 use crate::grpc::status::Code;
@@ -18,11 +18,20 @@ use crate::peer::wire::{
     failed_from_wire, outcome_from_wire, MemberChange, PeerRequest, PeerResponse, WireOutcome,
 };
 
-/// Sends a batch to the leader, then answers each command once this member
-/// has applied it as well.
+/// Sends a batch to the leader of `reign`, then answers each command once
+/// this member has applied it as well.
+///
+/// The batch lives only as long as that reign: if openraft reports another
+/// leader or term before the answer comes (a dead, paused or cut-off leader
+/// is noticed within two election timeouts, when this member's election
+/// timer fires), the batch fails with `leader changed` (its outcome is
+/// unknown) and the next batch goes to whoever leads then. The request
+/// timeout bounds the rest: a leader that keeps its reign but cannot be
+/// heard from on this path.
 pub(super) async fn forward(
     h: &RaftHandles,
     leader: NodeId,
+    reign: Reign,
     node: &Node,
     commands: Vec<Bytes>,
     replies: Vec<ReplyTx>,
@@ -30,16 +39,26 @@ pub(super) async fn forward(
     let req = PeerRequest::Forward {
         commands: commands.iter().map(|c| c.to_vec()).collect(),
     };
-    let outcomes = match h.peers.call(leader, node, &req, h.request_timeout).await {
-        Ok(PeerResponse::Forwarded { outcomes }) if outcomes.len() == replies.len() => outcomes,
-        Ok(PeerResponse::NotLeader { leader }) => {
+    let answer = futures_lite::future::or(
+        async { Some(h.peers.call(leader, node, &req, h.request_timeout).await) },
+        async {
+            reign_ends(&h.raft, reign).await;
+            None
+        },
+    )
+    .await;
+    let outcomes = match answer {
+        Some(Ok(PeerResponse::Forwarded { outcomes })) if outcomes.len() == replies.len() => {
+            outcomes
+        }
+        Some(Ok(PeerResponse::NotLeader { leader })) => {
             return fail_all(replies, ProposeError::NotLeader { leader })
         }
         // Nothing reached the leader.
-        Err(PeerError::Unreachable(..) | PeerError::Rejected(..)) => {
+        Some(Err(PeerError::Unreachable(..) | PeerError::Rejected(..))) => {
             return fail_all(replies, ProposeError::NotLeader { leader: None })
         }
-        Ok(_) | Err(_) => {
+        Some(Ok(_) | Err(_)) | None => {
             metrics().proposals_failed.inc();
             return fail_all(replies, ProposeError::LeaderChanged);
         }
@@ -52,6 +71,10 @@ pub(super) async fn forward(
         })
         .max();
     if let Some(index) = last {
+        // Read your writes on this member: answer once it applied them too.
+        // The leader applied them already, so their outcomes stand even if
+        // this wait fails: reporting a failure would invite a retry that
+        // applies the write twice.
         let (tx, rx) = oneshot::channel();
         let waited = h
             .mvcc
@@ -62,7 +85,10 @@ pub(super) async fn forward(
                 .await
                 .is_ok_and(|r| r.is_ok());
         if !waited {
-            return fail_all(replies, ProposeError::Stopped);
+            tracing::warn!(
+                index,
+                "answering forwarded writes the leader applied before this member applied them"
+            );
         }
     }
     let me = h.raft.metrics().borrow().id;
@@ -104,7 +130,7 @@ async fn ask_lease_clock<T>(
     remote: PeerRequest,
     answer: impl FnOnce(PeerResponse) -> Option<T>,
 ) -> Result<T, LeaseError> {
-    match usable_leader(h) {
+    match h.leader() {
         Leader::Me => {
             let (tx, rx) = oneshot::channel();
             let msg = MvccMsg::Lease(local(tx));
@@ -114,7 +140,7 @@ async fn ask_lease_clock<T>(
         Leader::Other(leader, node) if origin == Origin::Client => {
             match h
                 .peers
-                .call(leader, &node, &remote, h.request_timeout)
+                .call(leader, &node, &remote, h.election_timeout)
                 .await
             {
                 Ok(PeerResponse::LeaseNotFound) => Err(LeaseError::NotFound),
@@ -177,7 +203,7 @@ pub(super) async fn change_members(
     h: &RaftHandles,
     change: MemberChange,
 ) -> Result<(), MemberError> {
-    match leader_of(&h.raft) {
+    match h.leader() {
         Leader::Me => members::execute(&h.raft, change).await,
         Leader::Unknown => Err(MemberError::not_leader()),
         Leader::Other(id, node) => {

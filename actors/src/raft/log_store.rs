@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::codec::{
     decode_membership, encode_membership, log_id_from, log_id_record, vote_from, vote_record,
 };
-use super::types::{Entry, LogId, Proposal, StorageError, TypeConfig, Vote};
+use super::types::{Entry, LogId, NodeId, Proposal, StorageError, TypeConfig, Vote};
 use crate::wal_writer::{WalCmd, WalEntry};
 
 /// `payload_kind` values of WAL entry records.
@@ -96,6 +96,26 @@ fn to_wal_entry(e: &Entry) -> WalEntry {
     }
 }
 
+/// The vote a member restarts with: the one it saved, except that a member
+/// that led when it stopped restarts as a follower, as etcd's members do.
+///
+/// openraft 0.9 restores a member whose saved vote is its own committed vote
+/// as leader of that old term at once. Its commit index starts again from
+/// what it had applied, and the term's followers still accept its
+/// heartbeats until their election timers fire, so its read-index rounds
+/// succeed and it would serve linearizable reads from its pre-crash state,
+/// missing writes the cluster acknowledged while it was down. Uncommitted,
+/// the same vote still keeps it from voting for anyone else in that term,
+/// and any leader of that term or a later one outranks it; it leads again
+/// only by winning a new election, whose first entry then bounds its reads.
+pub fn restart_vote(saved: Vote, me: NodeId) -> Vote {
+    if saved.is_committed() && saved.leader_id.voted_for() == Some(me) {
+        Vote::new(saved.leader_id.term, me)
+    } else {
+        saved
+    }
+}
+
 #[derive(Clone)]
 pub struct LogReader(Rc<RefCell<LogCache>>);
 
@@ -136,10 +156,11 @@ fn wal_gone() -> StorageError {
 }
 
 impl LogStore {
-    /// Builds the log from what WAL recovery found.
+    /// Builds the log from what WAL recovery found; `me` is this member.
     pub fn from_recovered(
         r: &mut Recovered,
         wal: mpsc::Sender<WalCmd>,
+        me: NodeId,
     ) -> Result<LogStore, String> {
         let mut cache = LogCache {
             purged: r.purged.as_ref().map(log_id_from),
@@ -151,7 +172,7 @@ impl LogStore {
         Ok(LogStore {
             cache: Rc::new(RefCell::new(cache)),
             wal,
-            vote: r.vote.as_ref().map(vote_from),
+            vote: r.vote.as_ref().map(|v| restart_vote(vote_from(v), me)),
         })
     }
 
@@ -265,5 +286,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             log_id: log_id_record(&log_id),
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{restart_vote, Vote};
+
+    #[test]
+    fn a_restarted_leader_comes_back_as_a_follower() {
+        // It led term 7: restarted, it still holds its vote, uncommitted.
+        assert_eq!(restart_vote(Vote::new_committed(7, 1), 1), Vote::new(7, 1));
+        // A vote for another member's leadership stays as it was.
+        let other = Vote::new_committed(7, 2);
+        assert_eq!(restart_vote(other, 1), other);
+        // So does a vote it cast for itself that never won.
+        assert_eq!(restart_vote(Vote::new(8, 1), 1), Vote::new(8, 1));
+        // Any leader of the same term or later outranks it.
+        assert!(Vote::new_committed(7, 2) > restart_vote(Vote::new_committed(7, 1), 1));
+        assert!(Vote::new_committed(8, 3) > restart_vote(Vote::new_committed(7, 1), 1));
     }
 }

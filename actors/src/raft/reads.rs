@@ -2,10 +2,12 @@
 //! confirmed by this member as leader or asked of the leader; the MVCC
 //! actor serves every read of a round once the round's index is applied.
 
+use std::time::Instant;
+
 use keel_proto::etcdserverpb as pb;
 use tokio::sync::mpsc;
 
-use super::actor::{leader_of, usable_leader, Leader, Origin, RaftHandles, ReadIndexReply};
+use super::actor::{reign_ends, reign_of, Leader, Origin, RaftHandles, ReadIndexReply};
 use crate::mvcc_actor::{MvccMsg, RangeReply, ReadError};
 use crate::peer::wire::{PeerRequest, PeerResponse};
 
@@ -18,43 +20,75 @@ pub(super) enum ReadWaiter {
 }
 
 /// The index a linearizable read must see applied: confirmed by this
-/// member as leader, or asked of the leader. Waits up to the request
-/// timeout for a leader to be known.
+/// member as leader, or asked of the leader. Tries until the request
+/// timeout: each attempt waits for a leader, and an attempt that asks
+/// another member is bound to that leader's reign and to an election
+/// timeout, so a dead or cut-off leader delays reads by about one election,
+/// not a request timeout; the next attempt asks whoever leads then.
+///
+/// This member as leader answers with openraft's read index: the greater of
+/// its commit index and its term's first entry, confirmed by a quorum
+/// heartbeat round. Served once that index is applied, a read sees every
+/// write acknowledged before it, since this term's first entry commits only
+/// after everything committed in earlier terms (ARCHITECTURE.md, invariants).
+///
+/// Rounds asked for by peers only (`may_forward` false) get one election
+/// timeout: the asking follower gives up after that.
 async fn read_index(h: &RaftHandles, may_forward: bool) -> Result<u64, ReadError> {
+    let patience = if may_forward {
+        h.request_timeout
+    } else {
+        h.election_timeout
+    };
+    let deadline = Instant::now() + patience;
     let mut rx = h.raft.metrics();
-    let waited = glommio::timer::timeout(h.request_timeout, async {
-        loop {
-            let leader = usable_leader(h);
+    loop {
+        let leader = loop {
+            let leader = h.leader();
             if leader != Leader::Unknown {
-                return Ok(leader);
+                break leader;
             }
-            let changed = futures_lite::future::or(async { rx.changed().await.is_ok() }, async {
-                h.hold.released().await;
-                true
-            })
-            .await;
-            if !changed {
-                return Ok(Leader::Unknown);
+            if Instant::now() >= deadline {
+                return Err(ReadError::NoLeader);
             }
-        }
-    })
-    .await;
-    match waited {
-        Ok(Leader::Me) => match h.raft.get_read_log_id().await {
-            Ok((read_log_id, _)) => Ok(read_log_id.map_or(0, |l| l.index)),
-            Err(_) => Err(ReadError::NoLeader),
-        },
-        Ok(Leader::Other(id, node)) if may_forward => {
-            match h
-                .peers
-                .call(id, &node, &PeerRequest::ReadIndex, h.request_timeout)
+            h.leadership_may_change(&mut rx).await;
+        };
+        let reign = reign_of(&h.raft);
+        let attempt = match leader {
+            Leader::Me => h
+                .raft
+                .get_read_log_id()
                 .await
-            {
-                Ok(PeerResponse::ReadIndex { index }) => Ok(index),
-                _ => Err(ReadError::NoLeader),
+                .ok()
+                .map(|(read_log_id, _)| read_log_id.map_or(0, |l| l.index)),
+            Leader::Other(id, node) if may_forward => {
+                let ask = h
+                    .peers
+                    .call(id, &node, &PeerRequest::ReadIndex, h.election_timeout);
+                let answer = futures_lite::future::or(async { Some(ask.await) }, async {
+                    reign_ends(&h.raft, reign).await;
+                    None
+                })
+                .await;
+                match answer {
+                    Some(Ok(PeerResponse::ReadIndex { index })) => Some(index),
+                    _ => None,
+                }
             }
+            // A peer asked this member as its leader: it does not lead.
+            _ => return Err(ReadError::NoLeader),
+        };
+        if let Some(index) = attempt {
+            return Ok(index);
         }
-        _ => Err(ReadError::NoLeader),
+        if Instant::now() >= deadline {
+            return Err(ReadError::NoLeader);
+        }
+        // Not confirmed: wait for news of leadership (or a heartbeat
+        // interval) before the next attempt, so it does not spin.
+        if reign_of(&h.raft) == reign {
+            h.leadership_may_change(&mut rx).await;
+        }
     }
 }
 
@@ -72,7 +106,7 @@ pub(super) async fn read_index_rounds(h: RaftHandles, mut rx: mpsc::Receiver<Rea
             .iter()
             .all(|w| matches!(w, ReadWaiter::Index(Origin::Peer, _)));
         let index = read_index(&h, !only_peers).await;
-        let am_leader = leader_of(&h.raft) == Leader::Me;
+        let am_leader = h.leader() == Leader::Me;
         for w in batch {
             match w {
                 ReadWaiter::Index(origin, reply) => {

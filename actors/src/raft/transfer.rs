@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::actor::{leader_of, Leader, RaftHandles};
+use super::actor::{Leader, RaftHandles};
 use super::members::MemberError;
 use super::types::{Node, NodeId};
 use crate::peer::wire::{PeerRequest, PeerResponse};
@@ -56,7 +56,7 @@ pub(super) async fn move_leader(h: &RaftHandles, target: NodeId) -> Result<(), M
             .any(|v| v == target);
         (m.id, voter)
     };
-    if leader_of(&h.raft) != Leader::Me {
+    if h.leader() != Leader::Me {
         return Err(MemberError::not_leader_for_transfer());
     }
     if !voter {
@@ -111,9 +111,11 @@ async fn transfer(h: &RaftHandles, target: NodeId, node: &Node) -> Result<(), Me
     if !matches!(caught_up, Ok(true)) {
         return Err(timed_out());
     }
-    // 2. Go quiet until the followers' lease on this leader has run out.
+    // 2. Go quiet until the followers' lease on this leader has run out
+    //    (openraft's leader lease is its election_timeout_max, which keel
+    //    sets to --election-timeout; see node.rs).
     h.raft.runtime_config().heartbeat(false);
-    let lease = h.election_timeout * 2;
+    let lease = h.election_timeout;
     glommio::timer::sleep(lease + LEASE_MARGIN).await;
     // 3. The target campaigns.
     match h

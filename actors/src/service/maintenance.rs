@@ -52,7 +52,13 @@ pub async fn status(
         raft_index: raft.last_log_index,
         raft_term: raft.term,
         raft_applied_index: raft.applied_index,
-        errors: Vec::new(),
+        // As etcd: a member without a leader says so (a leader cut off
+        // from its quorum has none, see RaftHandles::leader).
+        errors: if raft.leader.is_none() {
+            vec![Status::no_leader().message]
+        } else {
+            Vec::new()
+        },
         db_size_in_use: mvcc.size_bytes as i64,
         is_learner: raft.is_learner(),
         storage_version: String::new(),

@@ -101,33 +101,53 @@ impl KvStore {
                     error: String::new(),
                 }))
             }
-            ArchivedCommand::LeaseRevoke(r) => {
-                let lease = self
-                    .leases_mut()
-                    .remove(r.id.to_native())
-                    .ok_or(MvccError::LeaseNotFound)?;
-                // Every attached key goes in one revision, one event each.
-                let mut txn = self.begin_write();
-                for key in &lease.keys {
-                    txn.delete_range(KeyRange::Single(key));
-                }
-                let rev = txn.end();
-                Ok(CommandResponse::LeaseRevoke(pb::LeaseRevokeResponse {
-                    header: header(rev),
-                }))
-            }
-            ArchivedCommand::LeaseCheckpoint(c) => {
-                for cp in c.checkpoints.iter() {
-                    let (id, remaining) = (cp.0.to_native(), cp.1.to_native());
-                    self.leases_mut().checkpoint(id, remaining);
-                }
-                Ok(CommandResponse::LeaseCheckpoint(
-                    pb::LeaseCheckpointResponse {
-                        header: header(self.current_rev()),
-                    },
-                ))
-            }
+            ArchivedCommand::LeaseRevoke(r) => self.revoke(r.id.to_native()),
+            ArchivedCommand::LeaseExpire(r) => self.revoke(r.id.to_native()),
+            ArchivedCommand::LeaseCheckpoint(c) => self.checkpoint(
+                c.checkpoints
+                    .iter()
+                    .map(|cp| (cp.0.to_native(), cp.1.to_native())),
+            ),
+            ArchivedCommand::LeaseCheckpointInTerm(c) => self.checkpoint(
+                c.checkpoints
+                    .iter()
+                    .map(|cp| (cp.0.to_native(), cp.1.to_native())),
+            ),
         }
+    }
+
+    /// Revokes a lease: every attached key goes in one revision, one event each.
+    fn revoke(&mut self, id: i64) -> ApplyOutcome {
+        let lease = self
+            .leases_mut()
+            .remove(id)
+            .ok_or(MvccError::LeaseNotFound)?;
+        let mut txn = self.begin_write();
+        for key in &lease.keys {
+            txn.delete_range(KeyRange::Single(key));
+        }
+        let rev = txn.end();
+        Ok(CommandResponse::LeaseRevoke(pb::LeaseRevokeResponse {
+            header: header(rev),
+        }))
+    }
+
+    /// Records leases' remaining TTLs: (lease id, seconds).
+    fn checkpoint(&mut self, checkpoints: impl Iterator<Item = (i64, i64)>) -> ApplyOutcome {
+        for (id, remaining) in checkpoints {
+            self.leases_mut().checkpoint(id, remaining);
+        }
+        self.unchanged()
+    }
+
+    /// What a command that takes no effect answers (a leader's decision
+    /// applied outside the term it was made in): nothing changed.
+    pub fn unchanged(&self) -> ApplyOutcome {
+        Ok(CommandResponse::LeaseCheckpoint(
+            pb::LeaseCheckpointResponse {
+                header: header(self.current_rev()),
+            },
+        ))
     }
 
     fn apply_txn(
