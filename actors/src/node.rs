@@ -502,6 +502,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
         max_request_bytes: cfg.max_request_bytes,
         max_txn_ops: cfg.max_txn_ops,
         request_timeout: cfg.request_timeout,
+        election_timeout: Duration::from_millis(cfg.election_timeout_ms),
         max_concurrent_streams: cfg.max_concurrent_streams,
         connections_max: cfg.connections_max,
     });

@@ -92,6 +92,9 @@ async fn serve_connection(mut stream: TcpStream, ctx: Rc<ServerCtx>) {
     }
 }
 
+/// The gRPC metadata clientv3's `WithRequireLeader` sends ("true").
+const REQUIRE_LEADER_KEY: &str = "hasleader";
+
 fn grpc_headers(builder: http::response::Builder) -> http::response::Builder {
     builder.status(200).header(
         header::CONTENT_TYPE,
@@ -176,9 +179,19 @@ async fn handle_http2(req: http::Request<Incoming>, ctx: Rc<ServerCtx>) -> Respo
         if crate::raft::actor::is_learner() {
             return error_response(&Status::learner_unsupported());
         }
+        // clientv3's WithRequireLeader (kube-apiserver sets it on watches):
+        // refused without a leader, and a watch stream ends when its member
+        // loses its leader, as etcd does.
+        let require_leader = req
+            .headers()
+            .get(REQUIRE_LEADER_KEY)
+            .is_some_and(|v| v == "true");
+        if require_leader && !crate::raft::actor::has_leader() {
+            return error_response(&Status::no_leader());
+        }
         let body = req.into_body();
         return match method {
-            Method::Watch => streaming_response(|out| watch::serve(body, ctx, out)),
+            Method::Watch => streaming_response(|out| watch::serve(body, ctx, out, require_leader)),
             Method::LeaseKeepAlive => streaming_response(|out| lease::keep_alive(body, ctx, out)),
             _ => streaming_response(|out| election::observe(body, ctx, out)),
         };

@@ -23,6 +23,16 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Names another server binary to run instead of keel: an older keel, or
+/// etcd (the flags the harness sets are etcd's).
+pub const BINARY_VAR: &str = "KEEL_ROBUSTNESS_BINARY";
+
+/// The binary `Server` runs: keel unless `BINARY_VAR` says otherwise.
+pub fn server_binary() -> PathBuf {
+    std::env::var_os(BINARY_VAR)
+        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_keel")), PathBuf::from)
+}
+
 pub struct Server {
     pub port: u16,
     pub peer_port: u16,
@@ -89,7 +99,11 @@ impl Server {
     }
 
     fn command(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_keel"));
+        let mut c = Command::new(server_binary());
+        if std::env::var_os(BINARY_VAR).is_some() {
+            // etcd refuses --listen-client-urls without it; keel takes it too.
+            c.arg("--advertise-client-urls").arg(self.endpoint());
+        }
         c.arg("--data-dir")
             .arg(&self.dir)
             .arg("--listen-client-urls")
@@ -163,6 +177,31 @@ impl Server {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// The running child's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGSTOP: the process stays alive (sockets open) but does nothing
+    /// until `resume`; a paused member looks like a very slow one.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// SIGCONT after `pause`.
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        if let Some(pid) = self.pid().and_then(|p| libc::pid_t::try_from(p).ok()) {
+            // SAFETY: kill(2) has no memory effects; the pid is our own child.
+            unsafe {
+                libc::kill(pid, signal);
+            }
         }
     }
 

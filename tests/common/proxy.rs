@@ -21,16 +21,21 @@ use keel_actors::raft::log_store::aligned_bytes;
 pub struct Partition {
     /// Member ids cut off from everyone.
     cut: Mutex<HashSet<u64>>,
-    /// Open relays: (from, to, both sockets), closed when either end is cut.
-    open: Mutex<Vec<(u64, u64, TcpStream, TcpStream)>>,
+    /// Open relays, closed when either end is cut. The proxied member's id is read at cut time: a
+    /// connection made before the cluster's ids were learned has it as 0
+    /// when it opens.
+    open: Mutex<Vec<Relay>>,
 }
+
+/// An open relay: (from, the proxied member, both sockets).
+type Relay = (u64, Arc<Mutex<u64>>, TcpStream, TcpStream);
 
 impl Partition {
     pub fn cut(&self, member: u64) {
         self.cut.lock().unwrap().insert(member);
         let mut open = self.open.lock().unwrap();
         open.retain(|(from, to, a, b)| {
-            if *from == member || *to == member {
+            if *from == member || *to.lock().unwrap() == member {
                 let _ = a.shutdown(Shutdown::Both);
                 let _ = b.shutdown(Shutdown::Both);
                 false
@@ -121,7 +126,7 @@ fn relay(mut inbound: TcpStream, target_port: u16, target: Arc<Mutex<u64>>, p: A
         }
         open.push((
             from,
-            to,
+            target,
             inbound.try_clone().unwrap(),
             outbound.try_clone().unwrap(),
         ));

@@ -546,6 +546,14 @@ pub fn is_learner() -> bool {
     IS_LEARNER.load(Ordering::Relaxed)
 }
 
+/// Whether this member knows a leader it may rely on (as `has_leader`), for
+/// the reactors' require-leader streams.
+static HAS_LEADER: AtomicBool = AtomicBool::new(false);
+
+pub fn has_leader() -> bool {
+    HAS_LEADER.load(Ordering::Relaxed)
+}
+
 /// Mirrors leadership into etcd's server gauges, into the MVCC actor's
 /// lease clock (which acts only while this member leads with a recent
 /// quorum, and stamps its decisions with the term) and learner status into
@@ -571,6 +579,7 @@ async fn watch_leadership(h: RaftHandles) {
             (leader, m.id, m.current_term, m.last_log_index.unwrap_or(0))
         };
         let mx = metrics();
+        HAS_LEADER.store(leader.is_some(), Ordering::Relaxed);
         mx.has_leader.set(i64::from(leader.is_some()));
         mx.is_leader.set(i64::from(leader == Some(me)));
         mx.proposals_committed.set(log_index as i64);

@@ -28,6 +28,7 @@ pub struct ServeConfig {
     /// How long a write or linearizable read may take before
     /// "etcdserver: request timed out".
     pub request_timeout: Duration,
+    pub election_timeout: Duration,
     pub max_concurrent_streams: u32,
     pub connections_max: usize,
 }

@@ -31,11 +31,37 @@ static NEXT_STREAM: AtomicU64 = AtomicU64::new(1);
 enum Step {
     Request(Result<Option<bytes::Bytes>, Status>),
     Response(Option<pb::WatchResponse>),
+    LeaderLost,
+}
+
+/// Election timeouts in a row without a leader that end a require-leader
+/// stream (etcd's `maxNoLeaderCnt`).
+pub const NO_LEADER_CHECKS_MAX: u32 = 3;
+
+/// Resolves once this member has known no leader at
+/// [`NO_LEADER_CHECKS_MAX`] checks in a row, one per election timeout, as
+/// etcd's monitorLeader does for streams that require a leader.
+async fn leader_lost(election_timeout: std::time::Duration) {
+    let mut misses = 0;
+    while misses < NO_LEADER_CHECKS_MAX {
+        glommio::timer::sleep(election_timeout).await;
+        misses = if crate::raft::actor::has_leader() {
+            0
+        } else {
+            misses + 1
+        };
+    }
 }
 
 /// Serves one Watch stream until the client goes away; ends the response
-/// with a status if the request stream breaks.
-pub async fn serve(body: Incoming, ctx: Rc<ServerCtx>, out: mpsc::Sender<StreamItem>) {
+/// with a status if the request stream breaks, or with `etcdserver: no
+/// leader` if `require_leader` and this member lost its leader.
+pub async fn serve(
+    body: Incoming,
+    ctx: Rc<ServerCtx>,
+    out: mpsc::Sender<StreamItem>,
+    require_leader: bool,
+) {
     let stream: StreamId = NEXT_STREAM.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::channel(HUB_QUEUE);
     let open = WatchMsg::Open {
@@ -53,16 +79,32 @@ pub async fn serve(body: Incoming, ctx: Rc<ServerCtx>, out: mpsc::Sender<StreamI
     }
     let mut reader = MessageReader::new(body, ctx.cfg.max_recv_bytes());
     let mut reading = true;
-    let end = loop {
-        let step = if reading {
-            futures_lite::future::or(async { Step::Request(reader.next().await) }, async {
-                Step::Response(rx.recv().await)
-            })
-            .await
+    let election_timeout = ctx.cfg.election_timeout;
+    let mut lost = Box::pin(async move {
+        if require_leader {
+            leader_lost(election_timeout).await
         } else {
-            Step::Response(rx.recv().await)
+            std::future::pending().await
+        }
+    });
+    let end = loop {
+        let io = async {
+            if reading {
+                futures_lite::future::or(async { Step::Request(reader.next().await) }, async {
+                    Step::Response(rx.recv().await)
+                })
+                .await
+            } else {
+                Step::Response(rx.recv().await)
+            }
         };
+        let step = futures_lite::future::or(io, async {
+            (&mut lost).await;
+            Step::LeaderLost
+        })
+        .await;
         match step {
+            Step::LeaderLost => break Some(Status::no_leader()),
             // The client closed its side: keep sending, as etcd does.
             Step::Request(Ok(None)) => reading = false,
             Step::Request(Ok(Some(bytes))) => {
