@@ -399,3 +399,35 @@ async fn a_require_leader_watch_ends_when_its_member_loses_the_leader() {
         "after"
     );
 }
+
+/// Story: SIGTERM on a leader just exited, and the cluster took 3.2 s (its
+/// followers' election timers) to write again, with nothing in the log;
+/// etcd hands leadership over first (0.02 s of no writes). A member stopped
+/// with SIGTERM hands its leadership to a caught-up voter, says so, and
+/// exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_on_the_leader_hands_leadership_over_and_exits_0() {
+    let mut cluster = Cluster::start(3, FAST);
+    let leader = cluster.leader().await;
+    let follower = (leader + 1) % 3;
+    let mut f = client(&cluster.members[follower].endpoint()).await;
+    f.put("term", "before", None).await.unwrap();
+    let started = Instant::now();
+    let code = cluster.members[leader].terminate(Duration::from_secs(15));
+    let stopped_after = started.elapsed();
+    assert_eq!(code, Some(0), "{}", cluster.members[leader].logs());
+    let logs = cluster.members[leader].logs();
+    assert!(logs.contains("received SIGTERM: stopping"), "{logs}");
+    assert!(logs.contains("handed leadership to"), "{logs}");
+    // About one election timeout of hold (the followers' lease), not the
+    // request timeout.
+    assert!(stopped_after < Duration::from_secs(2), "{stopped_after:?}");
+    // The survivors have a leader already and write at once.
+    let put = tokio::time::timeout(Duration::from_secs(1), f.put("term", "after", None)).await;
+    assert!(matches!(put, Ok(Ok(_))), "{put:?}");
+    // A follower stopped with SIGTERM exits 0 too.
+    let other = cluster.leader().await;
+    let rest = (0..3).find(|i| *i != leader && *i != other).unwrap();
+    let code = cluster.members[rest].terminate(Duration::from_secs(15));
+    assert_eq!(code, Some(0), "{}", cluster.members[rest].logs());
+}

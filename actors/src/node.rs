@@ -400,6 +400,56 @@ fn bind_listeners(addrs: &[SocketAddr], what: &str) -> Result<Vec<socket2::Socke
     Ok(out)
 }
 
+/// Stops the member on SIGTERM or SIGINT, as etcd does: a leader first
+/// hands its leadership to the most caught-up voter (waiting at most
+/// `limit`), so the cluster does not wait out an election; then the process
+/// exits 0. Every acknowledged write is durable already, so nothing needs
+/// flushing. The signals are blocked in every thread (executors inherit the
+/// mask) and taken by one thread with sigwait(2).
+fn stop_on_signals(raft: mpsc::Sender<RaftRequest>, limit: Duration) -> Result<(), StartError> {
+    // SAFETY: plain libc calls on a local, initialized signal set.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if rc != 0 {
+            return Err(StartError::Executor(format!(
+                "blocking SIGTERM and SIGINT: {}",
+                std::io::Error::from_raw_os_error(rc)
+            )));
+        }
+        set
+    };
+    std::thread::Builder::new()
+        .name("keel-signals".into())
+        .spawn(move || {
+            let mut sig = 0;
+            // SAFETY: waits for a signal of a set blocked in every thread.
+            if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+                return;
+            }
+            let name = if sig == libc::SIGTERM {
+                "SIGTERM"
+            } else {
+                "SIGINT"
+            };
+            tracing::info!("received {name}: stopping");
+            let (done, outcome) = std::sync::mpsc::channel();
+            if raft.blocking_send(RaftRequest::Stop { done }).is_ok() {
+                match outcome.recv_timeout(limit) {
+                    Ok(what) => tracing::info!("{what}"),
+                    Err(_) => tracing::warn!("leadership hand-over did not finish in {limit:?}"),
+                }
+            }
+            tracing::info!("stopped");
+            std::process::exit(0);
+        })
+        .map_err(|e| StartError::Executor(format!("starting the signal thread: {e}")))?;
+    Ok(())
+}
+
 /// This executor's handle on a shared listening socket.
 fn core_listener(socket: &socket2::Socket) -> std::io::Result<glommio::net::TcpListener> {
     use std::os::fd::{FromRawFd, IntoRawFd};
@@ -510,6 +560,10 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
     let (mvcc_tx, mvcc_rx) = mpsc::channel(MVCC_INBOX);
     let (ready_tx, ready_rx) = watch::channel(false);
 
+    stop_on_signals(
+        raft_tx.clone(),
+        cfg.request_timeout + Duration::from_millis(2 * cfg.election_timeout_ms),
+    )?;
     let mut raft_parts = Some((raft_rx, recovered, loaded_meta, ready_tx));
     let mut mvcc_parts = Some((mvcc_rx, store, applied, membership, removed));
     let mut handles = Vec::new();

@@ -205,6 +205,22 @@ impl Server {
         }
     }
 
+    /// SIGTERM, then waits (bounded by `limit`) for the process to exit;
+    /// returns its exit code (None if it did not exit in time or died of a
+    /// signal).
+    pub fn terminate(&mut self, limit: Duration) -> Option<i32> {
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                self.child = None;
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child
             .as_mut()

@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::leader::{change_members, forward, lease_renew, lease_ttl};
 use super::members::MemberError;
 use super::reads::{read_index_rounds, ReadWaiter};
-use super::transfer::{move_leader, Hold};
+use super::transfer::{hand_over, move_leader, Hold};
 use super::types::{
     Applied, InflightGate, Membership, Node, NodeId, Proposal, ProposeError, Raft, ReplyTx,
 };
@@ -113,6 +113,12 @@ pub enum RaftRequest {
     MoveLeader {
         target: NodeId,
         reply: oneshot::Sender<Result<(), MemberError>>,
+    },
+    /// The member is stopping: if it leads, hand leadership to the most
+    /// caught-up voter first. Answers (from another thread's view) with
+    /// what was done, for the log.
+    Stop {
+        done: std::sync::mpsc::Sender<String>,
     },
 }
 
@@ -533,6 +539,13 @@ async fn handle(
             let h = h.clone();
             glommio::spawn_local(async move {
                 let _ = reply.send(move_leader(&h, target).await);
+            })
+            .detach();
+        }
+        RaftRequest::Stop { done } => {
+            let h = h.clone();
+            glommio::spawn_local(async move {
+                let _ = done.send(hand_over(&h).await);
             })
             .detach();
         }
