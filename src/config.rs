@@ -101,6 +101,18 @@ pub struct Flags {
     #[arg(long, env = "ETCD_ELECTION_TIMEOUT", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pub election_timeout: u64,
 
+    /// Reject reconfiguration requests that would cause quorum loss.
+    #[arg(
+        long,
+        env = "ETCD_STRICT_RECONFIG_CHECK",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub strict_reconfig_check: bool,
+
     /// Duration of periodic watch progress notifications ('10m', '5s').
     #[arg(
         long = "experimental-watch-progress-notify-interval",
@@ -409,6 +421,7 @@ impl Flags {
                     )
                 })?,
             election_timeout_ms: self.election_timeout,
+            strict_reconfig_check: self.strict_reconfig_check,
             // etcd: 5 s plus two election timeouts.
             request_timeout: Duration::from_secs(5)
                 + Duration::from_millis(2 * self.election_timeout),

@@ -52,50 +52,63 @@ async fn member_id(endpoint: &str) -> u64 {
 /// (seen: 42 stale reads in four 60 s runs). A restarted leader must come
 /// back as a follower and lead again only through a new election.
 ///
-/// A long election timeout makes the restart land well inside the window.
+/// A long election timeout makes the restart land well inside the window,
+/// and readers ask the restarted member from the moment it serves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_leader_serves_no_stale_linearizable_read() {
-    let slow = &["--heartbeat-interval", "100", "--election-timeout", "3000"];
+    let slow = &["--heartbeat-interval", "100", "--election-timeout", "1500"];
     let mut cluster = Cluster::start(3, slow);
     let keys = 20;
     for round in 0..4 {
         let leader = cluster.leader().await;
         let ep = cluster.members[leader].endpoint();
-        let mut c = client(&ep).await;
-        for i in 0..keys {
-            c.put(format!("s/{i}"), format!("r{round}"), None)
-                .await
-                .unwrap();
+        let c = client(&ep).await;
+        // Many entries in this term, the last value of each key last.
+        for pass in 0..10 {
+            let mut puts = Vec::new();
+            for i in 0..keys {
+                let mut c = c.clone();
+                let value = if pass == 9 {
+                    format!("r{round}")
+                } else {
+                    format!("r{round}-{pass}")
+                };
+                puts.push(tokio::spawn(async move {
+                    c.put(format!("s/{i}"), value, None).await.unwrap();
+                }));
+            }
+            for p in puts {
+                p.await.unwrap();
+            }
         }
         cluster.members[leader].kill9();
         cluster.members[leader].spawn();
-        // It serves once a new leader is elected, which takes the
-        // followers' lease and an election timeout here: /health is not
-        // answered until then (the harness's wait would call that a stall).
-        let port = cluster.members[leader].port;
-        eventually(
-            Duration::from_secs(30),
-            "the restarted leader serves",
-            || matches!(http_get(port, "/health"), Ok((200, _))),
-        )
-        .await;
-        // At once after it serves again: every value written before the
-        // crash, never an older one.
-        let mut c = client(&ep).await;
-        let r = c
-            .get("s/", Some(GetOptions::new().with_prefix()))
-            .await
-            .unwrap();
+        // Read from the moment the restarted member answers at all.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let r = loop {
+            assert!(
+                Instant::now() < deadline,
+                "the restarted leader never served"
+            );
+            let read = async {
+                let mut c = Client::connect([ep.clone()], None).await?;
+                c.get("s/", Some(GetOptions::new().with_prefix())).await
+            };
+            if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(2), read).await {
+                break r;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
         let stale: Vec<String> = r
             .kvs()
             .iter()
             .filter(|kv| kv.value_str().unwrap() != format!("r{round}"))
             .map(|kv| format!("{}={}", kv.key_str().unwrap(), kv.value_str().unwrap()))
             .collect();
-        assert_eq!(r.kvs().len(), keys, "round {round}");
         assert!(
-            stale.is_empty(),
-            "round {round}: the restarted leader served stale values at revision {}: {stale:?}",
+            r.kvs().len() == keys && stale.is_empty(),
+            "round {round}: the restarted leader served {} keys, stale values at revision {}: {stale:?}",
+            r.kvs().len(),
             r.header().unwrap().revision()
         );
     }
@@ -331,8 +344,11 @@ async fn move_leader_holds_requests_about_one_election_timeout() {
     c.move_leader(target_id).await.unwrap();
     let took = started.elapsed();
     assert_eq!(cluster.leader().await, target);
+    eprintln!("MoveLeader took {took:?}");
+    // One lease of one election timeout (500 ms) and an election; it was
+    // two (1 s) before.
     assert!(
-        took < Duration::from_millis(1500),
+        took < Duration::from_millis(1000),
         "MoveLeader took {took:?}"
     );
     let mut t = client(&cluster.members[target].endpoint()).await;
@@ -430,4 +446,99 @@ async fn sigterm_on_the_leader_hands_leadership_over_and_exits_0() {
     let rest = (0..3).find(|i| *i != leader && *i != other).unwrap();
     let code = cluster.members[rest].terminate(Duration::from_secs(15));
     assert_eq!(code, Some(0), "{}", cluster.members[rest].logs());
+}
+
+/// Story: MemberAdd of a voter that was not started yet answered `context
+/// deadline exceeded` after 5 s although the member had been added; etcd
+/// answers as soon as the change is committed, whether or not the new
+/// member runs (3 of 4 voters still make a quorum).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_add_of_an_unstarted_voter_answers_once_committed() {
+    let mut cluster = Cluster::start(3, FAST);
+    let leader = cluster.leader().await;
+    let mut c = client(&cluster.members[(leader + 1) % 3].endpoint()).await;
+    let url = format!("http://127.0.0.1:{}", common::free_port());
+    let started = Instant::now();
+    let added = tokio::time::timeout(Duration::from_secs(5), c.member_add([url.as_str()], None))
+        .await
+        .expect("MemberAdd did not answer within 5 s")
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(added.member_list().len(), 4);
+    let id = added.member().unwrap().id();
+    c.put("after-add", "v", None).await.unwrap();
+    // A member that never started is safe to remove.
+    c.member_remove(id).await.unwrap();
+    assert_eq!(c.member_list().await.unwrap().members().len(), 3);
+}
+
+/// Story: adding or removing a voter while another voter was down was
+/// accepted, and then every write blocked (the new configuration had no
+/// quorum of running members). etcd (`--strict-reconfig-check`, on by
+/// default) refuses with `etcdserver: unhealthy cluster`; removing the
+/// member that is down stays allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_reconfiguration_refuses_changes_that_would_lose_quorum() {
+    let mut cluster = Cluster::start(3, FAST);
+    let leader = cluster.leader().await;
+    let up = (leader + 1) % 3;
+    let down = (leader + 2) % 3;
+    let down_id = member_id(&cluster.members[down].endpoint()).await;
+    let up_id = member_id(&cluster.members[up].endpoint()).await;
+    cluster.members[down].kill9();
+    let mut c = client(&cluster.members[leader].endpoint()).await;
+    let unhealthy = (
+        tonic::Code::Unavailable,
+        "etcdserver: unhealthy cluster".to_string(),
+    );
+    // The leader counts a member as running while it answered within two
+    // election timeouts (etcd: an active connection).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let url = format!("http://127.0.0.1:{}", common::free_port());
+    let e = c.member_add([url.as_str()], None).await.unwrap_err();
+    assert_eq!(status_of(e), unhealthy);
+    let e = c.member_remove(up_id).await.unwrap_err();
+    assert_eq!(status_of(e), unhealthy);
+    assert_eq!(c.member_list().await.unwrap().members().len(), 3);
+    c.member_remove(down_id).await.unwrap();
+    assert_eq!(c.member_list().await.unwrap().members().len(), 2);
+    c.put("after-remove", "v", None).await.unwrap();
+}
+
+/// Story: MemberRemove of the current leader removed it, but the client was
+/// told `etcdserver: no leader` (the leader stopped as it applied its own
+/// removal, before answering). etcd answers success, then the removed
+/// leader stops and the others elect a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_the_leader_answers_success_and_the_rest_go_on() {
+    let mut cluster = Cluster::start(3, FAST);
+    let leader = cluster.leader().await;
+    let leader_id = member_id(&cluster.members[leader].endpoint()).await;
+    let mut c = client(&cluster.members[leader].endpoint()).await;
+    c.put("before", "v", None).await.unwrap();
+    let removed = c.member_remove(leader_id).await.unwrap();
+    assert_eq!(removed.members().len(), 2);
+    // The removed leader stops by itself.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cluster.members[leader].is_running() {
+        assert!(Instant::now() < deadline, "the removed leader kept running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(cluster.members[leader]
+        .logs()
+        .contains("the member has been permanently removed from the cluster"));
+    let mut f = client(&cluster.members[(leader + 1) % 3].endpoint()).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while f.put("after", "v", None).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "no write after the leader's removal"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(f.member_list().await.unwrap().members().len(), 2);
 }

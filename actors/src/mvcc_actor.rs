@@ -198,7 +198,13 @@ pub struct MvccActor {
     raft: mpsc::Sender<RaftRequest>,
     /// The term this member leads, if it does: stamped on what it decides.
     leading_term: Option<u64>,
+    /// This member applied its own removal and stops shortly.
+    stopping: bool,
 }
+
+/// How long a member that applied its own removal goes on before it stops:
+/// time for the answer to the removal's requester to leave.
+const REMOVED_STOP_DELAY: Duration = Duration::from_millis(500);
 
 /// The MVCC actor's periodic duties.
 #[derive(Debug, Clone, Copy)]
@@ -234,6 +240,7 @@ impl MvccActor {
             removed,
             raft,
             leading_term: None,
+            stopping: false,
         };
         a.update_gauges();
         a
@@ -513,8 +520,18 @@ impl MvccActor {
                         }
                     }
                     self.membership = StoredMembership::new(Some(e.log_id), m);
-                    if self.removed.contains(&self.ids.member_id) {
-                        crate::fatal("the member has been permanently removed from the cluster");
+                    if self.removed.contains(&self.ids.member_id) && !self.stopping {
+                        // Stop, but only after the change's requester was
+                        // answered: a leader that removed itself answers
+                        // its client first, as etcd does.
+                        self.stopping = true;
+                        glommio::spawn_local(async {
+                            glommio::timer::sleep(REMOVED_STOP_DELAY).await;
+                            crate::fatal(
+                                "the member has been permanently removed from the cluster",
+                            );
+                        })
+                        .detach();
                     }
                     Vec::new()
                 }

@@ -87,6 +87,9 @@ pub struct NodeConfig {
     /// How often the leader checkpoints leases' remaining TTLs through raft.
     pub lease_checkpoint_interval: Duration,
     pub election_timeout_ms: u64,
+    /// Refuse voter changes that would leave fewer running voters than a
+    /// quorum (etcd's `--strict-reconfig-check`).
+    pub strict_reconfig_check: bool,
     pub request_timeout: Duration,
     pub spin_before_park: Duration,
     pub max_concurrent_streams: u32,
@@ -645,6 +648,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
                             request_timeout: cfg.request_timeout,
                             election_timeout: Duration::from_millis(cfg.election_timeout_ms),
                             heartbeat_interval: Duration::from_millis(cfg.heartbeat_interval_ms),
+                            strict_reconfig_check: cfg.strict_reconfig_check,
                             hold: Rc::default(),
                         };
                         glommio::spawn_local(crate::raft::actor::run(
@@ -811,6 +815,7 @@ async fn join_cluster(
         let (tx, rx) = oneshot::channel();
         let request = RaftRequest::ChangeMembers {
             change: change.clone(),
+            origin: Origin::Client,
             reply: tx,
         };
         if raft_tx.send(request).await.is_err() {

@@ -278,6 +278,8 @@ pub struct PeerClients {
     cluster_id: u64,
     idle: RefCell<HashMap<NodeId, Vec<PeerConn>>>,
     backoff: RefCell<HashMap<NodeId, Backoff>>,
+    /// When each peer last answered a call.
+    answered: RefCell<HashMap<NodeId, Instant>>,
     on_rejected: OnRejected,
 }
 
@@ -288,6 +290,7 @@ impl PeerClients {
             cluster_id,
             idle: RefCell::default(),
             backoff: RefCell::default(),
+            answered: RefCell::default(),
             on_rejected,
         }
     }
@@ -310,6 +313,16 @@ impl PeerClients {
 
     fn succeeded(&self, target: NodeId) {
         self.backoff.borrow_mut().remove(&target);
+        self.answered.borrow_mut().insert(target, Instant::now());
+    }
+
+    /// Whether `target` answered a call within `window`: a running member
+    /// is heard from every heartbeat interval (etcd: an active connection).
+    pub fn answered_within(&self, target: NodeId, window: Duration) -> bool {
+        self.answered
+            .borrow()
+            .get(&target)
+            .is_some_and(|t| t.elapsed() < window)
     }
 
     /// Opens and greets a new connection to `target`.

@@ -29,7 +29,6 @@ use crate::mvcc_actor::MvccMsg;
 use crate::raft::actor::{Origin, RaftRequest};
 use crate::raft::codec::{decode_snapshot_meta, encode_membership};
 use crate::raft::log_store::aligned_bytes;
-use crate::raft::members;
 use crate::raft::types::{NodeId, ProposeError, Raft, SnapshotFile, SnapshotMeta};
 
 pub struct PeerCtx {
@@ -246,17 +245,23 @@ async fn handle(req: &ArchivedPeerRequest, ctx: &PeerCtx) -> Result<PeerResponse
         ArchivedPeerRequest::ChangeMembers(change) => {
             let change: MemberChange =
                 rkyv::deserialize::<_, rkyv::rancor::Error>(change).map_err(de)?;
-            if ctx.raft.metrics().borrow().current_leader != Some(ctx.me) {
-                not_leader(ctx)
-            } else {
-                match members::execute(&ctx.raft, change).await {
-                    Ok(()) => PeerResponse::Members {
-                        cluster_id: ctx.cluster_id,
-                        leader: Some(ctx.me),
-                        membership: Vec::new(),
-                    },
-                    Err(e) => e.into_wire(),
-                }
+            let (tx, rx) = oneshot::channel();
+            let sent = ctx
+                .raft_tx
+                .send(RaftRequest::ChangeMembers {
+                    change,
+                    origin: Origin::Peer,
+                    reply: tx,
+                })
+                .await;
+            match (sent, rx.await) {
+                (Ok(()), Ok(Ok(()))) => PeerResponse::Members {
+                    cluster_id: ctx.cluster_id,
+                    leader: Some(ctx.me),
+                    membership: Vec::new(),
+                },
+                (Ok(()), Ok(Err(e))) => e.into_wire(),
+                _ => not_leader(ctx),
             }
         }
         ArchivedPeerRequest::LeaseRenew { id } => {

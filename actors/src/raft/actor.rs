@@ -94,6 +94,7 @@ pub enum RaftRequest {
     },
     ChangeMembers {
         change: MemberChange,
+        origin: Origin,
         reply: oneshot::Sender<Result<(), MemberError>>,
     },
     /// A keep-alive, served by the leader's lease clock.
@@ -233,6 +234,9 @@ pub struct RaftHandles {
     pub request_timeout: Duration,
     pub election_timeout: Duration,
     pub heartbeat_interval: Duration,
+    /// etcd's `--strict-reconfig-check`: refuse voter changes that would
+    /// leave fewer running voters than a quorum.
+    pub strict_reconfig_check: bool,
     /// Set while leadership is being handed over: proposals and reads wait.
     pub hold: Rc<Hold>,
 }
@@ -509,10 +513,14 @@ async fn handle(
         RaftRequest::Status { reply } => {
             let _ = reply.send(status_of(h));
         }
-        RaftRequest::ChangeMembers { change, reply } => {
+        RaftRequest::ChangeMembers {
+            change,
+            origin,
+            reply,
+        } => {
             let h = h.clone();
             glommio::spawn_local(async move {
-                let _ = reply.send(change_members(&h, change).await);
+                let _ = reply.send(change_members(&h, change, origin).await);
             })
             .detach();
         }

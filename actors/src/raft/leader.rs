@@ -198,14 +198,36 @@ pub(super) async fn lease_ttl(
     .await
 }
 
-/// Runs a membership change here if this member leads, else on the leader.
+/// Which members run, for `--strict-reconfig-check`: this one, and the
+/// peers that answered within two election timeouts (they are sent a
+/// heartbeat every heartbeat interval).
+fn running_members(h: &RaftHandles) -> members::Running {
+    if !h.strict_reconfig_check {
+        return None;
+    }
+    let m = h.raft.metrics().borrow().clone();
+    let window = h.election_timeout * 2;
+    Some(
+        m.membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .filter(|id| *id == m.id || h.peers.answered_within(*id, window))
+            .collect(),
+    )
+}
+
+/// Runs a membership change here if this member leads, else on the leader
+/// (a peer's request is never passed on).
 pub(super) async fn change_members(
     h: &RaftHandles,
     change: MemberChange,
+    origin: Origin,
 ) -> Result<(), MemberError> {
     match h.leader() {
-        Leader::Me => members::execute(&h.raft, change).await,
+        Leader::Me => members::execute(&h.raft, change, &running_members(h)).await,
         Leader::Unknown => Err(MemberError::not_leader()),
+        Leader::Other(..) if origin == Origin::Peer => Err(MemberError::not_leader()),
         Leader::Other(id, node) => {
             let req = PeerRequest::ChangeMembers(change);
             match h.peers.call(id, &node, &req, h.request_timeout).await {

@@ -112,15 +112,45 @@ fn urls_taken(m: &Membership, except: Option<NodeId>, urls: &[String]) -> bool {
         .any(|(_, n)| n.peer_urls.iter().any(|u| urls.contains(u)))
 }
 
+/// Which members are running, for `--strict-reconfig-check`: this member
+/// and the peers that answered lately. `None` when the check is off.
+pub type Running = Option<BTreeSet<NodeId>>;
+
+/// etcd's `--strict-reconfig-check` for a voter change: adding a voter needs
+/// every voter running (etcd: connected to all), since the new voter adds to
+/// the quorum before it can vote; removing a running voter needs the rest
+/// of the running voters to still make a quorum of those left (removing
+/// one that is down is always safe).
+fn strict_check(m: &Membership, change: &MemberChange, running: &BTreeSet<NodeId>) -> bool {
+    let voters: Vec<NodeId> = m.voter_ids().collect();
+    let up = voters.iter().filter(|v| running.contains(v)).count();
+    match change {
+        MemberChange::Add { learner: false, .. } => up == voters.len(),
+        MemberChange::Remove { id } if is_voter(m, *id) && running.contains(id) => {
+            up - 1 > (voters.len() - 1) / 2
+        }
+        // The learner counts as running, as etcd counts it started.
+        MemberChange::Promote { .. } => up + 1 > (voters.len() + 1) / 2,
+        _ => true,
+    }
+}
+
 /// The openraft change `change` makes of membership `m`, or etcd's refusal.
 /// `learner_matched` is how far the learner's log is replicated (for
-/// Promote) and `leader_last` the leader's last log index.
+/// Promote), `leader_last` the leader's last log index, and `running` which
+/// members run (see [`Running`]).
 pub fn check(
     m: &Membership,
     change: MemberChange,
     learner_matched: Option<u64>,
     leader_last: u64,
+    running: &Running,
 ) -> Result<Option<ChangeMembers<NodeId, Node>>, MemberError> {
+    if let Some(running) = running {
+        if !strict_check(m, &change, running) {
+            return Err(MemberError::unhealthy());
+        }
+    }
     Ok(Some(match change {
         MemberChange::Add { id, node, learner } => {
             if m.get_node(&id).is_some() {
@@ -194,7 +224,11 @@ pub fn check(
 }
 
 /// Runs `change` on this member, which must lead; returns once committed.
-pub async fn execute(raft: &Raft, change: MemberChange) -> Result<(), MemberError> {
+pub async fn execute(
+    raft: &Raft,
+    change: MemberChange,
+    running: &Running,
+) -> Result<(), MemberError> {
     let (membership, matched, last) = {
         let m = raft.metrics();
         let m = m.borrow();
@@ -214,7 +248,7 @@ pub async fn execute(raft: &Raft, change: MemberChange) -> Result<(), MemberErro
             m.last_log_index.unwrap_or(0),
         )
     };
-    let Some(changes) = check(&membership, change, matched, last)? else {
+    let Some(changes) = check(&membership, change, matched, last, running)? else {
         return Ok(());
     };
     match raft.change_membership(changes, false).await {
@@ -271,43 +305,43 @@ mod tests {
             learner,
         };
         assert_eq!(
-            check(&m, add(2, 9, false), None, 0),
+            check(&m, add(2, 9, false), None, 0, &None),
             Err(MemberError::id_exists())
         );
         assert_eq!(
-            check(&m, add(9, 3, false), None, 0),
+            check(&m, add(9, 3, false), None, 0, &None),
             Err(MemberError::peer_url_exists())
         );
         assert_eq!(
-            check(&m, add(9, 9, true), None, 0),
+            check(&m, add(9, 9, true), None, 0, &None),
             Err(MemberError::too_many_learners())
         );
         assert!(matches!(
-            check(&m, add(9, 9, false), None, 0),
+            check(&m, add(9, 9, false), None, 0, &None),
             Ok(Some(ChangeMembers::AddVoters(_)))
         ));
         assert_eq!(
-            check(&m, MemberChange::Remove { id: 7 }, None, 0),
+            check(&m, MemberChange::Remove { id: 7 }, None, 0, &None),
             Err(MemberError::not_found())
         );
         assert!(matches!(
-            check(&m, MemberChange::Remove { id: 4 }, None, 0),
+            check(&m, MemberChange::Remove { id: 4 }, None, 0, &None),
             Ok(Some(ChangeMembers::RemoveNodes(_)))
         ));
         assert!(matches!(
-            check(&m, MemberChange::Remove { id: 1 }, None, 0),
+            check(&m, MemberChange::Remove { id: 1 }, None, 0, &None),
             Ok(Some(ChangeMembers::RemoveVoters(_)))
         ));
         assert_eq!(
-            check(&m, MemberChange::Promote { id: 1 }, None, 0),
+            check(&m, MemberChange::Promote { id: 1 }, None, 0, &None),
             Err(MemberError::not_learner())
         );
         assert_eq!(
-            check(&m, MemberChange::Promote { id: 4 }, Some(80), 100),
+            check(&m, MemberChange::Promote { id: 4 }, Some(80), 100, &None),
             Err(MemberError::learner_not_ready())
         );
         assert!(matches!(
-            check(&m, MemberChange::Promote { id: 4 }, Some(95), 100),
+            check(&m, MemberChange::Promote { id: 4 }, Some(95), 100, &None),
             Ok(Some(ChangeMembers::AddVoterIds(_)))
         ));
         let update = |id, port| MemberChange::UpdatePeers {
@@ -315,11 +349,45 @@ mod tests {
             peer_urls: vec![format!("http://127.0.0.1:{port}")],
         };
         assert_eq!(
-            check(&m, update(1, 2), None, 0),
+            check(&m, update(1, 2), None, 0, &None),
             Err(MemberError::peer_url_exists())
         );
-        assert_eq!(check(&m, update(1, 1), None, 0), Ok(None));
-        assert!(check(&m, update(1, 11), None, 0).unwrap().is_some());
+        assert_eq!(check(&m, update(1, 1), None, 0, &None), Ok(None));
+        assert!(check(&m, update(1, 11), None, 0, &None).unwrap().is_some());
+    }
+
+    #[test]
+    fn strict_reconfiguration_keeps_a_running_quorum() {
+        let m = three_voters_one_learner();
+        let add_voter = MemberChange::Add {
+            id: 9,
+            node: WireNode {
+                name: String::new(),
+                peer_urls: vec!["http://127.0.0.1:9".into()],
+                client_urls: vec![],
+            },
+            learner: false,
+        };
+        let all: Running = Some(BTreeSet::from([1, 2, 3]));
+        let one_down: Running = Some(BTreeSet::from([1, 2]));
+        let two_down: Running = Some(BTreeSet::from([1]));
+        let unhealthy = Err(MemberError::unhealthy());
+        assert!(check(&m, add_voter.clone(), None, 0, &all).is_ok());
+        assert_eq!(check(&m, add_voter.clone(), None, 0, &one_down), unhealthy);
+        // Without the check, anything goes.
+        assert!(check(&m, add_voter, None, 0, &None).is_ok());
+        let remove = |id| MemberChange::Remove { id };
+        // A running voter may go while the rest still make a quorum...
+        assert!(check(&m, remove(2), None, 0, &all).is_ok());
+        // ... not when one of the rest is down: 1 of the remaining 2 runs.
+        assert_eq!(check(&m, remove(2), None, 0, &one_down), unhealthy);
+        // The one that is down may always go; learners too.
+        assert!(check(&m, remove(3), None, 0, &one_down).is_ok());
+        assert!(check(&m, remove(4), None, 0, &two_down).is_ok());
+        // Promote: the learner and the running voters make a quorum of 4.
+        let promote = MemberChange::Promote { id: 4 };
+        assert!(check(&m, promote.clone(), Some(100), 100, &one_down).is_ok());
+        assert_eq!(check(&m, promote, Some(100), 100, &two_down), unhealthy);
     }
 
     #[test]
@@ -330,7 +398,7 @@ mod tests {
             name: name.into(),
             client_urls: vec![],
         };
-        assert_eq!(check(&m, publish("a"), None, 0), Ok(None));
-        assert!(check(&m, publish("z"), None, 0).unwrap().is_some());
+        assert_eq!(check(&m, publish("a"), None, 0, &None), Ok(None));
+        assert!(check(&m, publish("z"), None, 0, &None).unwrap().is_some());
     }
 }

@@ -64,7 +64,11 @@ struct Changed {
 async fn change(ctx: &ServerCtx, change: MemberChange) -> Result<Changed, Status> {
     let (tx, rx) = oneshot::channel();
     ctx.raft
-        .send(RaftRequest::ChangeMembers { change, reply: tx })
+        .send(RaftRequest::ChangeMembers {
+            change,
+            origin: Origin::Client,
+            reply: tx,
+        })
         .await
         .map_err(|_| Status::stopped())?;
     super::kv::with_timeout(ctx.cfg.request_timeout, rx)
