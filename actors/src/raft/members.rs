@@ -129,8 +129,12 @@ fn strict_check(m: &Membership, change: &MemberChange, running: &BTreeSet<NodeId
         MemberChange::Remove { id } if is_voter(m, *id) && running.contains(id) => {
             up - 1 > (voters.len() - 1) / 2
         }
-        // The learner counts as running, as etcd counts it started.
-        MemberChange::Promote { .. } => up + 1 > (voters.len() + 1) / 2,
+        // The learner counts as running, as etcd counts it started; with it
+        // the voters number one more.
+        MemberChange::Promote { .. } => {
+            let after = voters.len() + 1;
+            up + 1 > after / 2
+        }
         _ => true,
     }
 }
