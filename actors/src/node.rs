@@ -791,6 +791,22 @@ async fn start_raft(
     if sole_voter {
         // A single voter need not wait out an election timeout.
         let _ = raft.trigger().elect().await;
+    } else {
+        // A member that just started (a restarted leader among them: it
+        // comes back as a follower, see `log_store::restart_vote`) first
+        // listens for a leader as long as a follower of a live leader would
+        // before campaigning: its leader lease plus the longest election
+        // timeout. Campaigning earlier, before the leader's next heartbeat
+        // reaches it, would only make the leader step down for its higher
+        // term and cost the cluster another election.
+        let raft = raft.clone();
+        let quiet = Duration::from_millis(2 * cfg.election_timeout_ms);
+        raft.runtime_config().elect(false);
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(quiet).await;
+            raft.runtime_config().elect(true);
+        })
+        .detach();
     }
     (raft, peers)
 }

@@ -34,7 +34,10 @@ pub const GREETING_MAX: usize = 4096;
 const IDLE_PER_PEER: usize = 8;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
-const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// A member that was down is redialed within this long of its restart, well
+/// inside its election timeout, so it hears from the leader before it would
+/// campaign.
+const BACKOFF_MAX: Duration = Duration::from_millis(200);
 
 /// Archives `value` after room for the frame header, then fills the header in.
 fn frame_of(archive: impl FnOnce(AlignedVec) -> AlignedVec) -> AlignedVec {
