@@ -542,3 +542,32 @@ async fn removing_the_leader_answers_success_and_the_rest_go_on() {
     }
     assert_eq!(f.member_list().await.unwrap().members().len(), 2);
 }
+
+/// Story: a write forwarded by a follower that the leader applied was
+/// reported to the client as `etcdserver: server stopped` when the follower
+/// could not apply it itself in time (its local wait for read-your-writes
+/// failed), and clients that retried applied it twice. The follower here
+/// can reach the leader but the leader cannot reach it, so it never gets
+/// the entry: the client must still be told the write succeeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_write_the_leader_applied_is_reported_applied() {
+    let mut cluster = Cluster::start_proxied(3, FAST).await;
+    let leader = cluster.leader().await;
+    let lagging = (leader + 1) % 3;
+    let mut f = client(&cluster.members[lagging].endpoint()).await;
+    f.put("fwd", "before", None).await.unwrap();
+    cluster.cut_inbound(lagging);
+    let put = tokio::time::timeout(Duration::from_secs(15), f.put("fwd", "once", None))
+        .await
+        .expect("no answer");
+    let rev = match put {
+        Ok(r) => r.header().unwrap().revision(),
+        Err(e) => panic!("an applied write was reported as {:?}", status_of(e)),
+    };
+    let mut l = client(&cluster.members[leader].endpoint()).await;
+    let r = l.get("fwd", None).await.unwrap();
+    assert_eq!(r.kvs()[0].value_str().unwrap(), "once");
+    assert_eq!(r.kvs()[0].mod_revision(), rev);
+    cluster.heal();
+    let _ = cluster.leader().await;
+}

@@ -417,6 +417,14 @@ impl Cluster {
         self.partition.cut(id);
     }
 
+    /// Cuts every connection to member `i` while it still reaches the
+    /// others (needs `start_proxied`).
+    pub fn cut_inbound(&self, i: usize) {
+        assert!(!self.proxies.is_empty(), "cut_inbound needs start_proxied");
+        let id = *self.ids[i].lock().unwrap();
+        self.partition.cut_inbound(id);
+    }
+
     pub fn heal(&self) {
         self.partition.heal();
     }

@@ -21,6 +21,8 @@ use keel_actors::raft::log_store::aligned_bytes;
 pub struct Partition {
     /// Member ids cut off from everyone.
     cut: Mutex<HashSet<u64>>,
+    /// Member ids nobody can reach, while they still reach the others.
+    unreachable: Mutex<HashSet<u64>>,
     /// Open relays, closed when either end is cut. The proxied member's id is read at cut time: a
     /// connection made before the cluster's ids were learned has it as 0
     /// when it opens.
@@ -45,13 +47,31 @@ impl Partition {
         });
     }
 
+    /// Cuts the connections made to `member` only: it still dials out.
+    pub fn cut_inbound(&self, member: u64) {
+        self.unreachable.lock().unwrap().insert(member);
+        let mut open = self.open.lock().unwrap();
+        open.retain(|(_, to, a, b)| {
+            if *to.lock().unwrap() == member {
+                let _ = a.shutdown(Shutdown::Both);
+                let _ = b.shutdown(Shutdown::Both);
+                false
+            } else {
+                true
+            }
+        });
+    }
+
     pub fn heal(&self) {
         self.cut.lock().unwrap().clear();
+        self.unreachable.lock().unwrap().clear();
     }
 
     fn allows(&self, from: u64, to: u64) -> bool {
         let cut = self.cut.lock().unwrap();
-        !cut.contains(&from) && !cut.contains(&to)
+        !cut.contains(&from)
+            && !cut.contains(&to)
+            && !self.unreachable.lock().unwrap().contains(&to)
     }
 }
 

@@ -74,14 +74,16 @@ pub(super) async fn forward(
         // Read your writes on this member: answer once it applied them too.
         // The leader applied them already, so their outcomes stand even if
         // this wait fails: reporting a failure would invite a retry that
-        // applies the write twice.
+        // applies the write twice. A member that cannot apply them within an
+        // election timeout (cut off from the leader's appends, say) answers
+        // anyway, well before the client's deadline.
         let (tx, rx) = oneshot::channel();
         let waited = h
             .mvcc
             .send(MvccMsg::WaitApplied { index, reply: tx })
             .await
             .is_ok()
-            && glommio::timer::timeout(h.request_timeout, async { Ok(rx.await) })
+            && glommio::timer::timeout(h.election_timeout, async { Ok(rx.await) })
                 .await
                 .is_ok_and(|r| r.is_ok());
         if !waited {
