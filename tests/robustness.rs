@@ -14,7 +14,8 @@
 //!     cargo test --release --test robustness -- --ignored --nocapture
 //! ```
 //!
-//! `KEEL_ROBUSTNESS_SEED` fixes the seed of clients and nemesis (the
+//! `KEEL_ROBUSTNESS_FAULTS=kill,pause` runs only those fault kinds (names as
+//! in the summary lines). `KEEL_ROBUSTNESS_SEED` fixes the seed of clients and nemesis (the
 //! cluster's timing still varies). `KEEL_ROBUSTNESS_BINARY` runs the same
 //! scenarios against another binary (an older keel, or etcd, e.g.
 //! `/usr/bin/etcd`); the peer proxy only speaks keel's peer protocol, so
@@ -334,7 +335,15 @@ async fn long() {
     let base_seed = seed();
     let mut runs = Vec::new();
     let mut failed = String::new();
+    // KEEL_ROBUSTNESS_FAULTS=kill,pause,... runs only those kinds.
+    let only = std::env::var("KEEL_ROBUSTNESS_FAULTS").ok();
     for kind in FaultKind::ALL {
+        if only
+            .as_deref()
+            .is_some_and(|o| !o.split(',').any(|k| k.trim() == kind.name()))
+        {
+            continue;
+        }
         if kind == FaultKind::Partition && !proxy_supported() {
             println!("partition skipped: the proxy speaks only keel's peer protocol");
             continue;

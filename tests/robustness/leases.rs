@@ -137,20 +137,30 @@ async fn presence_loop(
     seen
 }
 
+/// A 3-member cluster behind the partitioning proxy with its member ids,
+/// while holding the scenario lock (they run one at a time); `None` (test
+/// skipped) when the server binary does not speak keel's peer protocol.
+async fn cluster_to_cut() -> Option<(tokio::sync::MutexGuard<'static, ()>, Cluster, Vec<u64>)> {
+    if !proxy_supported() {
+        println!("skipped: cutting members off needs keel's peer protocol");
+        return None;
+    }
+    let serial = SERIAL.lock().await;
+    let cluster = Cluster::start_proxied(3, FAST).await;
+    let ids = member_ids(&cluster).await;
+    Some((serial, cluster, ids))
+}
+
 /// Cutting the leader off: keep-alives through it must stop succeeding
 /// within about an election timeout, and the majority must expire the
 /// lease after its TTL, but not before the last renewal the client got
 /// plus the TTL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn isolated_leader_cannot_keep_a_lease_alive() {
-    if !proxy_supported() {
-        println!("skipped: cutting members off needs keel's peer protocol");
-        return;
-    }
-    let _serial = SERIAL.lock().await;
     const TTL: i64 = 3;
-    let cluster = Cluster::start_proxied(3, FAST).await;
-    let ids = member_ids(&cluster).await;
+    let Some((_serial, cluster, ids)) = cluster_to_cut().await else {
+        return;
+    };
     let old = leader(&cluster, &ids, Duration::from_secs(10))
         .await
         .expect("a leader");
@@ -241,14 +251,10 @@ async fn isolated_leader_cannot_keep_a_lease_alive() {
 /// still there two TTLs after the last of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lease_kept_alive_on_the_majority_survives_heal_and_move_leader() {
-    if !proxy_supported() {
-        println!("skipped: cutting members off needs keel's peer protocol");
-        return;
-    }
-    let _serial = SERIAL.lock().await;
     const TTL: i64 = 3;
-    let cluster = Cluster::start_proxied(3, FAST).await;
-    let ids = member_ids(&cluster).await;
+    let Some((_serial, cluster, ids)) = cluster_to_cut().await else {
+        return;
+    };
     let old = leader(&cluster, &ids, Duration::from_secs(10))
         .await
         .expect("a leader");
@@ -484,13 +490,9 @@ async fn locker(
 /// leader is cut off and later moved: they never both hold it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lock_is_exclusive_across_partition_and_move_leader() {
-    if !proxy_supported() {
-        println!("skipped: cutting members off needs keel's peer protocol");
+    let Some((_serial, cluster, ids)) = cluster_to_cut().await else {
         return;
-    }
-    let _serial = SERIAL.lock().await;
-    let cluster = Cluster::start_proxied(3, FAST).await;
-    let ids = member_ids(&cluster).await;
+    };
     let start = Instant::now();
     let deadline = start + Duration::from_secs(14);
     let lockers: Vec<_> = (0..2)

@@ -253,6 +253,22 @@ impl RaftHandles {
         }
     }
 
+    /// Whether this member still leads in openraft's eyes but has not heard
+    /// from a quorum within an election timeout: cut off, it must not act
+    /// as leader, and what asks it to gets `no leader` at once (as etcd's
+    /// check-quorum leader steps down) rather than waiting for a leader
+    /// that may come back only when the partition heals.
+    /// (Not while a leader transfer holds requests: its heartbeats stop on
+    /// purpose, and what waits goes to the new leader.)
+    pub fn lost_quorum(&self) -> bool {
+        if self.hold.is_on() {
+            return false;
+        }
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.current_leader == Some(m.id) && acting_leader(&m, self.election_timeout).is_none()
+    }
+
     /// Resolves when leadership may have changed: openraft reported
     /// something, a hold was released, or a heartbeat interval passed (a
     /// leader's quorum goes stale without any report).
@@ -306,6 +322,9 @@ pub async fn run(h: RaftHandles, mut rx: mpsc::Receiver<RaftRequest>, batch_byte
     let mut leader_rx = h.raft.metrics();
     let mut pending: VecDeque<Pending> = VecDeque::new();
     loop {
+        if h.lost_quorum() && !pending.is_empty() {
+            fail_pending(&mut pending);
+        }
         let leader_known = h.leader() != Leader::Unknown;
         let must_wait =
             pending.is_empty() || gate.inflight() >= BATCHES_IN_FLIGHT_MAX || !leader_known;
@@ -425,6 +444,17 @@ fn next_batch(
         replies.push(reply);
     }
     (commands, replies)
+}
+
+/// Answers every pending proposal with `no leader` (a cut-off leader's).
+fn fail_pending(pending: &mut VecDeque<Pending>) {
+    metrics().proposals_failed.inc_by(pending.len() as u64);
+    for p in pending.drain(..) {
+        if let Pending::Client(_, reply) | Pending::Peer(_, reply) = p {
+            let _ = reply.send(Err(ProposeError::NotLeader { leader: None }));
+        }
+    }
+    metrics().proposals_pending.set(0);
 }
 
 pub(super) fn fail_all(replies: Vec<ReplyTx>, e: ProposeError) {

@@ -48,7 +48,7 @@ async fn read_index(h: &RaftHandles, may_forward: bool) -> Result<u64, ReadError
             if leader != Leader::Unknown {
                 break leader;
             }
-            if Instant::now() >= deadline {
+            if Instant::now() >= deadline || h.lost_quorum() {
                 return Err(ReadError::NoLeader);
             }
             h.leadership_may_change(&mut rx).await;

@@ -1,0 +1,42 @@
+# Sourced by the cluster bench scripts: starts a 3-member keel or etcd 3.4
+# cluster on loopback (free ports, fresh data dirs under $D) and stops it.
+# After start_cluster: C (client URLs), P (peer URLs), PIDS, D.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# usage: start_cluster keel|etcd "member args"
+start_cluster() {
+  local kind=$1 sargs=$2 i
+  D=$(mktemp -d "${TMPDIR:-/tmp}/keel-cluster-bench.XXXX")
+  C=() P=() PIDS=()
+  for i in 0 1 2; do C+=("http://127.0.0.1:$(free_port)"); P+=("http://127.0.0.1:$(free_port)"); done
+  local initial="m0=${P[0]},m1=${P[1]},m2=${P[2]}"
+  for i in 0 1 2; do
+    if [ "$kind" = keel ]; then
+      $BIN/keel --name "m$i" --data-dir "$D/m$i" --listen-client-urls "${C[$i]}" \
+        --listen-peer-urls "${P[$i]}" --initial-advertise-peer-urls "${P[$i]}" \
+        --initial-cluster "$initial" $sargs > "$D/m$i.log" 2>&1 &
+    else
+      etcd --name "m$i" --data-dir "$D/m$i" --listen-client-urls "${C[$i]}" --advertise-client-urls "${C[$i]}" \
+        --listen-peer-urls "${P[$i]}" --initial-advertise-peer-urls "${P[$i]}" \
+        --initial-cluster "$initial" $sargs > "$D/m$i.log" 2>&1 &
+    fi
+    PIDS+=($!)
+  done
+  for i in 0 1 2; do
+    for _ in $(seq 300); do curl -sf --max-time 5 "${C[$i]}/health" >/dev/null && break; sleep 0.1; done
+  done
+}
+
+# The leader's client URL.
+leader_endpoint() {
+  ETCDCTL_API=3 etcdctl --endpoints="${C[0]},${C[1]},${C[2]}" endpoint status -w json | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+print([s["Endpoint"] for s in d if s["Status"]["leader"] == s["Status"]["header"]["member_id"]][0])'
+}
+
+stop_cluster() {
+  local p
+  for p in "${PIDS[@]}"; do kill "$p"; wait "$p" 2>/dev/null; done
+  rm -rf "$D"
+}
