@@ -472,7 +472,7 @@ type CommitResult = Result<
 >;
 
 /// Answers each command of a batch this leader proposed.
-fn answer_applied(replies: Vec<ReplyTx>, result: CommitResult) {
+pub(super) fn answer_applied(replies: Vec<ReplyTx>, result: CommitResult) {
     match result {
         Ok(Ok(resp)) => {
             let index = resp.log_id.index;

@@ -2,13 +2,17 @@
 //! sent to the leader over the peer transport otherwise: forwarded write
 //! batches, keep-alives, lease time-to-live, membership changes.
 
+use std::time::Instant;
+
 use bytes::Bytes;
 use keel_storage::mvcc::ApplyOutcome;
 use tokio::sync::oneshot;
 
-use super::actor::{fail_all, reign_ends, Leader, Origin, RaftHandles, Reign};
+use super::actor::{
+    answer_applied, fail_all, reign_ends, reign_of, Leader, Origin, RaftHandles, Reign,
+};
 use super::members::{self, MemberError};
-use super::types::{Applied, Node, NodeId, ProposeError, ReplyTx};
+use super::types::{Applied, Node, NodeId, Proposal, ProposeError, ReplyTx};
 use crate::grpc::status::Code;
 use crate::lease::LeaseError;
 use crate::metrics::metrics;
@@ -28,39 +32,54 @@ use crate::peer::wire::{
 /// unknown) and the next batch goes to whoever leads then. The request
 /// timeout bounds the rest: a leader that keeps its reign but cannot be
 /// heard from on this path.
+///
+/// A batch that provably reached no leader (the connection failed before
+/// it was sent, or the member said it does not lead) cannot have been
+/// applied: it waits for the next reign and goes to that leader, or is
+/// proposed here if this member won, instead of failing its clients with
+/// `no leader` while the election runs (as etcd's proposals wait for a
+/// leader).
 pub(super) async fn forward(
     h: &RaftHandles,
-    leader: NodeId,
-    reign: Reign,
+    mut leader: NodeId,
+    mut reign: Reign,
     node: &Node,
     commands: Vec<Bytes>,
     replies: Vec<ReplyTx>,
 ) {
+    let deadline = Instant::now() + h.request_timeout;
     let req = PeerRequest::Forward {
         commands: commands.iter().map(|c| c.to_vec()).collect(),
     };
-    let answer = futures_lite::future::or(
-        async { Some(h.peers.call(leader, node, &req, h.request_timeout).await) },
-        async {
-            reign_ends(&h.raft, reign).await;
-            None
-        },
-    )
-    .await;
-    let outcomes = match answer {
-        Some(Ok(PeerResponse::Forwarded { outcomes })) if outcomes.len() == replies.len() => {
-            outcomes
-        }
-        Some(Ok(PeerResponse::NotLeader { leader })) => {
-            return fail_all(replies, ProposeError::NotLeader { leader })
-        }
-        // Nothing reached the leader.
-        Some(Err(PeerError::Unreachable(..) | PeerError::Rejected(..))) => {
-            return fail_all(replies, ProposeError::NotLeader { leader: None })
-        }
-        Some(Ok(_) | Err(_)) | None => {
-            metrics().proposals_failed.inc();
-            return fail_all(replies, ProposeError::LeaderChanged);
+    let mut node = node.clone();
+    let outcomes = loop {
+        let answer = futures_lite::future::or(
+            async { Some(h.peers.call(leader, &node, &req, h.request_timeout).await) },
+            async {
+                reign_ends(&h.raft, reign).await;
+                None
+            },
+        )
+        .await;
+        match answer {
+            Some(Ok(PeerResponse::Forwarded { outcomes })) if outcomes.len() == replies.len() => {
+                break outcomes
+            }
+            // Nothing reached a leader: try the next one.
+            Some(
+                Ok(PeerResponse::NotLeader { .. })
+                | Err(PeerError::Unreachable(..) | PeerError::Rejected(..)),
+            ) => match next_leader(h, deadline, &replies).await {
+                Some(Leader::Other(id, n)) => {
+                    (leader, node, reign) = (id, n, reign_of(&h.raft));
+                }
+                Some(Leader::Me) => return propose_here(h, commands, replies).await,
+                _ => return fail_all(replies, ProposeError::NotLeader { leader: None }),
+            },
+            Some(Ok(_) | Err(_)) | None => {
+                metrics().proposals_failed.inc();
+                return fail_all(replies, ProposeError::LeaderChanged);
+            }
         }
     };
     let last = outcomes
@@ -120,6 +139,39 @@ pub(super) async fn forward(
             WireOutcome::Stopped => Err(ProposeError::Stopped),
         };
         let _ = tx.send(r);
+    }
+}
+
+/// The leader to try next after one failed to take a batch: whoever
+/// leads once openraft reported something or a heartbeat interval passed
+/// (the same leader again if its reign goes on: the connection may have
+/// failed only once). None at `deadline`, or when every waiting client has
+/// gone.
+async fn next_leader(h: &RaftHandles, deadline: Instant, replies: &[ReplyTx]) -> Option<Leader> {
+    let mut rx = h.raft.metrics();
+    rx.borrow_and_update();
+    loop {
+        h.leadership_may_change(&mut rx).await;
+        if Instant::now() >= deadline || replies.iter().all(|r| r.is_closed()) {
+            return None;
+        }
+        match h.leader() {
+            Leader::Unknown => {}
+            leader => return Some(leader),
+        }
+    }
+}
+
+/// Proposes a batch that was meant for another leader here, this member
+/// having become leader meanwhile.
+async fn propose_here(h: &RaftHandles, commands: Vec<Bytes>, replies: Vec<ReplyTx>) {
+    let proposal = Proposal::from_log(keel_proto::batch::encode(&commands));
+    match h.raft.client_write_ff(proposal).await {
+        Ok(done) => answer_applied(replies, done.await),
+        Err(_) => {
+            metrics().proposals_failed.inc();
+            fail_all(replies, ProposeError::Stopped);
+        }
     }
 }
 
