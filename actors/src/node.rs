@@ -356,12 +356,19 @@ fn usable_cpus() -> Vec<usize> {
 const BIND_RETRY_FOR: Duration = Duration::from_secs(3);
 const BIND_RETRY_EVERY: Duration = Duration::from_millis(50);
 
-/// Binds one listening socket per address, without SO_REUSEPORT: a port
-/// another process listens on is refused (after [`BIND_RETRY_FOR`]) instead
-/// of silently shared. SO_REUSEADDR lets a restarted member bind while its
+/// Binds one socket per address, without SO_REUSEPORT: a port another
+/// process listens on is refused (after [`BIND_RETRY_FOR`]) instead of
+/// silently shared. SO_REUSEADDR lets a restarted member bind while its
 /// predecessor's connections linger. Every core accepts on a duplicate of
-/// the same socket ([`core_listener`]).
-fn bind_listeners(addrs: &[SocketAddr], what: &str) -> Result<Vec<socket2::Socket>, StartError> {
+/// the same socket ([`core_listener`]). Peer sockets listen at once; client
+/// sockets only when the member serves ([`listen`]), so until then a client
+/// is refused and tries another member, instead of waiting in the kernel's
+/// queue through recovery and the election.
+fn bind_listeners(
+    addrs: &[SocketAddr],
+    what: &str,
+    listen_now: bool,
+) -> Result<Vec<socket2::Socket>, StartError> {
     use socket2::{Domain, Protocol, Socket, Type};
     let mut out = Vec::new();
     for addr in addrs {
@@ -381,7 +388,9 @@ fn bind_listeners(addrs: &[SocketAddr], what: &str) -> Result<Vec<socket2::Socke
                 // loser blocks its whole executor in accept(2).
                 s.set_nonblocking(true)?;
                 s.bind(&(*addr).into())?;
-                s.listen(1024)?;
+                if listen_now {
+                    s.listen(LISTEN_BACKLOG)?;
+                }
                 Ok(s)
             })();
             match attempt {
@@ -453,6 +462,18 @@ fn stop_on_signals(raft: mpsc::Sender<RaftRequest>, limit: Duration) -> Result<(
     Ok(())
 }
 
+/// Pending connections a listening socket queues.
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// Starts listening on sockets bound by [`bind_listeners`] without it.
+fn listen(sockets: &[socket2::Socket], what: &str) {
+    for s in sockets {
+        if let Err(e) = s.listen(LISTEN_BACKLOG) {
+            crate::fatal(&format!("cannot listen for {what}: {e}"));
+        }
+    }
+}
+
 /// This executor's handle on a shared listening socket.
 fn core_listener(socket: &socket2::Socket) -> std::io::Result<glommio::net::TcpListener> {
     use std::os::fd::{FromRawFd, IntoRawFd};
@@ -482,8 +503,8 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
     // paths (EBADF), and the default data dir is relative (`default.keel`).
     let member_dir = std::fs::canonicalize(cfg.data_dir.join("member")).map_err(data_dir_err)?;
     let _lock = lock_data_dir(&member_dir)?;
-    let client_sockets = Arc::new(bind_listeners(&cfg.listen_client, "clients")?);
-    let peer_sockets = Arc::new(bind_listeners(&cfg.listen_peer, "peers")?);
+    let client_sockets = Arc::new(bind_listeners(&cfg.listen_client, "clients", false)?);
+    let peer_sockets = Arc::new(bind_listeners(&cfg.listen_peer, "peers", true)?);
     let ids = identity(&member_dir, &cfg)?;
     let wal_dir = member_dir.join("wal");
     let snap_dir = member_dir.join("snap");
@@ -618,6 +639,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
                         }
                     }
                     let (raft_tx, mvcc_tx, cfg) = (raft_tx.clone(), mvcc_tx.clone(), cfg.clone());
+                    let ready_sockets = client_sockets.clone();
                     glommio::spawn_local(async move {
                         let (raft, peers) = start_raft(
                             &cfg,
@@ -666,6 +688,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
                             .detach();
                         }
                         join_cluster(&cfg, ids, &raft_tx, &mvcc_tx).await;
+                        listen(&ready_sockets, "clients");
                         let _ = ready_tx.send(true);
                     })
                     .detach();
@@ -885,7 +908,8 @@ mod tests {
 
     #[test]
     fn listening_sockets_are_non_blocking() {
-        let sockets = super::bind_listeners(&["127.0.0.1:0".parse().unwrap()], "clients").unwrap();
+        let sockets =
+            super::bind_listeners(&["127.0.0.1:0".parse().unwrap()], "clients", true).unwrap();
         // SAFETY: F_GETFL on an open descriptor.
         let flags = unsafe { libc::fcntl(sockets[0].as_raw_fd(), libc::F_GETFL) };
         assert_ne!(flags & libc::O_NONBLOCK, 0, "flags {flags:#x}");
