@@ -1655,8 +1655,10 @@ where
 
         if let Some(condition) = condition {
             match condition {
+                // keel patch: upstream had todo!() here; no command carries
+                // this condition in 0.9.25 (nothing constructs it).
                 Condition::LogFlushed { .. } => {
-                    todo!()
+                    unreachable!("openraft 0.9.25 never makes a command wait for LogFlushed")
                 }
                 Condition::Applied { log_id } => {
                     if self.engine.state.io_applied() < log_id.as_ref() {
