@@ -203,8 +203,10 @@ pub struct MvccActor {
 }
 
 /// How long a member that applied its own removal goes on before it stops:
-/// time for the answer to the removal's requester to leave.
-const REMOVED_STOP_DELAY: Duration = Duration::from_millis(500);
+/// time for the answer to the removal's requester to leave (it waits at
+/// most an election timeout for a read index first, see
+/// `service::cluster::change`).
+const REMOVED_STOP_DELAY: Duration = Duration::from_millis(1500);
 
 /// The MVCC actor's periodic duties.
 #[derive(Debug, Clone, Copy)]

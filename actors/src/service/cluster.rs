@@ -75,7 +75,17 @@ async fn change(ctx: &ServerCtx, change: MemberChange) -> Result<Changed, Status
         .await?
         .map_err(|_| Status::stopped())?
         .map_err(|e| e.into_status())?;
-    let raft = caught_up(ctx).await?;
+    // The change is committed. Listing the membership after it needs this
+    // member to have applied it: wait for that through a read index, but
+    // not past an election timeout, since a leader that just removed itself
+    // has no quorum to confirm one (it applied the change already) and
+    // stops soon after.
+    let election_timeout = ctx.cfg.election_timeout;
+    let raft =
+        match glommio::timer::timeout(election_timeout, async { Ok(caught_up(ctx).await) }).await {
+            Ok(Ok(raft)) => raft,
+            _ => ask_raft(ctx).await?,
+        };
     Ok(Changed {
         header: header_now(ctx, &raft).await?,
         members: members_of(&raft),
