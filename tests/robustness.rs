@@ -37,6 +37,7 @@ mod nemesis;
 #[path = "robustness/recorder.rs"]
 mod recorder;
 
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -83,6 +84,10 @@ struct Run {
     seed: u64,
     history: History,
     violations: Vec<String>,
+    /// Each member's log, and when the run started (seconds since the
+    /// epoch), for `failover::explain`.
+    logs: Vec<String>,
+    start_unix: f64,
 }
 
 impl Run {
@@ -183,6 +188,9 @@ async fn run_scenario(kind: FaultKind, load: Duration, clients: usize, seed: u64
         ops_per_client_max: 200_000,
     });
     let start = Instant::now();
+    let start_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
     let base_rev = recorder::settled_rev(&endpoints, &w.prefix, Duration::from_secs(10))
         .await
         .expect("no revision before the load");
@@ -215,6 +223,7 @@ async fn run_scenario(kind: FaultKind, load: Duration, clients: usize, seed: u64
         }));
     }
     let deadline = Instant::now() + load;
+    let invoke_end = u64::try_from((deadline - start).as_nanos()).unwrap_or(u64::MAX);
     let client_tasks: Vec<_> = (0..clients)
         .map(|c| {
             tokio::spawn(recorder::run_client(
@@ -264,6 +273,7 @@ async fn run_scenario(kind: FaultKind, load: Duration, clients: usize, seed: u64
         faults,
         final_reads,
         load_end,
+        invoke_end,
     };
     violations.extend(checker::check(&history));
     Run {
@@ -271,6 +281,8 @@ async fn run_scenario(kind: FaultKind, load: Duration, clients: usize, seed: u64
         seed,
         history,
         violations,
+        logs: cluster.members.iter().map(|m| m.logs()).collect(),
+        start_unix,
     }
 }
 
@@ -358,6 +370,17 @@ async fn long() {
             )
             .await;
             println!("{}", run.line());
+            if std::env::var_os("KEEL_ROBUSTNESS_TRACE").is_some() {
+                print!(
+                    "{}",
+                    failover::explain(
+                        &run.history,
+                        Duration::from_millis(1500),
+                        &run.logs,
+                        run.start_unix
+                    )
+                );
+            }
             if !run.violations.is_empty() {
                 failed += &run.report();
             }
@@ -380,14 +403,20 @@ fn summary(name: &str, runs: &[Run]) -> String {
         .iter()
         .flat_map(|r| failover::write_gaps(&r.history))
         .collect();
+    let mut beyond: BTreeMap<FaultKind, Duration> = BTreeMap::new();
+    for (kind, d) in runs.iter().flat_map(|r| failover::beyond_fault(&r.history)) {
+        let w = beyond.entry(kind).or_default();
+        *w = (*w).max(d);
+    }
     let failover: Vec<String> = failover::by_kind(&gaps)
         .iter()
         .map(|(k, (max, median))| {
             format!(
-                "{} {:.1} s (median {:.1} s)",
+                "{} {:.1} s (median {:.1} s, at most {:.1} s beyond the fault)",
                 k.name(),
                 max.as_secs_f64(),
-                median.as_secs_f64()
+                median.as_secs_f64(),
+                beyond.get(k).copied().unwrap_or_default().as_secs_f64()
             )
         })
         .collect();

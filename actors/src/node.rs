@@ -39,6 +39,7 @@ use crate::raft::members::MemberError;
 use crate::raft::network::PeerNetwork;
 use crate::raft::state_machine::StateMachine;
 use crate::raft::types::{Node, NodeId, Raft, SnapshotMeta, StoredMembership};
+use crate::raft::QuietStart;
 use crate::service::{ServeConfig, ServerCtx};
 use crate::wal_writer::{WalConfig, WalWriter};
 
@@ -641,7 +642,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
                     let (raft_tx, mvcc_tx, cfg) = (raft_tx.clone(), mvcc_tx.clone(), cfg.clone());
                     let ready_sockets = client_sockets.clone();
                     glommio::spawn_local(async move {
-                        let (raft, peers) = start_raft(
+                        let (raft, peers, quiet_start) = start_raft(
                             &cfg,
                             ids,
                             recovered,
@@ -658,6 +659,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
                             raft_tx: raft_tx.clone(),
                             mvcc: mvcc_tx.clone(),
                             snap_dir,
+                            quiet_start,
                         });
                         for l in peer_listeners {
                             glommio::spawn_local(crate::peer::server::serve(l, peer_ctx.clone()))
@@ -742,7 +744,7 @@ async fn start_raft(
     wal_dir: PathBuf,
     snap_dir: PathBuf,
     mvcc_tx: mpsc::Sender<crate::mvcc_actor::MvccMsg>,
-) -> (Raft, Rc<PeerClients>) {
+) -> (Raft, Rc<PeerClients>, QuietStart) {
     let (wal_tx, wal_rx) = mpsc::channel(WAL_INBOX);
     let wal_cfg = WalConfig {
         dir: wal_dir,
@@ -811,27 +813,14 @@ async fn start_raft(
         let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
         voters == [ids.member_id]
     };
-    if sole_voter {
+    let quiet_start = if sole_voter {
         // A single voter need not wait out an election timeout.
         let _ = raft.trigger().elect().await;
+        QuietStart::none(&raft)
     } else {
-        // A member that just started (a restarted leader among them: it
-        // comes back as a follower, see `log_store::restart_vote`) first
-        // listens for a leader as long as a follower of a live leader would
-        // before campaigning: its leader lease plus the longest election
-        // timeout. Campaigning earlier, before the leader's next heartbeat
-        // reaches it, would only make the leader step down for its higher
-        // term and cost the cluster another election.
-        let raft = raft.clone();
-        let quiet = Duration::from_millis(2 * cfg.election_timeout_ms);
-        raft.runtime_config().elect(false);
-        glommio::spawn_local(async move {
-            glommio::timer::sleep(quiet).await;
-            raft.runtime_config().elect(true);
-        })
-        .detach();
-    }
-    (raft, peers)
+        QuietStart::begin(&raft, Duration::from_millis(2 * cfg.election_timeout_ms))
+    };
+    (raft, peers, quiet_start)
 }
 
 /// Publishes this member's name and client URLs through raft (as etcd

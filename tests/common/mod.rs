@@ -123,9 +123,13 @@ impl Server {
         {
             c.arg("--initial-advertise-peer-urls").arg(self.peer_url());
         }
-        c.args(&self.args)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null());
+        c.args(&self.args).stdin(Stdio::null());
+        // The members log at their default level unless a test run asks
+        // for more with KEEL_TEST_RUST_LOG (a RUST_LOG filter).
+        match std::env::var_os("KEEL_TEST_RUST_LOG") {
+            Some(filter) => c.env("RUST_LOG", filter),
+            None => c.env_remove("RUST_LOG"),
+        };
         c
     }
 

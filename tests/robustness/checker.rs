@@ -746,6 +746,7 @@ mod tests {
                 result: Ok((5, vec![kv("/p/k0", "c", 2, 4, 2)])),
             }],
             load_end: 200,
+            invoke_end: 200,
         }
     }
 

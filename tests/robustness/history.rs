@@ -242,6 +242,9 @@ pub struct History {
     pub final_reads: Vec<FinalRead>,
     /// When the clients stopped.
     pub load_end: Nanos,
+    /// When the clients stopped starting operations (those in flight then
+    /// still ran until `load_end`).
+    pub invoke_end: Nanos,
 }
 
 impl History {

@@ -265,6 +265,20 @@ impl PeerConn {
     }
 }
 
+/// Sends a request frame and reads the response, within `timeout`
+/// (`Err(_)` when it ran out).
+async fn exchange(
+    conn: &mut PeerConn,
+    frame: &[u8],
+    timeout: Duration,
+) -> Result<io::Result<PeerResponse>, glommio::GlommioError<()>> {
+    let round_trip = async {
+        conn.send(frame).await?;
+        conn.recv().await
+    };
+    glommio::timer::timeout(timeout, async { Ok(round_trip.await) }).await
+}
+
 /// Called when a peer refuses this member (another cluster, say).
 pub type OnRejected = Box<dyn Fn(NodeId, &str)>;
 
@@ -392,9 +406,33 @@ impl PeerClients {
         }
     }
 
+    /// A new greeted connection to `target`, or an error after `timeout`.
+    async fn dial_within(
+        &self,
+        target: NodeId,
+        node: &Node,
+        timeout: Duration,
+    ) -> Result<PeerConn, PeerError> {
+        let dialed =
+            glommio::timer::timeout(timeout, async { Ok(self.connect(target, node).await) }).await;
+        dialed.unwrap_or_else(|_| {
+            self.failed(target);
+            Err(PeerError::Unreachable(
+                target,
+                format!("no greeting within {timeout:?}"),
+            ))
+        })
+    }
+
     /// Sends `req` to `target` and waits up to `timeout` for its response,
     /// dialing and greeting included: a peer whose kernel still completes
     /// handshakes while the process is frozen must not hold a call longer.
+    ///
+    /// An idle connection can be dead without anyone knowing (the peer
+    /// restarted, or a proxy dropped it): when one fails before any answer,
+    /// the peer's other idle connections are dropped too, and a request
+    /// that may be sent twice ([`PeerRequest::may_repeat`]) is sent again
+    /// on a new connection within the same deadline.
     pub async fn call(
         &self,
         target: NodeId,
@@ -409,31 +447,21 @@ impl PeerClients {
             .borrow_mut()
             .get_mut(&target)
             .and_then(|v| v.pop());
+        let from_pool = pooled.is_some();
         let mut conn = match pooled {
             Some(c) => c,
-            None => {
-                let dialed = glommio::timer::timeout(timeout, async {
-                    Ok(self.connect(target, node).await)
-                })
-                .await;
-                match dialed {
-                    Ok(conn) => conn?,
-                    Err(_) => {
-                        self.failed(target);
-                        return Err(PeerError::Unreachable(
-                            target,
-                            format!("no greeting within {timeout:?}"),
-                        ));
-                    }
-                }
+            None => self.dial_within(target, node, timeout).await?,
+        };
+        let left = |started: Instant| timeout.saturating_sub(started.elapsed());
+        let mut result = exchange(&mut conn, &frame, left(started)).await;
+        if let (true, Ok(Err(e))) = (from_pool, &result) {
+            self.idle.borrow_mut().remove(&target);
+            if !req.may_repeat() {
+                return Err(PeerError::Io(target, e.to_string()));
             }
-        };
-        let left = timeout.saturating_sub(started.elapsed());
-        let exchange = async {
-            conn.send(&frame).await?;
-            conn.recv().await
-        };
-        let result = glommio::timer::timeout(left, async { Ok(exchange.await) }).await;
+            conn = self.dial_within(target, node, left(started)).await?;
+            result = exchange(&mut conn, &frame, left(started)).await;
+        }
         match result {
             Err(_) => Err(PeerError::Timeout(target, timeout)),
             Ok(Err(e)) => {

@@ -30,6 +30,7 @@ use crate::raft::actor::{Origin, RaftRequest};
 use crate::raft::codec::{decode_snapshot_meta, encode_membership};
 use crate::raft::log_store::aligned_bytes;
 use crate::raft::types::{NodeId, ProposeError, Raft, SnapshotFile, SnapshotMeta};
+use crate::raft::QuietStart;
 
 pub struct PeerCtx {
     pub raft: Raft,
@@ -38,6 +39,7 @@ pub struct PeerCtx {
     pub raft_tx: mpsc::Sender<RaftRequest>,
     pub mvcc: mpsc::Sender<MvccMsg>,
     pub snap_dir: PathBuf,
+    pub quiet_start: QuietStart,
 }
 
 /// What a removed member is told (etcd's words); it stops on hearing it.
@@ -206,6 +208,7 @@ async fn handle(req: &ArchivedPeerRequest, ctx: &PeerCtx) -> Result<PeerResponse
                     .as_ref()
                     .map(log_id_from_wire),
             };
+            ctx.quiet_start.on_vote_request(rpc.vote.leader_id.term);
             match ctx.raft.vote(rpc).await {
                 Ok(r) => PeerResponse::Vote {
                     vote: vote_to_wire(&r.vote),

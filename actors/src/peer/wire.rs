@@ -17,7 +17,7 @@ use openraft::EntryPayload;
 use prost::Message;
 use rkyv::{Archive, Deserialize, Serialize};
 
-use crate::raft::codec::decode_membership;
+use crate::raft::codec::{decode_membership, vote_of, NO_LEADER_RECORDED, NO_VOTE};
 use crate::raft::log_store::{
     aligned_bytes, payload_of, PAYLOAD_BLANK, PAYLOAD_MEMBERSHIP, PAYLOAD_NORMAL,
 };
@@ -211,10 +211,27 @@ pub enum PeerResponse {
     },
 }
 
+impl PeerRequest {
+    /// Whether sending this request twice does what sending it once does,
+    /// so a call may resend it when its connection broke before an answer:
+    /// raft's own RPCs and questions. Not forwarded client commands,
+    /// membership changes, keep-alives or a hand-over.
+    pub fn may_repeat(&self) -> bool {
+        matches!(
+            self,
+            PeerRequest::AppendEntries { .. }
+                | PeerRequest::Vote { .. }
+                | PeerRequest::ReadIndex
+                | PeerRequest::Members
+                | PeerRequest::LeaseTimeToLive { .. }
+        )
+    }
+}
+
 pub fn log_id_to_wire(l: &LogId) -> WireLogId {
     WireLogId {
         term: l.leader_id.term,
-        leader: l.leader_id.node_id,
+        leader: NO_LEADER_RECORDED,
         index: l.index,
     }
 }
@@ -226,17 +243,13 @@ pub fn log_id_from_wire(l: &WireLogId) -> LogId {
 pub fn vote_to_wire(v: &Vote) -> WireVote {
     WireVote {
         term: v.leader_id.term,
-        node_id: v.leader_id.node_id,
+        node_id: v.leader_id.voted_for().unwrap_or(NO_VOTE),
         committed: v.committed,
     }
 }
 
 pub fn vote_from_wire(v: &WireVote) -> Vote {
-    if v.committed {
-        openraft::Vote::new_committed(v.term, v.node_id)
-    } else {
-        openraft::Vote::new(v.term, v.node_id)
-    }
+    vote_of(v.term, v.node_id, v.committed)
 }
 
 pub fn node_to_wire(n: &Node) -> WireNode {

@@ -22,7 +22,7 @@ use super::types::{LogId, Membership, Node, NodeId, StoredMembership, Vote};
 pub fn log_id_record(id: &LogId) -> LogIdRecord {
     LogIdRecord {
         term: id.leader_id.term,
-        leader: id.leader_id.node_id,
+        leader: NO_LEADER_RECORDED,
         index: id.index,
     }
 }
@@ -34,16 +34,30 @@ pub fn log_id_from(r: &LogIdRecord) -> LogId {
 pub fn vote_record(v: &Vote) -> VoteRecord {
     VoteRecord {
         term: v.leader_id.term,
-        node_id: v.leader_id.node_id,
+        node_id: v.leader_id.voted_for().unwrap_or(NO_VOTE),
         committed: v.committed,
     }
 }
 
 pub fn vote_from(r: &VoteRecord) -> Vote {
-    if r.committed {
-        openraft::Vote::new_committed(r.term, r.node_id)
-    } else {
-        openraft::Vote::new(r.term, r.node_id)
+    vote_of(r.term, r.node_id, r.committed)
+}
+
+/// What a log id records as its leader. openraft runs with one leader per
+/// term (`single-term-leader`), so a log id is (term, index) and the term
+/// names the leader; the field stays in the formats, always 0.
+pub const NO_LEADER_RECORDED: NodeId = 0;
+
+/// The node id recorded for a vote for nobody (a member's vote before its
+/// first election). Member ids are never 0.
+pub const NO_VOTE: NodeId = 0;
+
+/// A vote from its recorded parts.
+pub fn vote_of(term: u64, node_id: NodeId, committed: bool) -> Vote {
+    let voted_for = (node_id != NO_VOTE).then_some(node_id);
+    openraft::Vote {
+        leader_id: openraft::LeaderId { term, voted_for },
+        committed,
     }
 }
 

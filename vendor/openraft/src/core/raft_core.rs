@@ -1559,6 +1559,12 @@ where
         // Every time elect, reset this flag.
         self.engine.reset_greater_log();
 
+        // KEEL-PATCH: a new random election timeout for every election, as
+        // Raft prescribes. Drawn once per process, two members whose
+        // timeouts happen to be close collide in election after election.
+        self.engine.config.timer_config.election_timeout =
+            Duration::from_millis(self.config.new_rand_election_timeout::<C::AsyncRuntime>());
+
         tracing::info!("do trigger election");
         self.engine.elect();
     }

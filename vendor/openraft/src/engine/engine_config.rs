@@ -52,7 +52,13 @@ impl<NID: NodeId> EngineConfig<NID> {
             max_payload_entries: config.max_payload_entries,
             timer_config: time_state::Config {
                 election_timeout,
-                smaller_log_timeout: Duration::from_millis(config.election_timeout_max * 2),
+                // KEEL-PATCH: one election timeout, not two. A candidate
+                // refused for its shorter log waits this much longer before
+                // it campaigns again, so that the member holding the longer
+                // log campaigns first; that member is moved to the
+                // candidate's term when it refuses it (`handle_vote_req`)
+                // and campaigns within one election timeout.
+                smaller_log_timeout: Duration::from_millis(config.election_timeout_max),
                 leader_lease: Duration::from_millis(config.election_timeout_max),
             },
         }

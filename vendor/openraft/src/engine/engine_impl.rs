@@ -330,6 +330,33 @@ where C: RaftTypeConfig
             // The res is not used yet.
             // let _res = Err(RejectVoteRequest::ByLastLogId(self.state.last_log_id().copied()));
 
+            // KEEL-PATCH: as in Raft, a request from a higher term moves this
+            // node to that term even when its vote is refused, here only once
+            // the leader lease has run out (checked above) and never on a
+            // leader. Without this, a candidate with a shorter log that
+            // campaigns first keeps the term where the others already are,
+            // and a candidate with a longer log, campaigning in that same term
+            // next, is refused by the first, which voted for itself: terms
+            // are lost until the timers happen to line up. Moved to the
+            // higher term with no vote, this node campaigns (with its longer
+            // log) in the term after it, at its next tick: it has heard no
+            // leader for a lease, someone is campaigning, and it is a better
+            // candidate than that one.
+            #[cfg(feature = "single-term-leader")]
+            if !self.state.is_leader(&self.config.id) {
+                let term_only = Vote {
+                    leader_id: crate::LeaderId {
+                        term: req.vote.leader_id().term,
+                        voted_for: None,
+                    },
+                    committed: false,
+                };
+                if &term_only > self.state.vote_ref() && self.vote_handler().update_vote(&term_only).is_ok() {
+                    let due = now - self.config.timer_config.election_timeout;
+                    self.state.vote.update(due, term_only);
+                }
+            }
+
             // Return the updated vote, this way the candidate knows which vote is granted, in case
             // the candidate's vote is changed after sending the vote request.
             return VoteResponse::new(self.state.vote_ref(), self.state.last_log_id().cloned(), false);
@@ -456,6 +483,11 @@ where C: RaftTypeConfig
         self.vote_handler().update_vote(vote)?;
 
         // Vote is legal.
+
+        // KEEL-PATCH: a leader is established, so what an earlier election
+        // learned about greater logs is stale; left set, it would delay this
+        // member's next campaign by `smaller_log_timeout` for no reason.
+        self.reset_greater_log();
 
         let mut fh = self.following_handler();
         fh.ensure_log_consecutive(prev_log_id.clone())?;

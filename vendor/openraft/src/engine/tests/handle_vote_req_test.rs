@@ -83,6 +83,7 @@ fn test_handle_vote_req_reject_smaller_vote() -> anyhow::Result<()> {
 }
 
 #[test]
+#[cfg(not(feature = "single-term-leader"))]
 fn test_handle_vote_req_reject_smaller_last_log_id() -> anyhow::Result<()> {
     let mut eng = eng();
     eng.state.log_ids = LogIdList::new(vec![log_id(2, 1, 3)]);
@@ -211,5 +212,57 @@ fn test_handle_vote_req_granted_follower_learner_does_not_emit_update_server_sta
             eng.output.take_commands()
         );
     }
+    Ok(())
+}
+
+/// KEEL-PATCH: refused for its shorter log once the lease has run out, a
+/// request from a higher term still moves this node to that term, with no
+/// vote, and it campaigns in the next term with its longer log at once.
+#[test]
+#[cfg(feature = "single-term-leader")]
+fn test_handle_vote_req_reject_smaller_last_log_id_moves_to_its_term() -> anyhow::Result<()> {
+    let mut eng = eng();
+    eng.state.log_ids = LogIdList::new(vec![log_id(2, 1, 3)]);
+
+    let resp = eng.handle_vote_req(VoteRequest {
+        vote: Vote::new(3, 2),
+        last_log_id: Some(log_id(1, 1, 3)),
+    });
+
+    let term_only = Vote {
+        leader_id: crate::LeaderId { term: 3, voted_for: None },
+        committed: false,
+    };
+    assert_eq!(VoteResponse::new(term_only, Some(log_id(2, 1, 3)), false), resp);
+    assert_eq!(term_only, *eng.state.vote_ref());
+    assert!(eng.candidate_ref().is_none());
+    assert_eq!(ServerState::Follower, eng.state.server_state);
+    assert!(eng.output.take_commands().contains(&Command::SaveVote { vote: term_only }));
+    // Its election timer has run out: it campaigns at its next tick.
+    let due = TokioInstant::now() - eng.config.timer_config.election_timeout;
+    assert!(eng.state.vote_last_modified() <= Some(due));
+    Ok(())
+}
+
+/// KEEL-PATCH: within the leader lease, a shorter log's higher term changes
+/// nothing.
+#[test]
+#[cfg(feature = "single-term-leader")]
+fn test_handle_vote_req_reject_smaller_last_log_id_within_lease_keeps_vote() -> anyhow::Result<()> {
+    let mut eng = eng();
+    eng.state.log_ids = LogIdList::new(vec![log_id(2, 1, 3)]);
+    eng.state.vote.update(TokioInstant::now(), Vote::new_committed(2, 0));
+
+    let resp = eng.handle_vote_req(VoteRequest {
+        vote: Vote::new(3, 2),
+        last_log_id: Some(log_id(1, 1, 3)),
+    });
+
+    assert_eq!(
+        VoteResponse::new(Vote::new_committed(2, 0), Some(log_id(2, 1, 3)), false),
+        resp
+    );
+    assert_eq!(Vote::new_committed(2, 0), *eng.state.vote_ref());
+    assert_eq!(0, eng.output.take_commands().len());
     Ok(())
 }
