@@ -61,6 +61,11 @@ const SNAPSHOT_FLAGS: &[&str] = &[
 /// Seconds of load per fault kind in the short run.
 const SHORT_SECS: u64 = 10;
 const SHORT_CLIENTS: usize = 8;
+/// The longest write gap a leader fault may cause in the short run: a
+/// regression guard well above what the long run measures (≤ 1.5 s with
+/// `--election-timeout 500`) and well below the request timeout that
+/// writes once waited out behind an unreachable leader (6 s).
+const SHORT_FAILOVER_MAX: Duration = Duration::from_secs(4);
 
 /// The scenarios start 3 processes each and are timing-sensitive: on a
 /// small machine they run one at a time, whatever cargo's test threads.
@@ -307,6 +312,15 @@ async fn short(kind: FaultKind) {
         "no write succeeded:\n{}",
         run.report()
     );
+    for (kind, gap) in failover::write_gaps(&run.history) {
+        assert!(
+            gap <= SHORT_FAILOVER_MAX,
+            "writes stopped for {gap:?} around a {} fault:\n{}{}",
+            kind.name(),
+            run.report(),
+            failover::explain(&run.history, SHORT_FAILOVER_MAX, &run.logs, run.start_unix)
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
