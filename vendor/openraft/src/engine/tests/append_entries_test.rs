@@ -302,3 +302,23 @@ fn test_append_entries_conflict() -> anyhow::Result<()> {
 
     Ok(())
 }
+
+/// KEEL-PATCH: a leader's AppendEntries, once accepted, clears what an
+/// earlier election learned about greater logs, so the next failover does
+/// not wait the extra timeout for a candidate with a short log.
+#[test]
+fn test_append_entries_clears_seen_greater_log() -> anyhow::Result<()> {
+    let mut eng = eng();
+    eng.set_greater_log();
+
+    let res = eng.append_entries(&Vote::new_committed(2, 1), Some(log_id(2, 1, 3)), Vec::<Entry<UTConfig>>::new());
+    assert_eq!(Ok(()), res);
+    assert!(!eng.is_there_greater_log());
+
+    // A rejected one (an older vote) leaves it as it was.
+    eng.set_greater_log();
+    let res = eng.append_entries(&Vote::new(1, 1), None, Vec::<Entry<UTConfig>>::new());
+    assert!(res.is_err());
+    assert!(eng.is_there_greater_log());
+    Ok(())
+}
