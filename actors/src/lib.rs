@@ -27,3 +27,26 @@ pub fn fatal(msg: &str) -> ! {
     eprintln!("keel: fatal: {msg}");
     std::process::exit(2)
 }
+
+/// How long a member that learned of its own removal goes on before it
+/// stops: time for the answer to the removal's requester to leave (it waits
+/// at most an election timeout for a read index first, see
+/// `service::cluster::change`).
+const REMOVED_STOP_DELAY: std::time::Duration = std::time::Duration::from_millis(1500);
+
+/// Stops this member `REMOVED_STOP_DELAY` after it learned that it was
+/// removed, whether by applying its removal or from a peer that refused it
+/// as removed (a leader that removed itself may hear the latter first, and
+/// must still answer its client, as etcd does). Called on a glommio
+/// executor; later calls change nothing.
+pub fn stop_after_removal() {
+    static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if STOPPING.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    glommio::spawn_local(async {
+        glommio::timer::sleep(REMOVED_STOP_DELAY).await;
+        fatal("the member has been permanently removed from the cluster");
+    })
+    .detach();
+}

@@ -202,12 +202,6 @@ pub struct MvccActor {
     stopping: bool,
 }
 
-/// How long a member that applied its own removal goes on before it stops:
-/// time for the answer to the removal's requester to leave (it waits at
-/// most an election timeout for a read index first, see
-/// `service::cluster::change`).
-const REMOVED_STOP_DELAY: Duration = Duration::from_millis(1500);
-
 /// The MVCC actor's periodic duties.
 #[derive(Debug, Clone, Copy)]
 pub struct MvccTiming {
@@ -527,13 +521,7 @@ impl MvccActor {
                         // answered: a leader that removed itself answers
                         // its client first, as etcd does.
                         self.stopping = true;
-                        glommio::spawn_local(async {
-                            glommio::timer::sleep(REMOVED_STOP_DELAY).await;
-                            crate::fatal(
-                                "the member has been permanently removed from the cluster",
-                            );
-                        })
-                        .detach();
+                        crate::stop_after_removal();
                     }
                     Vec::new()
                 }

@@ -785,11 +785,17 @@ async fn start_raft(
     .unwrap_or_else(|e| crate::fatal(&format!("raft configuration: {e}")));
     // A member that never saw a leader and is refused by a peer was pointed
     // at the wrong cluster: stop with the reason instead of retrying forever.
+    // A removed member stops too, but only after a grace period
+    // (`stop_after_removal`): a leader that removed itself may be told so
+    // by a peer before it has answered the client that removed it.
     let on_rejected = Box::new(|peer: NodeId, reason: &str| {
-        if metrics().leader_changes.get() == 0 || reason == crate::peer::server::REMOVED {
+        if metrics().leader_changes.get() == 0 {
             crate::fatal(&format!("member {peer:x} refused this member: {reason}"));
         }
         tracing::error!("member {peer:x} refused this member: {reason}");
+        if reason == crate::peer::server::REMOVED {
+            crate::stop_after_removal();
+        }
     });
     let peers = Rc::new(PeerClients::new(ids.member_id, ids.cluster_id, on_rejected));
     let network = PeerNetwork {
