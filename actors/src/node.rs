@@ -125,6 +125,20 @@ pub enum ActorPlacement {
     Spread,
 }
 
+/// The CPUs in the order cores take them: `cpus` rotated by the member's
+/// position in `--initial-cluster`. Core 0 (raft, WAL, MVCC) is the busiest;
+/// members that share a host (a dev or test cluster, one unit file per
+/// member) would otherwise all put it on the first CPU and queue behind
+/// each other there while the rest stay idle. On a host of its own a
+/// member's CPUs are interchangeable, so the rotation costs nothing.
+pub fn cpu_order(mut cpus: Vec<usize>, member_position: usize) -> Vec<usize> {
+    if !cpus.is_empty() {
+        let n = cpus.len();
+        cpus.rotate_left(member_position % n);
+    }
+    cpus
+}
+
 /// One core: everything together. More: as `how` says.
 pub fn plan(cores: usize, how: ActorPlacement) -> Placement {
     assert!(cores >= 1);
@@ -486,7 +500,12 @@ fn core_listener(socket: &socket2::Socket) -> std::io::Result<glommio::net::TcpL
 /// Runs a member until the process is stopped.
 pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
     raise_memlock_limit();
-    let cpus = usable_cpus();
+    let position = cfg
+        .initial_cluster
+        .iter()
+        .position(|(name, _)| *name == cfg.name)
+        .unwrap_or(0);
+    let cpus = cpu_order(usable_cpus(), position);
     if cfg.cores == 0 || cfg.cores > cpus.len() {
         return Err(StartError::Config(format!(
             "--cores must be between 1 and {} (the CPUs available to this process), got {}",
@@ -557,6 +576,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
         entries = recovered.entries.len(),
         segments = recovered.segments.len(),
         ?placement,
+        raft_cpu = cpus[placement.raft_core],
         member_id = format!("{:x}", ids.member_id),
         "recovered; starting executors"
     );
@@ -900,6 +920,16 @@ async fn join_cluster(
 #[cfg(test)]
 mod tests {
     use std::os::fd::AsRawFd;
+
+    #[test]
+    fn members_sharing_a_host_start_on_different_cpus() {
+        assert_eq!(super::cpu_order(vec![0, 1], 0), vec![0, 1]);
+        assert_eq!(super::cpu_order(vec![0, 1], 1), vec![1, 0]);
+        assert_eq!(super::cpu_order(vec![0, 1], 2), vec![0, 1]);
+        assert_eq!(super::cpu_order(vec![2, 5, 7], 4), vec![5, 7, 2]);
+        assert_eq!(super::cpu_order(vec![3], 2), vec![3]);
+        assert_eq!(super::cpu_order(vec![], 1), Vec::<usize>::new());
+    }
 
     #[test]
     fn listening_sockets_are_non_blocking() {

@@ -1,6 +1,9 @@
 # Sourced by the cluster bench scripts: starts a 3-member keel or etcd 3.4
 # cluster on loopback (free ports, fresh data dirs under $D) and stops it.
 # After start_cluster: C (client URLs), P (peer URLs), PIDS, D.
+# PIN_MEMBERS=1 runs member i on CPU i mod nproc alone (taskset), as members
+# sharing a host should run: keel pins one executor per usable CPU, so
+# three unpinned members put all three raft cores on the first CPU.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # usage: start_cluster keel|etcd "member args"
@@ -11,12 +14,14 @@ start_cluster() {
   for i in 0 1 2; do C+=("http://127.0.0.1:$(free_port)"); P+=("http://127.0.0.1:$(free_port)"); done
   local initial="m0=${P[0]},m1=${P[1]},m2=${P[2]}"
   for i in 0 1 2; do
+    local pin=()
+    [ "${PIN_MEMBERS:-0}" = 1 ] && pin=(taskset -c $((i % $(nproc))))
     if [ "$kind" = keel ]; then
-      $BIN/keel --name "m$i" --data-dir "$D/m$i" --listen-client-urls "${C[$i]}" \
+      "${pin[@]}" $BIN/keel --name "m$i" --data-dir "$D/m$i" --listen-client-urls "${C[$i]}" \
         --listen-peer-urls "${P[$i]}" --initial-advertise-peer-urls "${P[$i]}" \
         --initial-cluster "$initial" $sargs > "$D/m$i.log" 2>&1 &
     else
-      etcd --name "m$i" --data-dir "$D/m$i" --listen-client-urls "${C[$i]}" --advertise-client-urls "${C[$i]}" \
+      "${pin[@]}" etcd --name "m$i" --data-dir "$D/m$i" --listen-client-urls "${C[$i]}" --advertise-client-urls "${C[$i]}" \
         --listen-peer-urls "${P[$i]}" --initial-advertise-peer-urls "${P[$i]}" \
         --initial-cluster "$initial" $sargs > "$D/m$i.log" 2>&1 &
     fi
