@@ -88,6 +88,52 @@ async fn lock_excludes_until_unlock_or_lease_expiry() {
     c.unlock("job/none").await.unwrap();
 }
 
+/// The lease id a lock or election key ends with (`<name>/<lease in hex>`).
+fn lease_of_key(key: &[u8]) -> i64 {
+    let s = std::str::from_utf8(key).unwrap();
+    i64::from_str_radix(s.rsplit('/').next().unwrap(), 16).unwrap()
+}
+
+/// As etcd's lock and election servers (they open a client session for
+/// the request): without a lease, each caller gets a lease of its own with
+/// the session's 60 s TTL, not kept alive. So two callers never share a
+/// key (and so the lock), and the key ends with its lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_and_campaign_without_a_lease_get_their_own() {
+    let s = Server::start(&[]);
+    let mut c = s.client().await;
+    let held = c.lock("solo", None).await.unwrap();
+    let lease = lease_of_key(held.key());
+    assert_ne!(lease, 0, "the lock key has no lease of its own");
+    let ttl = c.lease_time_to_live(lease, None).await.unwrap();
+    assert_eq!(ttl.granted_ttl(), 60);
+    assert!(ttl.ttl() > 0 && ttl.ttl() <= 60, "ttl {}", ttl.ttl());
+
+    // A second caller without a lease waits for the first.
+    let mut c2 = s.client().await;
+    let waiter = tokio::spawn(async move { c2.lock("solo", None).await.map(|r| r.key().to_vec()) });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        !waiter.is_finished(),
+        "a second caller without a lease got a held lock"
+    );
+    c.unlock(held.key()).await.unwrap();
+    let got = within(Duration::from_secs(5), waiter)
+        .await
+        .expect("the second caller was not woken by the unlock")
+        .unwrap()
+        .unwrap();
+    assert_ne!(got, held.key().to_vec());
+    assert_ne!(lease_of_key(&got), 0);
+
+    let won = c.campaign("chair", "v", 0).await.unwrap();
+    let leader = won.leader().unwrap();
+    assert_ne!(leader.lease(), 0, "the campaign has no lease of its own");
+    assert_eq!(lease_of_key(leader.key()), leader.lease());
+    let ttl = c.lease_time_to_live(leader.lease(), None).await.unwrap();
+    assert_eq!(ttl.granted_ttl(), 60);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn campaign_observe_proclaim_and_resign() {
     let s = Server::start(&[]);

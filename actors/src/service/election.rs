@@ -1,6 +1,7 @@
 //! The Lock and Election services, implemented on the server with etcd's
 //! client recipes (clientv3/concurrency): a contender's key is
-//! `<name>/<lease id in hex>`, bound to its lease; the owner is the key
+//! `<name>/<lease id in hex>`, bound to its lease (a request without one
+//! gets a 60 s lease of its own, as etcd's session); the owner is the key
 //! with the lowest create revision under `<name>/`; a waiter watches the
 //! delete of the key created just before its own, so each wakes only its
 //! successor. Errors reach the client as etcd's lock and election servers
@@ -281,11 +282,31 @@ impl Drop for Abandon<'_> {
     }
 }
 
+/// TTL of the lease a Lock or Campaign without one gets: the default of
+/// the client session etcd's lock and election servers open per request.
+const SESSION_TTL: i64 = 60;
+
+/// `lease`, or for 0 a new lease of [`SESSION_TTL`] granted for this
+/// request and not kept alive (etcd: a session with no lease grants one,
+/// and the server orphans it), so that two callers never share a key and
+/// the key does not outlive its caller by more than the TTL.
+async fn own_lease(ctx: &ServerCtx, lease: i64) -> Result<i64, Status> {
+    if lease != 0 {
+        return Ok(lease);
+    }
+    let req = pb::LeaseGrantRequest {
+        ttl: SESSION_TTL,
+        id: 0,
+    };
+    Ok(super::lease::grant(ctx, req, 0).await.map_err(unknown)?.id)
+}
+
 pub async fn lock(ctx: &ServerCtx, req: lpb::LockRequest) -> Result<lpb::LockResponse, Status> {
     let prefix = prefix_of(&req.name);
-    let key = key_of(&prefix, req.lease);
+    let lease = own_lease(ctx, req.lease).await?;
+    let key = key_of(&prefix, lease);
     let mut abandon = Abandon { ctx, key: None };
-    let (resp, my_rev, owner) = enter(ctx, &prefix, &key, Bytes::new(), req.lease).await?;
+    let (resp, my_rev, owner) = enter(ctx, &prefix, &key, Bytes::new(), lease).await?;
     abandon.key = Some(key.clone());
     if owner.is_none_or(|o| o.create_revision != my_rev) {
         wait_predecessors(ctx, &prefix, my_rev - 1).await?;
@@ -319,15 +340,16 @@ pub async fn campaign(
     req: epb::CampaignRequest,
 ) -> Result<epb::CampaignResponse, Status> {
     let prefix = prefix_of(&req.name);
-    let key = key_of(&prefix, req.lease);
+    let lease = own_lease(ctx, req.lease).await?;
+    let key = key_of(&prefix, lease);
     let mut abandon = Abandon { ctx, key: None };
-    let (resp, my_rev, _) = enter(ctx, &prefix, &key, req.value.clone(), req.lease).await?;
+    let (resp, my_rev, _) = enter(ctx, &prefix, &key, req.value.clone(), lease).await?;
     abandon.key = Some(key.clone());
     let leader = epb::LeaderKey {
         name: req.name.clone(),
         key: key.clone(),
         rev: my_rev,
-        lease: req.lease,
+        lease,
     };
     if !resp.succeeded {
         // Campaigning again with the same lease: take over with the new value.
