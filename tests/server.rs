@@ -348,3 +348,78 @@ async fn connections_right_after_start_up_are_served() {
         s.restart();
     }
 }
+
+/// Every directory and file under `dir` with its permission bits (a file
+/// renamed or removed by the running server while this looks is skipped).
+fn modes_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = vec![];
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if let Ok(m) = std::fs::metadata(&p) {
+                if m.is_dir() {
+                    todo.push(p.clone());
+                }
+                out.push((p, m.permissions().mode() & 0o777));
+            }
+        }
+    }
+    out
+}
+
+/// The data directory is the server's alone, as etcd keeps it: 0700
+/// directories and 0600 files, whatever the umask it was started with. An
+/// existing directory open to others is used as it is, with etcd's warning.
+#[tokio::test]
+async fn data_dir_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut s = Server::start(&["--snapshot-count", "10"]);
+    let mut c = s.client().await;
+    for i in 0..30 {
+        c.put(format!("k{i}"), "v", None).await.unwrap();
+    }
+    // The snapshot is written in the background: wait for it (bounded).
+    let has_snap = |m: &[(std::path::PathBuf, u32)]| {
+        m.iter()
+            .any(|(p, _)| p.extension().is_some_and(|e| e == "snap"))
+    };
+    let mut modes = modes_under(&s.dir);
+    for _ in 0..50 {
+        if has_snap(&modes) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        modes = modes_under(&s.dir);
+    }
+    assert!(has_snap(&modes), "no snapshot was written");
+    let top = std::fs::metadata(&s.dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(top, 0o700, "the data dir is {top:o}");
+    for (path, mode) in &modes {
+        let want = if path.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(*mode, want, "{} is {mode:o}", path.display());
+    }
+    assert!(!s.logs().contains("The recommended permission is"));
+    s.kill9();
+
+    let mut open = Server::new(vec![]);
+    std::fs::create_dir_all(&open.dir).unwrap();
+    std::fs::set_permissions(&open.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    open.spawn();
+    open.wait_healthy();
+    assert!(
+        open.logs()
+            .contains("but the permission is 755. The recommended permission is 700"),
+        "{}",
+        open.logs()
+    );
+    let member = open.dir.join("member");
+    assert_eq!(
+        std::fs::metadata(&member).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+}

@@ -303,6 +303,27 @@ fn identity(member_dir: &Path, cfg: &NodeConfig) -> Result<HeaderIds, StartError
     Ok(ids)
 }
 
+/// Keeps the data this process writes to its own user, as etcd does (0700
+/// directories, 0600 files): sets the process's file-creation mask to 077,
+/// which covers every file and directory created from here on, and warns,
+/// with etcd's words, when an existing data directory is open to others.
+fn make_private(data_dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: umask only replaces the process's file-creation mask.
+    unsafe { libc::umask(0o077) };
+    match std::fs::metadata(data_dir) {
+        Ok(m) if m.permissions().mode() & 0o077 != 0 => tracing::warn!(
+            "check file permission: directory {:?} exist, but the permission is {:o}. The recommended permission is 700 to prevent possible unprivileged access to the data.",
+            data_dir,
+            m.permissions().mode() & 0o777
+        ),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    Ok(())
+}
+
 /// Holds an exclusive lock on the data directory for the process lifetime.
 fn lock_data_dir(member_dir: &Path) -> Result<std::fs::File, StartError> {
     use std::os::fd::AsRawFd;
@@ -518,7 +539,10 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
         dir: cfg.data_dir.clone(),
         msg: e.to_string(),
     };
-    std::fs::create_dir_all(cfg.data_dir.join("member")).map_err(data_dir_err)?;
+    make_private(&cfg.data_dir).map_err(data_dir_err)?;
+    for dir in ["member", "member/wal", "member/snap"] {
+        keel_storage::create_dir_durably(&cfg.data_dir.join(dir)).map_err(data_dir_err)?;
+    }
     // Absolute from here on: glommio's directory handles refuse relative
     // paths (EBADF), and the default data dir is relative (`default.keel`).
     let member_dir = std::fs::canonicalize(cfg.data_dir.join("member")).map_err(data_dir_err)?;

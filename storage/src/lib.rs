@@ -31,3 +31,38 @@ pub fn write_file_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::R
 pub fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
+
+/// Creates `dir` and any missing parents, fsyncing the directory that holds
+/// each one it creates, so that the new directory survives a power loss
+/// (a file fsynced inside a directory whose own entry was never made
+/// durable can vanish with it).
+pub fn create_dir_durably(dir: &std::path::Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    create_dir_durably(parent)?;
+    match std::fs::create_dir(dir) {
+        Ok(()) => sync_dir(parent),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod dir_tests {
+    #[test]
+    fn creates_missing_parents_and_accepts_existing() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("a").join("b").join("c");
+        super::create_dir_durably(&d).unwrap();
+        assert!(d.is_dir());
+        super::create_dir_durably(&d).unwrap();
+        let f = t.path().join("file");
+        std::fs::write(&f, b"x").unwrap();
+        assert!(super::create_dir_durably(&f.join("d")).is_err());
+    }
+}
