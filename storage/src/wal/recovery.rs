@@ -13,7 +13,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use super::record::{Body, EntryRecord, LogIdRecord, VoteRecord};
-use super::segment::{scan_segment, ScanEnd};
+use super::segment::{decode_segment_header, scan_segment, ScanEnd};
 use super::{WalError, BLOCK_BYTES};
 
 /// A segment on disk and the log indexes it holds.
@@ -74,6 +74,11 @@ fn io_err(file: &Path) -> impl FnOnce(std::io::Error) -> WalError + '_ {
     }
 }
 
+/// The largest segment size recovery pads a short segment file up to (from
+/// a header whose checksum holds); keel writes segments of
+/// `--wal-segment-bytes`, far below this.
+const SEGMENT_BYTES_MAX: u64 = 1 << 40;
+
 /// Recovers the WAL in `dir`, creating the directory if needed.
 pub fn recover(dir: &Path) -> Result<Recovered, WalError> {
     fs::create_dir_all(dir).map_err(io_err(dir))?;
@@ -133,11 +138,12 @@ pub fn recover(dir: &Path) -> Result<Recovered, WalError> {
             reason,
         };
         // The header says how long the file must be; a shorter file lost its
-        // end, which reads as zeros (never written).
-        if buf.len() >= BLOCK_BYTES {
-            let declared = u64::from_le_bytes(buf[24..32].try_into().expect("8 bytes"));
-            if (declared as usize) > buf.len() && declared <= (1 << 40) {
-                buf.resize(declared as usize, 0);
+        // end, which reads as zeros (never written). Only a header whose
+        // checksum holds is trusted with that size: a damaged one is
+        // reported by the scan below, never allocated for.
+        if let Ok(h) = decode_segment_header(&buf) {
+            if h.segment_bytes > buf.len() as u64 && h.segment_bytes <= SEGMENT_BYTES_MAX {
+                buf.resize(h.segment_bytes as usize, 0);
             }
         }
         let scan = scan_segment(&buf, file_len).map_err(|r| corrupt(0, r))?;
@@ -440,6 +446,28 @@ mod tests {
                 payload_kind: 1,
                 payload: data,
             })
+        }
+    }
+
+    /// A segment whose header is damaged, and so claims any size, is
+    /// reported as corrupt; recovery must not first make room for that size
+    /// (it used to pad the file to whatever the header declared).
+    #[test]
+    fn a_damaged_header_is_reported_not_allocated_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = Writer::new(0);
+        a.entry(1, b"x");
+        a.buf[24..32].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        fs::write(
+            dir.path().join(segment_file_name(0)),
+            &a.buf[..BLOCK_BYTES * 2],
+        )
+        .unwrap();
+        match recover(dir.path()) {
+            Err(WalError::Corrupt { reason, .. }) => {
+                assert!(reason.contains("checksum"), "{reason}")
+            }
+            other => panic!("{other:?}"),
         }
     }
 

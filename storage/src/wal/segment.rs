@@ -56,7 +56,7 @@ pub fn encode_segment_header(seq: u64, segment_bytes: u64) -> (Vec<u8>, SegmentH
     )
 }
 
-fn decode_segment_header(b: &[u8]) -> Result<SegmentHeader, String> {
+pub(super) fn decode_segment_header(b: &[u8]) -> Result<SegmentHeader, String> {
     if b.len() < BLOCK_BYTES {
         return Err(format!(
             "file is {} bytes, shorter than its header block",
