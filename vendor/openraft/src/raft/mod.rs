@@ -246,8 +246,13 @@ where C: RaftTypeConfig
         let (tx_server_metrics, rx_server_metrics) = watch::channel(RaftServerMetrics::default());
         let (tx_shutdown, rx_shutdown) = C::AsyncRuntime::oneshot();
 
+        // KEEL-PATCH: election timers are checked on ticks, so a tick of
+        // 1.5 heartbeat intervals (upstream) quantized the random election
+        // timeout to a few steps: two followers of a lost leader drew the
+        // same step about one time in three and split the vote. A fifth of
+        // a heartbeat interval gives the draw ~25 steps, as etcd's ticks do.
         let tick_handle = Tick::spawn(
-            Duration::from_millis(config.heartbeat_interval * 3 / 2),
+            Duration::from_millis((config.heartbeat_interval / 5).max(1)),
             tx_notify.clone(),
             config.enable_tick,
         );
