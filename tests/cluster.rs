@@ -188,20 +188,28 @@ async fn leader_kill9_under_load_loses_no_acknowledged_write() {
     assert_eq!(rev_old, rev_new);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stopped_member_catches_up_through_a_snapshot() {
+/// 3 members snapshotting every `snapshot_count` entries and keeping
+/// `catchup` entries after one, with a follower killed: (cluster, leader,
+/// stopped follower).
+async fn with_a_stopped_follower(snapshot_count: &str, catchup: &str) -> (Cluster, usize, usize) {
     let mut args = FAST.to_vec();
     args.extend([
         "--snapshot-count",
-        "200",
+        snapshot_count,
         "--experimental-snapshot-catchup-entries",
-        "20",
+        catchup,
     ]);
     let mut cluster = Cluster::start(3, &args);
-    let eps = cluster.endpoints();
     let leader = cluster.leader().await;
     let lagging = (leader + 1) % 3;
     cluster.members[lagging].kill9();
+    (cluster, leader, lagging)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_member_catches_up_through_a_snapshot() {
+    let (mut cluster, leader, lagging) = with_a_stopped_follower("200", "20").await;
+    let eps = cluster.endpoints();
     let mut c = client(&eps[leader]).await;
     for i in 0..1000 {
         c.put(format!("snap/{i:04}"), format!("{i}"), None)
@@ -740,4 +748,68 @@ async fn a_removed_member_stops_and_stays_out() {
     // The two others carry on.
     c.put("after-removal", "1", None).await.unwrap();
     assert_eq!(c.member_list().await.unwrap().members().len(), 2);
+}
+
+/// Story: openraft purges the log as soon as it queues a received
+/// snapshot's install, and the WAL made that purge durable within one
+/// fsync, while the snapshot file was still being read back and renamed
+/// into place. A member killed in that window never started again: "the
+/// WAL was purged up to index N but the newest snapshot only covers None".
+/// The WAL now forgets nothing past the newest durable snapshot.
+///
+/// The snapshot is large (about 40 MiB) so that reading it back takes
+/// longer than the purge's fsync; the member is killed the moment it has
+/// received the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_killed_while_installing_a_snapshot_starts_again() {
+    let (mut cluster, leader, lagging) = with_a_stopped_follower("40", "5").await;
+    let eps = cluster.endpoints();
+    let mut c = client(&eps[leader]).await;
+    let value = "v".repeat(1 << 20);
+    for i in 0..60 {
+        c.put(format!("big/{i:02}"), value.clone(), None)
+            .await
+            .unwrap();
+    }
+    cluster.members[lagging].spawn();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cluster.members[lagging]
+        .logs()
+        .contains("received a snapshot from the leader")
+    {
+        assert!(Instant::now() < deadline, "no snapshot was sent");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    cluster.members[lagging].kill9();
+    cluster.members[lagging].spawn();
+    cluster.members[lagging].wait_healthy();
+    // Keys and revisions only: the values would exceed a gRPC message.
+    let keys = |endpoint: String| async move {
+        let mut c = client(&endpoint).await;
+        let r = c
+            .get(
+                "big/",
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            )
+            .await
+            .expect("linearizable range");
+        let kvs: Vec<(String, i64, i64)> = r
+            .kvs()
+            .iter()
+            .map(|kv| {
+                let key = kv.key_str().unwrap().to_string();
+                (key, kv.mod_revision(), kv.version())
+            })
+            .collect();
+        (r.header().unwrap().revision(), kvs)
+    };
+    let want = keys(eps[leader].clone()).await;
+    assert_eq!(want.1.len(), 60);
+    assert_eq!(keys(eps[lagging].clone()).await, want);
+    let r = client(&eps[lagging])
+        .await
+        .get("big/59", Some(GetOptions::new().with_serializable()))
+        .await
+        .unwrap();
+    assert_eq!(r.kvs()[0].value(), value.as_bytes());
 }

@@ -423,3 +423,71 @@ async fn data_dir_is_private() {
         0o700
     );
 }
+
+/// Story: keel raised only its locked-memory limit. Under an open-file
+/// limit, idle client connections took every descriptor, and the WAL
+/// writer's next segment failed to open, which is fatal: the member
+/// stopped. Client connections now leave descriptors for the rest.
+#[tokio::test]
+async fn idle_connections_cannot_starve_the_wal_of_descriptors() {
+    let mut server = Server::new(
+        ["--wal-segment-bytes", "5242880"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+    );
+    server.open_files = Some(512);
+    server.spawn();
+    server.wait_healthy();
+    // Connected (etcd-client connects on first use) before the others.
+    let mut c = server.client().await;
+    c.put("fd/first", "x", None).await.unwrap();
+    // More idle HTTP/2 connections than the server has descriptors.
+    let mut idle = Vec::new();
+    for _ in 0..600 {
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", server.port)) else {
+            break;
+        };
+        use std::io::Write;
+        let _ = s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        idle.push(s);
+    }
+    assert!(idle.len() > 512, "opened only {} connections", idle.len());
+    // Enough writes to fill several 5 MiB WAL segments.
+    let value = vec![b'w'; 64 << 10];
+    for i in 0..300 {
+        c.put(format!("fd/{i}"), value.clone(), None)
+            .await
+            .unwrap_or_else(|e| panic!("put {i}: {e}\n{}", server.logs()));
+    }
+    assert!(server.is_running(), "{}", server.logs());
+    assert!(
+        server.logs().contains("the open-file limit"),
+        "no warning about the limit:\n{}",
+        server.logs()
+    );
+    drop(idle);
+}
+
+/// Story: a connection that never sent its first bytes was held forever
+/// (the protocol sniffing read had no deadline), one descriptor each.
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed() {
+    let server = Server::start(&[]);
+    let mut silent = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 1];
+    use std::io::Read;
+    let n = silent.read(&mut buf);
+    assert!(
+        matches!(n, Ok(0))
+            || n.as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "expected the server to close the connection, got {n:?} after {:?}",
+        started.elapsed()
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+}

@@ -457,3 +457,47 @@ async fn watches_on_every_member_survive_a_leader_change() {
     let got = record(stream, target(last), false).await;
     assert!(got == want, "the follower's watch differs from the history");
 }
+
+/// Story: a follower cut off from its peers learned, when the cut healed,
+/// several writes to one key and a compaction past them in one go. It
+/// applied them together and told its watch hub only afterwards, when the
+/// compaction had already removed the overwritten versions: a synced
+/// watcher on it skipped them, without being canceled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_catching_up_past_a_compaction_sends_every_event() {
+    let mut cluster = Cluster::start_proxied(
+        3,
+        &["--heartbeat-interval", "50", "--election-timeout", "500"],
+    )
+    .await;
+    let eps = cluster.endpoints();
+    let leader = cluster.leader().await;
+    let follower = (leader + 1) % 3;
+    let mut lc = Client::connect([eps[leader].clone()], None).await.unwrap();
+    let mut fc = Client::connect([eps[follower].clone()], None)
+        .await
+        .unwrap();
+    let first = lc.put("cw", "0", None).await.unwrap();
+    let first = first.header().unwrap().revision();
+    let (_w, mut stream) = fc
+        .watch("cw", Some(WatchOptions::new().with_start_revision(first)))
+        .await
+        .unwrap();
+    // The follower has applied `first` once its watch delivers it.
+    assert_eq!(events(&mut stream, 1).await[0].3, first);
+    cluster.cut(follower);
+    let mut last = first;
+    for i in 1..=5 {
+        let r = lc.put("cw", i.to_string(), None).await.unwrap();
+        last = r.header().unwrap().revision();
+    }
+    lc.compact(last, None).await.unwrap();
+    cluster.heal();
+    let got: Vec<(String, i64)> = events(&mut stream, 5)
+        .await
+        .into_iter()
+        .map(|(_, _, value, rev, _)| (value, rev))
+        .collect();
+    let want: Vec<(String, i64)> = (1..=5).map(|i| (i.to_string(), first + i)).collect();
+    assert_eq!(got, want);
+}

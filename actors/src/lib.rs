@@ -13,6 +13,7 @@ pub mod raft;
 pub mod reactor;
 pub mod runtime;
 pub mod service;
+pub mod tcp;
 pub mod wal_writer;
 pub mod watch;
 

@@ -190,6 +190,8 @@ pub struct MvccActor {
     waiting: BTreeMap<u64, Vec<Waiter>>,
     waiting_len: usize,
     watches: WatchHub,
+    /// The first revision not yet handed to the watch hub.
+    unnotified_rev: i64,
     timing: MvccTiming,
     lease_clock: LeaseClock,
     /// Members removed from the cluster; their peer connections are refused.
@@ -222,6 +224,7 @@ impl MvccActor {
         raft: mpsc::Sender<RaftRequest>,
     ) -> MvccActor {
         let term = applied.map_or(0, |l| l.leader_id.term);
+        let unnotified_rev = store.current_rev() + 1;
         let a = MvccActor {
             store,
             applied,
@@ -230,6 +233,7 @@ impl MvccActor {
             term,
             waiting: BTreeMap::new(),
             waiting_len: 0,
+            unnotified_rev,
             watches: WatchHub::default(),
             timing,
             lease_clock: LeaseClock::default(),
@@ -367,6 +371,13 @@ impl MvccActor {
         }
     }
 
+    /// Hands the revisions applied since the last call to synced watchers.
+    fn notify_watchers(&mut self) {
+        let h = self.header_info();
+        self.watches.notify(self.unnotified_rev, &self.store, h);
+        self.unnotified_rev = self.store.current_rev() + 1;
+    }
+
     fn applied_index(&self) -> u64 {
         self.applied.map_or(0, |l| l.index)
     }
@@ -374,11 +385,9 @@ impl MvccActor {
     fn handle(&mut self, msg: MvccMsg) {
         match msg {
             MvccMsg::Apply { entries, reply } => {
-                let from = self.store.current_rev() + 1;
                 let r = self.apply(entries);
                 let _ = reply.send(r);
-                let h = self.header_info();
-                self.watches.notify(from, &self.store, h);
+                self.notify_watchers();
                 self.serve_waiting();
                 self.update_gauges();
             }
@@ -426,6 +435,7 @@ impl MvccActor {
             } => {
                 self.removed = removed;
                 self.store = store;
+                self.unnotified_rev = self.store.current_rev() + 1;
                 self.watches.resync_all();
                 self.applied = applied;
                 self.membership = membership;
@@ -542,6 +552,11 @@ impl MvccActor {
                         let superseded = cmd
                             .decided_in_term()
                             .is_some_and(|term| term != e.log_id.leader_id.term);
+                        if matches!(cmd, ArchivedCommand::Compact(_)) {
+                            // Watchers get the revisions of this call so far
+                            // before the compaction can remove them.
+                            self.notify_watchers();
+                        }
                         let mut outcome = if superseded {
                             self.store.unchanged()
                         } else {
@@ -633,5 +648,89 @@ fn count_ops(r: &CommandResponse) {
         CommandResponse::Compact(_) | CommandResponse::LeaseCheckpoint(_) => {}
         CommandResponse::LeaseGrant(_) => metrics().lease_granted.inc(),
         CommandResponse::LeaseRevoke(_) => metrics().lease_revoked.inc(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use keel_proto::command::{CompactCmd, PutCmd};
+
+    use super::*;
+
+    fn put(key: &str, value: &str) -> Bytes {
+        Bytes::from_owner(
+            Command::Put(PutCmd {
+                key: key.into(),
+                value: value.into(),
+                ..Default::default()
+            })
+            .to_bytes(),
+        )
+    }
+
+    fn entry(index: u64, commands: &[Bytes]) -> ApplyEntry {
+        ApplyEntry {
+            log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: ApplyPayload::Normal(keel_proto::batch::encode(commands)),
+        }
+    }
+
+    /// Story: a follower that learned the commit index late applied writes
+    /// and a compaction in one call; the hub was told only afterwards, when
+    /// the compaction had removed the overwritten versions, and synced
+    /// watchers skipped them without being canceled.
+    #[test]
+    fn watchers_see_the_revisions_a_compaction_in_the_same_apply_removes() {
+        let (raft, _raft_rx) = mpsc::channel(8);
+        let timing = MvccTiming {
+            progress_every: Duration::from_secs(600),
+            lease_checkpoint_every: Duration::from_secs(300),
+        };
+        let mut actor = MvccActor::new(
+            KvStore::default(),
+            None,
+            StoredMembership::default(),
+            BTreeSet::new(),
+            HeaderIds::default(),
+            timing,
+            raft,
+        );
+        let (tx, mut rx) = mpsc::channel(16);
+        actor.handle(MvccMsg::Watch(WatchMsg::Open {
+            stream: 1,
+            tx,
+            max_bytes: 1 << 20,
+        }));
+        actor.handle(MvccMsg::Watch(WatchMsg::Create {
+            stream: 1,
+            spec: WatchSpec {
+                key: Bytes::from_static(b"k"),
+                ..Default::default()
+            },
+        }));
+        let compact = Bytes::from_owner(
+            Command::Compact(CompactCmd {
+                revision: 4,
+                physical: false,
+            })
+            .to_bytes(),
+        );
+        let (reply, mut applied) = oneshot::channel();
+        actor.handle(MvccMsg::Apply {
+            entries: vec![
+                entry(1, &[put("k", "a"), put("k", "b")]),
+                entry(2, &[put("k", "c"), compact]),
+            ],
+            reply,
+        });
+        let outcomes = applied.try_recv().unwrap().unwrap();
+        assert!(outcomes[1][1].is_ok(), "{:?}", outcomes[1][1]);
+        let mut revs = Vec::new();
+        while let Ok(r) = rx.try_recv() {
+            assert!(!r.canceled, "{r:?}");
+            revs.extend(r.events.iter().map(|e| e.kv.as_ref().unwrap().mod_revision));
+        }
+        // The first write is revision 2, as in etcd.
+        assert_eq!(revs, vec![2, 3, 4]);
     }
 }

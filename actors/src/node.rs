@@ -37,7 +37,7 @@ use crate::raft::codec::decode_snapshot_app;
 use crate::raft::log_store::LogStore;
 use crate::raft::members::MemberError;
 use crate::raft::network::PeerNetwork;
-use crate::raft::state_machine::StateMachine;
+use crate::raft::state_machine::{DurableSnapshot, StateMachine};
 use crate::raft::types::{Node, NodeId, Raft, SnapshotMeta, StoredMembership};
 use crate::raft::QuietStart;
 use crate::service::{ServeConfig, ServerCtx};
@@ -348,25 +348,50 @@ fn lock_data_dir(member_dir: &Path) -> Result<std::fs::File, StartError> {
     Ok(f)
 }
 
-/// glommio registers (locks) I/O memory per executor; raise the limit.
-fn raise_memlock_limit() {
+/// Raises `resource`'s soft limit as far as allowed (unlimited if this
+/// process may, else its hard limit) and returns the soft limit now in force.
+fn raise_limit(resource: libc::__rlimit_resource_t) -> u64 {
     let want = libc::rlimit {
         rlim_cur: libc::RLIM_INFINITY,
         rlim_max: libc::RLIM_INFINITY,
     };
-    // SAFETY: plain syscalls on a local struct.
+    let mut cur = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on local structs.
     unsafe {
-        if libc::setrlimit(libc::RLIMIT_MEMLOCK, &want) != 0 {
-            let mut cur = libc::rlimit {
-                rlim_cur: 0,
-                rlim_max: 0,
-            };
-            if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut cur) == 0 {
-                cur.rlim_cur = cur.rlim_max;
-                libc::setrlimit(libc::RLIMIT_MEMLOCK, &cur);
-            }
+        if libc::setrlimit(resource, &want) != 0 && libc::getrlimit(resource, &mut cur) == 0 {
+            cur.rlim_cur = cur.rlim_max;
+            libc::setrlimit(resource, &cur);
+        }
+        if libc::getrlimit(resource, &mut cur) != 0 {
+            return u64::MAX;
         }
     }
+    cur.rlim_cur
+}
+
+/// File descriptors kept for everything but client connections: WAL
+/// segments, snapshots, listeners, io_uring rings, the blocking pool, and
+/// peer connections (`FDS_PER_MEMBER` for each member of the cluster).
+pub const FDS_RESERVED: u64 = 256;
+pub const FDS_PER_MEMBER: u64 = 32;
+
+/// Client connections one core may hold: `configured`, but no more than the
+/// open-file limit leaves after [`FDS_RESERVED`], shared by the cores, so
+/// idle clients can never take the descriptor the next WAL segment needs.
+pub fn client_connections_per_core(
+    fd_limit: u64,
+    cores: usize,
+    members: usize,
+    configured: usize,
+) -> usize {
+    let reserved = FDS_RESERVED + FDS_PER_MEMBER * members as u64;
+    let budget = fd_limit.saturating_sub(reserved) / cores.max(1) as u64;
+    configured
+        .min(usize::try_from(budget).unwrap_or(usize::MAX))
+        .max(1)
 }
 
 /// CPUs this process may run on, in order.
@@ -518,9 +543,26 @@ fn core_listener(socket: &socket2::Socket) -> std::io::Result<glommio::net::TcpL
     Ok(unsafe { glommio::net::TcpListener::from_raw_fd(dup.into_raw_fd()) })
 }
 
+/// `--max-connections`, lowered (with a warning) to what the open-file
+/// limit allows.
+fn connections_max(cfg: &NodeConfig, fd_limit: u64) -> usize {
+    let members = cfg.initial_cluster.len().max(1);
+    let per_core = client_connections_per_core(fd_limit, cfg.cores, members, cfg.connections_max);
+    if per_core < cfg.connections_max {
+        tracing::warn!(
+            open_files_limit = fd_limit,
+            per_core,
+            "the open-file limit (ulimit -n) allows fewer client connections than --max-connections; raise it to serve more"
+        );
+    }
+    per_core
+}
+
 /// Runs a member until the process is stopped.
 pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
-    raise_memlock_limit();
+    // glommio registers (locks) I/O memory per executor.
+    raise_limit(libc::RLIMIT_MEMLOCK);
+    let fd_limit = raise_limit(libc::RLIMIT_NOFILE);
     let position = cfg
         .initial_cluster
         .iter()
@@ -623,7 +665,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
         request_timeout: cfg.request_timeout,
         election_timeout: Duration::from_millis(cfg.election_timeout_ms),
         max_concurrent_streams: cfg.max_concurrent_streams,
-        connections_max: cfg.connections_max,
+        connections_max: connections_max(&cfg, fd_limit),
     });
     let (raft_tx, raft_rx) = mpsc::channel(RAFT_INBOX);
     let (mvcc_tx, mvcc_rx) = mpsc::channel(MVCC_INBOX);
@@ -807,9 +849,15 @@ async fn start_raft(
     .unwrap_or_else(|e| crate::fatal(&format!("opening the WAL for writing: {e}")));
     glommio::spawn_local(writer.run(wal_rx)).detach();
 
-    let log_store = LogStore::from_recovered(&mut recovered, wal_tx, ids.member_id)
-        .unwrap_or_else(|e| crate::fatal(&format!("rebuilding the raft log: {e}")));
-    let sm = StateMachine::new(mvcc_tx, snap_dir, loaded_meta);
+    let snapshot = DurableSnapshot::new(loaded_meta);
+    let log_store = LogStore::from_recovered(
+        &mut recovered,
+        wal_tx.clone(),
+        ids.member_id,
+        snapshot.clone(),
+    )
+    .unwrap_or_else(|e| crate::fatal(&format!("rebuilding the raft log: {e}")));
+    let sm = StateMachine::new(mvcc_tx, wal_tx, snap_dir, snapshot);
     let raft_config = openraft::Config {
         cluster_name: cfg.initial_cluster_token.clone(),
         heartbeat_interval: cfg.heartbeat_interval_ms,
@@ -944,6 +992,17 @@ async fn join_cluster(
 #[cfg(test)]
 mod tests {
     use std::os::fd::AsRawFd;
+
+    #[test]
+    fn client_connections_leave_descriptors_for_the_wal() {
+        use super::client_connections_per_core as per_core;
+        // The common soft limit of 1024, 2 cores, 3 members: 256 + 96 kept.
+        assert_eq!(per_core(1024, 2, 3, 16_384), 336);
+        // A generous limit leaves --max-connections as it is.
+        assert_eq!(per_core(1 << 20, 2, 3, 16_384), 16_384);
+        // A limit below the reserve still serves one connection per core.
+        assert_eq!(per_core(100, 2, 1, 16_384), 1);
+    }
 
     #[test]
     fn members_sharing_a_host_start_on_different_cpus() {

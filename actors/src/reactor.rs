@@ -9,6 +9,7 @@ use std::cell::Cell;
 use std::convert::Infallible;
 use std::future::Future;
 use std::rc::Rc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_lite::AsyncReadExt;
@@ -35,7 +36,7 @@ pub async fn serve(listener: TcpListener, ctx: Rc<ServerCtx>) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!("accept failed: {e}");
-                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+                glommio::timer::sleep(Duration::from_millis(10)).await;
                 continue;
             }
         };
@@ -57,11 +58,19 @@ pub async fn serve(listener: TcpListener, ctx: Rc<ServerCtx>) {
     }
 }
 
+/// A new connection has this long to send its first bytes.
+pub const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn serve_connection(mut stream: TcpStream, ctx: Rc<ServerCtx>) {
     let _ = stream.set_nodelay(true);
+    crate::tcp::keep_alive(&stream, crate::tcp::CLIENT);
     // HTTP/2 with prior knowledge starts with "PRI * HTTP/2.0".
     let mut first = [0u8; 3];
-    if stream.read_exact(&mut first).await.is_err() {
+    let sniffed = glommio::timer::timeout(FIRST_BYTES_TIMEOUT, async {
+        Ok(stream.read_exact(&mut first).await)
+    })
+    .await;
+    if !matches!(sniffed, Ok(Ok(()))) {
         return;
     }
     let io = HyperIo::new(stream, first.to_vec());
@@ -219,7 +228,16 @@ where
     Resp: prost::Message,
     Fut: Future<Output = Result<Resp, Status>>,
 {
-    let message = frame::read_unary(body, ctx.cfg.max_recv_bytes()).await?;
+    // A client that stops sending its request holds nothing for long.
+    let read = frame::read_unary(body, ctx.cfg.max_recv_bytes());
+    let message = glommio::timer::timeout(ctx.cfg.request_timeout, async { Ok(read.await) })
+        .await
+        .map_err(|_| {
+            Status::new(
+                Code::DeadlineExceeded,
+                "keel: the request was not received in time",
+            )
+        })??;
     let len = message.len();
     let req = frame::decode::<Req>(message)?;
     let resp = f(ctx.clone(), req, len).await?;

@@ -63,6 +63,11 @@ pub enum WalCmd {
     Purge {
         log_id: LogIdRecord,
     },
+    /// Writes nothing: `done` is called once every command queued before
+    /// it is durable.
+    Barrier {
+        done: Completion,
+    },
 }
 
 impl WalCmd {
@@ -244,7 +249,9 @@ impl WalWriter {
             }
             for c in cmds {
                 match c {
-                    WalCmd::Append { done, .. } | WalCmd::SaveVote { done, .. } => done(Ok(())),
+                    WalCmd::Append { done, .. }
+                    | WalCmd::SaveVote { done, .. }
+                    | WalCmd::Barrier { done } => done(Ok(())),
                     WalCmd::Truncate { .. } | WalCmd::Purge { .. } => {}
                 }
             }
@@ -270,6 +277,7 @@ impl WalWriter {
                 WalCmd::SaveVote { vote, .. } => bodies.push(Body::Vote(*vote)),
                 WalCmd::Truncate { index } => bodies.push(Body::Truncate { index: *index }),
                 WalCmd::Purge { log_id } => bodies.push(Body::Purge(*log_id)),
+                WalCmd::Barrier { .. } => {}
             }
         }
         let mut i = 0;

@@ -43,6 +43,8 @@ pub struct Server {
     pub log: PathBuf,
     /// How many times the log said "ready" before the last spawn.
     readies_before_spawn: usize,
+    /// The open-file limit (soft and hard) the server starts under.
+    pub open_files: Option<u64>,
 }
 
 /// What keel logs once it serves clients.
@@ -93,6 +95,7 @@ impl Server {
             child: None,
             log,
             readies_before_spawn: 0,
+            open_files: None,
         }
     }
 
@@ -124,6 +127,22 @@ impl Server {
             c.arg("--initial-advertise-peer-urls").arg(self.peer_url());
         }
         c.args(&self.args).stdin(Stdio::null());
+        if let Some(n) = self.open_files {
+            use std::os::unix::process::CommandExt;
+            let limit = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            // SAFETY: only setrlimit, async-signal-safe, runs in the child.
+            unsafe {
+                c.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         // The members log at their default level unless a test run asks
         // for more with KEEL_TEST_RUST_LOG (a RUST_LOG filter).
         match std::env::var_os("KEEL_TEST_RUST_LOG") {

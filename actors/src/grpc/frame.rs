@@ -7,6 +7,8 @@ use http_body_util::BodyExt;
 use super::status::{Code, Status};
 
 pub const PREFIX_BYTES: usize = 5;
+/// Bytes reserved ahead for a message whose bytes have not arrived yet.
+pub const RESERVE_AHEAD_MAX: usize = 64 << 10;
 
 /// Encodes one message with its prefix.
 pub fn encode<M: prost::Message>(msg: &M) -> Bytes {
@@ -82,8 +84,14 @@ where
                         ),
                     ));
                 }
+                // Room for what is claimed, but only up to a bound: memory
+                // follows the bytes that arrive, not a prefix's promise.
                 let have = self.buf.len();
-                self.buf.reserve((PREFIX_BYTES + len).saturating_sub(have));
+                self.buf.reserve(
+                    (PREFIX_BYTES + len)
+                        .saturating_sub(have)
+                        .min(RESERVE_AHEAD_MAX),
+                );
                 self.want = Some(len);
             }
             if let Some(len) = self.want {

@@ -210,34 +210,6 @@ pub enum PeerError {
     Rejected(NodeId, String),
 }
 
-/// Probes an idle peer connection after this long without traffic.
-const KEEPALIVE_IDLE: Duration = Duration::from_secs(5);
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
-const KEEPALIVE_PROBES: u32 = 3;
-/// Unacknowledged data fails the connection after this long.
-const USER_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// TCP keepalive and a user timeout on a peer socket, so a connection to a
-/// member that vanished (power loss, a partition that drops packets) fails
-/// by itself instead of living on half-open. Calls have their own deadlines;
-/// this only keeps dead connections from piling up on either side.
-pub fn keep_alive(stream: &TcpStream) {
-    use std::os::fd::{AsRawFd, BorrowedFd};
-    // SAFETY: the descriptor belongs to `stream`, which outlives `fd`.
-    let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
-    let socket = socket2::SockRef::from(&fd);
-    let keepalive = socket2::TcpKeepalive::new()
-        .with_time(KEEPALIVE_IDLE)
-        .with_interval(KEEPALIVE_INTERVAL)
-        .with_retries(KEEPALIVE_PROBES);
-    if let Err(e) = socket
-        .set_tcp_keepalive(&keepalive)
-        .and_then(|()| socket.set_tcp_user_timeout(Some(USER_TIMEOUT)))
-    {
-        tracing::debug!("peer socket keepalive: {e}");
-    }
-}
-
 /// An open, greeted connection to one peer.
 pub struct PeerConn {
     target: NodeId,
@@ -369,7 +341,7 @@ impl PeerClients {
                 match TcpStream::connect_timeout(addr, CONNECT_TIMEOUT).await {
                     Ok(stream) => {
                         let _ = stream.set_nodelay(true);
-                        keep_alive(&stream);
+                        crate::tcp::keep_alive(&stream, crate::tcp::PEER);
                         let mut conn = PeerConn {
                             target,
                             label: format!("{target:x}"),

@@ -12,6 +12,7 @@ use futures_lite::AsyncWriteExt;
 use glommio::io::{BufferedFile, StreamWriterBuilder};
 use glommio::net::{TcpListener, TcpStream};
 use keel_proto::command::Command;
+use keel_storage::mvcc::snapshot::incoming_snapshot_path;
 use openraft::raft::{AppendEntriesRequest, VoteRequest};
 use openraft::storage::Snapshot;
 use tokio::sync::{mpsc, oneshot};
@@ -88,7 +89,7 @@ fn invalid(e: impl std::fmt::Display) -> std::io::Error {
 
 async fn serve_connection(mut stream: TcpStream, ctx: &PeerCtx) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
-    super::conn::keep_alive(&stream);
+    crate::tcp::keep_alive(&stream, crate::tcp::PEER);
     let hello = read_frame_within(&mut stream, GREETING_MAX).await?;
     let (cluster_id, from, to) =
         decode_hello(&hello).ok_or_else(|| invalid("peer connection did not start with Hello"))?;
@@ -383,25 +384,15 @@ async fn forward(
     PeerResponse::Forwarded { outcomes }
 }
 
-/// Reads a snapshot's chunks into a file, then hands it to openraft.
-async fn receive_snapshot(
+/// Writes the `size` bytes of a snapshot's chunks to a new file at `path`
+/// and syncs it.
+async fn receive_snapshot_file(
     stream: &mut TcpStream,
-    ctx: &PeerCtx,
+    path: &std::path::Path,
     label: &str,
-    vote: crate::raft::types::Vote,
-    snapshot_id: &str,
-    meta: &rkyv::vec::ArchivedVec<u8>,
     size: u64,
-) -> std::io::Result<PeerResponse> {
-    let (last_log_id, last_membership) = decode_snapshot_meta(meta).map_err(invalid)?;
-    let meta = SnapshotMeta {
-        last_log_id,
-        last_membership,
-        snapshot_id: snapshot_id.to_string(),
-    };
-    std::fs::create_dir_all(&ctx.snap_dir)?;
-    let path = ctx.snap_dir.join("incoming.snap.tmp");
-    let file = BufferedFile::create(&path).await?;
+) -> std::io::Result<()> {
+    let file = BufferedFile::create(path).await?;
     let mut writer = StreamWriterBuilder::new(file).build();
     let mut received = 0u64;
     while received < size {
@@ -422,7 +413,32 @@ async fn receive_snapshot(
         writer.write_all(data).await?;
     }
     // Closing syncs the file: it must be durable before raft relies on it.
-    writer.close().await?;
+    writer.close().await
+}
+
+/// Reads a snapshot's chunks into a file of its own, then hands it to
+/// openraft.
+async fn receive_snapshot(
+    stream: &mut TcpStream,
+    ctx: &PeerCtx,
+    label: &str,
+    vote: crate::raft::types::Vote,
+    snapshot_id: &str,
+    meta: &rkyv::vec::ArchivedVec<u8>,
+    size: u64,
+) -> std::io::Result<PeerResponse> {
+    let (last_log_id, last_membership) = decode_snapshot_meta(meta).map_err(invalid)?;
+    let meta = SnapshotMeta {
+        last_log_id,
+        last_membership,
+        snapshot_id: snapshot_id.to_string(),
+    };
+    std::fs::create_dir_all(&ctx.snap_dir)?;
+    let path = incoming_snapshot_path(&ctx.snap_dir);
+    if let Err(e) = receive_snapshot_file(stream, &path, label, size).await {
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
     let index = meta.last_log_id.map_or(0, |l| l.index);
     tracing::info!(size, index, "received a snapshot from the leader");
     let result = ctx

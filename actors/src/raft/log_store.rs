@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::codec::{
     decode_membership, encode_membership, log_id_from, log_id_record, vote_from, vote_record,
 };
+use super::state_machine::DurableSnapshot;
 use super::types::{Entry, LogId, NodeId, Proposal, StorageError, TypeConfig, Vote};
 use crate::wal_writer::{WalCmd, WalEntry};
 
@@ -149,6 +150,7 @@ pub struct LogStore {
     cache: Rc<RefCell<LogCache>>,
     wal: mpsc::Sender<WalCmd>,
     vote: Option<Vote>,
+    snapshot: DurableSnapshot,
 }
 
 fn wal_gone() -> StorageError {
@@ -161,6 +163,7 @@ impl LogStore {
         r: &mut Recovered,
         wal: mpsc::Sender<WalCmd>,
         me: NodeId,
+        snapshot: DurableSnapshot,
     ) -> Result<LogStore, String> {
         let mut cache = LogCache {
             purged: r.purged.as_ref().map(log_id_from),
@@ -173,6 +176,7 @@ impl LogStore {
             cache: Rc::new(RefCell::new(cache)),
             wal,
             vote: r.vote.as_ref().map(|v| restart_vote(vote_from(v), me)),
+            snapshot,
         })
     }
 
@@ -282,16 +286,56 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
             c.purged = Some(log_id);
         }
-        self.send(WalCmd::Purge {
-            log_id: log_id_record(&log_id),
-        })
-        .await
+        match durable_purge_point(log_id, self.snapshot.last_log_id()) {
+            Some(upto) => {
+                self.send(WalCmd::Purge {
+                    log_id: log_id_record(&upto),
+                })
+                .await
+            }
+            None => Ok(()),
+        }
     }
+}
+
+/// How far the WAL may forget entries when openraft purges up to `wanted`:
+/// never past the durable snapshot, which is what a restart starts from.
+/// openraft purges as soon as it queues a received snapshot's install,
+/// while the file is still being checked and renamed into place; what is
+/// held back then goes with a later purge (or at start-up, where openraft
+/// purges the log up to the snapshot it finds applied).
+fn durable_purge_point(wanted: LogId, snapshot: Option<LogId>) -> Option<LogId> {
+    let snapshot = snapshot?;
+    Some(if snapshot.index < wanted.index {
+        snapshot
+    } else {
+        wanted
+    })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{restart_vote, Vote};
+    use super::{durable_purge_point, restart_vote, LogId, Vote};
+
+    fn log_id(term: u64, index: u64) -> LogId {
+        openraft::LogId::new(openraft::CommittedLeaderId::new(term, 1), index)
+    }
+
+    #[test]
+    fn the_wal_forgets_nothing_past_the_durable_snapshot() {
+        // No snapshot on disk yet: nothing may go.
+        assert_eq!(durable_purge_point(log_id(2, 500), None), None);
+        // A received snapshot at 900 is not durable yet: up to the old one.
+        assert_eq!(
+            durable_purge_point(log_id(3, 900), Some(log_id(2, 400))),
+            Some(log_id(2, 400))
+        );
+        // Behind the durable snapshot: as asked.
+        assert_eq!(
+            durable_purge_point(log_id(3, 880), Some(log_id(3, 900))),
+            Some(log_id(3, 880))
+        );
+    }
 
     #[test]
     fn a_restarted_leader_comes_back_as_a_follower() {

@@ -27,8 +27,18 @@ use crate::peer::wire::{
 
 /// Bytes of snapshot data per frame.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
-/// The least time a snapshot transfer is given.
+/// The least time a snapshot transfer (sending it and the receiver's
+/// install) is given.
 pub const SNAPSHOT_DEADLINE_MIN: Duration = Duration::from_secs(60);
+/// The slowest transfer rate a snapshot's deadline allows for, beyond
+/// [`SNAPSHOT_DEADLINE_MIN`]: a store of several GiB gets minutes, not one.
+pub const SNAPSHOT_BYTES_PER_SEC_MIN: u64 = 8 << 20;
+
+/// How long sending a snapshot of `size` bytes and waiting for the
+/// receiver to install it may take.
+pub fn snapshot_deadline(size: u64) -> Duration {
+    SNAPSHOT_DEADLINE_MIN + Duration::from_secs(size / SNAPSHOT_BYTES_PER_SEC_MIN)
+}
 /// Entry bytes per AppendEntries at most (at least one entry is sent), as
 /// etcd's 1 MiB per message: openraft bounds a request only by entry count
 /// and gives it one heartbeat interval, which a large request can miss.
@@ -169,10 +179,10 @@ impl RaftNetwork<TypeConfig> for PeerLink {
         let net = |e: &dyn std::fmt::Display| {
             StreamingError::Network(NetworkError::new(&std::io::Error::other(e.to_string())))
         };
+        let path = &snapshot.snapshot.path;
+        let file = BufferedFile::open(path).await.map_err(|e| net(&e))?;
+        let size = file.file_size().await.map_err(|e| net(&e))?;
         let send = async {
-            let path = &snapshot.snapshot.path;
-            let file = BufferedFile::open(path).await.map_err(|e| net(&e))?;
-            let size = file.file_size().await.map_err(|e| net(&e))?;
             let mut reader = StreamReaderBuilder::new(file)
                 .with_buffer_size(SNAPSHOT_CHUNK_BYTES)
                 .build();
@@ -210,9 +220,9 @@ impl RaftNetwork<TypeConfig> for PeerLink {
                 other => Err(net(&format!("unexpected snapshot response {other:?}"))),
             }
         };
-        // A snapshot may be large: it gets at least a minute, not one RPC's
+        // A snapshot may be large: it gets time by its size, not one RPC's
         // time-to-live.
-        let deadline = option.hard_ttl().max(SNAPSHOT_DEADLINE_MIN);
+        let deadline = option.hard_ttl().max(snapshot_deadline(size));
         let timed = async {
             match glommio::timer::timeout(deadline, async { Ok(send.await) }).await {
                 Ok(result) => result,
@@ -229,7 +239,14 @@ impl RaftNetwork<TypeConfig> for PeerLink {
 
 #[cfg(test)]
 mod tests {
-    use super::entries_within;
+    use super::{entries_within, snapshot_deadline, Duration};
+
+    #[test]
+    fn a_large_snapshot_gets_time_by_its_size() {
+        assert_eq!(snapshot_deadline(1 << 20), Duration::from_secs(60));
+        // 4 GiB at 8 MiB/s: 512 s more.
+        assert_eq!(snapshot_deadline(4 << 30), Duration::from_secs(572));
+    }
 
     #[test]
     fn append_requests_are_bounded_by_bytes() {

@@ -4,13 +4,20 @@
 //! results. Snapshots take a consistent view from the actor (its applied
 //! log id travels with the data) and write it on glommio's blocking pool,
 //! so neither the apply actor nor the raft core waits for the disk.
+//!
+//! A received snapshot becomes this member's restart point only once it is
+//! checked, renamed into place and its directory synced; until then the log
+//! store keeps the WAL's entries (see [`DurableSnapshot`]), so a crash in
+//! between restarts from the previous snapshot and the log.
 
 use std::cell::RefCell;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Instant;
 
-use keel_storage::mvcc::snapshot::{read_snapshot, save_snapshot_file, snapshot_file_name};
+use keel_storage::mvcc::snapshot::{
+    incoming_snapshot_path, place_snapshot_file, read_snapshot, save_snapshot_file,
+};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use tokio::sync::{mpsc, oneshot};
@@ -22,13 +29,38 @@ use super::types::{
 };
 use crate::metrics::metrics;
 use crate::mvcc_actor::{ApplyEntry, ApplyPayload, MvccMsg, SnapshotView};
+use crate::wal_writer::WalCmd;
 
-type Current = Rc<RefCell<Option<(SnapshotMeta, PathBuf)>>>;
+/// The newest snapshot file a restart would load (renamed into place, its
+/// directory synced), shared by the state machine, which sets it, and the
+/// log store, which never lets the WAL forget entries past it.
+#[derive(Clone, Default)]
+pub struct DurableSnapshot(Rc<RefCell<Option<(SnapshotMeta, PathBuf)>>>);
+
+impl DurableSnapshot {
+    pub fn new(loaded: Option<(SnapshotMeta, PathBuf)>) -> DurableSnapshot {
+        DurableSnapshot(Rc::new(RefCell::new(loaded)))
+    }
+
+    /// The last log id the durable snapshot covers.
+    pub fn last_log_id(&self) -> Option<LogId> {
+        self.0.borrow().as_ref().and_then(|(m, _)| m.last_log_id)
+    }
+
+    fn set(&self, meta: SnapshotMeta, path: PathBuf) {
+        *self.0.borrow_mut() = Some((meta, path));
+    }
+
+    fn get(&self) -> Option<(SnapshotMeta, PathBuf)> {
+        self.0.borrow().clone()
+    }
+}
 
 pub struct StateMachine {
     mvcc: mpsc::Sender<MvccMsg>,
+    wal: mpsc::Sender<WalCmd>,
     snap_dir: PathBuf,
-    current: Current,
+    current: DurableSnapshot,
 }
 
 fn sm_err(what: &str) -> StorageError {
@@ -42,17 +74,35 @@ fn snapshot_id(applied: Option<&LogId>) -> String {
 }
 
 impl StateMachine {
-    /// `loaded` is the snapshot the store was restored from at start-up.
+    /// `current` holds the snapshot the store was restored from at start-up.
     pub fn new(
         mvcc: mpsc::Sender<MvccMsg>,
+        wal: mpsc::Sender<WalCmd>,
         snap_dir: PathBuf,
-        loaded: Option<(SnapshotMeta, PathBuf)>,
+        current: DurableSnapshot,
     ) -> StateMachine {
         StateMachine {
             mvcc,
+            wal,
             snap_dir,
-            current: Rc::new(RefCell::new(loaded)),
+            current,
         }
+    }
+
+    /// Waits until everything the log store queued for the WAL is durable.
+    async fn wal_barrier(&self) -> Result<(), StorageError> {
+        let (tx, rx) = oneshot::channel();
+        let done = Box::new(move |r| {
+            let _ = tx.send(r);
+        });
+        let gone = || sm_err("WAL writer stopped");
+        self.wal
+            .send(WalCmd::Barrier { done })
+            .await
+            .map_err(|_| gone())?;
+        rx.await
+            .map_err(|_| gone())?
+            .map_err(|e| sm_err(&format!("WAL: {e}")))
     }
 
     async fn ask<T>(
@@ -71,7 +121,7 @@ impl StateMachine {
 pub struct SnapshotBuilder {
     mvcc: mpsc::Sender<MvccMsg>,
     snap_dir: PathBuf,
-    current: Current,
+    current: DurableSnapshot,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -109,7 +159,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             last_membership: membership,
             snapshot_id: snapshot_id(applied.as_ref()),
         };
-        *self.current.borrow_mut() = Some((meta.clone(), path.clone()));
+        self.current.set(meta.clone(), path.clone());
         Ok(Snapshot {
             meta,
             snapshot: Box::new(SnapshotFile { path }),
@@ -161,7 +211,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotFile>, StorageError> {
         Ok(Box::new(SnapshotFile {
-            path: self.snap_dir.join("incoming.snap.tmp"),
+            path: incoming_snapshot_path(&self.snap_dir),
         }))
     }
 
@@ -171,6 +221,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<SnapshotFile>,
     ) -> Result<(), StorageError> {
         let index = meta.last_log_id.map_or(0, |l| l.index);
+        // openraft queued the truncation of a conflicting log before this
+        // install: it must be durable before the snapshot is, or a restart
+        // would find the snapshot beside entries it contradicts.
+        self.wal_barrier().await?;
         let dir = self.snap_dir.clone();
         let from = snapshot.path.clone();
         let loaded = glommio::executor()
@@ -178,17 +232,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let f = std::fs::File::open(&from).map_err(|e| e.to_string())?;
                 let (app, store) = read_snapshot(&mut std::io::BufReader::new(f), &from)
                     .map_err(|e| e.to_string())?;
-                let path = dir.join(snapshot_file_name(index));
-                if from != path {
-                    std::fs::rename(&from, &path).map_err(|e| e.to_string())?;
-                    keel_storage::sync_dir(&dir).map_err(|e| e.to_string())?;
-                }
+                let app = decode_snapshot_app(&app)?;
+                let path = place_snapshot_file(&dir, &from, index).map_err(|e| e.to_string())?;
                 Ok((app, store, path))
             })
             .await
             .map_err(|e| sm_err(&format!("installing snapshot: {e}")))?;
-        let (app, store, path) = loaded;
-        let (applied, membership, removed) = decode_snapshot_app(&app).map_err(|e| sm_err(&e))?;
+        let ((applied, membership, removed), store, path) = loaded;
+        // From here a restart loads this snapshot; the log store may let the
+        // WAL forget what it covers.
+        self.current.set(meta.clone(), path);
         self.ask(|reply| MvccMsg::Install {
             store,
             applied,
@@ -197,14 +250,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             reply,
         })
         .await?;
-        *self.current.borrow_mut() = Some((meta.clone(), path));
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        Ok(self.current.borrow().as_ref().map(|(meta, path)| Snapshot {
-            meta: meta.clone(),
-            snapshot: Box::new(SnapshotFile { path: path.clone() }),
+        Ok(self.current.get().map(|(meta, path)| Snapshot {
+            meta,
+            snapshot: Box::new(SnapshotFile { path }),
         }))
     }
 }

@@ -347,16 +347,39 @@ pub fn save_snapshot_file(
         let f = w.into_inner().map_err(|e| e.into_error())?;
         f.sync_all()?;
     }
-    fs::rename(&tmp, &path)?;
-    crate::sync_dir(dir)?;
+    let path = place_snapshot_file(dir, &tmp, index)?;
     let size = fs::metadata(&path)?.len();
+    Ok((path, size))
+}
+
+/// Makes `from`, a complete and synced snapshot file for raft index
+/// `index`, the snapshot a restart loads: renames it into place, syncs the
+/// directory, then removes snapshots beyond the newest [`SNAPSHOTS_KEPT`].
+/// Returns its new path.
+pub fn place_snapshot_file(dir: &Path, from: &Path, index: u64) -> io::Result<PathBuf> {
+    let path = dir.join(snapshot_file_name(index));
+    if from != path {
+        fs::rename(from, &path)?;
+    }
+    crate::sync_dir(dir)?;
     let files = snapshot_files(dir)?;
     if files.len() > SNAPSHOTS_KEPT {
         for (_, old) in &files[..files.len() - SNAPSHOTS_KEPT] {
-            fs::remove_file(old)?;
+            if *old != path {
+                fs::remove_file(old)?;
+            }
         }
     }
-    Ok((path, size))
+    Ok(path)
+}
+
+/// A fresh name in `dir` for a snapshot being received: every transfer
+/// writes its own file (`incoming-<n>.snap.tmp`), so a retry never touches
+/// one still being installed. Leftovers go at the next start.
+pub fn incoming_snapshot_path(dir: &Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    dir.join(format!("incoming-{n}.snap.tmp"))
 }
 
 /// Loads the newest snapshot in `dir`, if any, after removing unfinished
