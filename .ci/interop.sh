@@ -21,7 +21,7 @@ fail() { echo "FAIL: $*" >&2; echo "--- keel log ---" >&2; tail -50 "$WORK/keel.
 
 start() {
   "$KEEL" --data-dir "$WORK/data" --listen-client-urls "http://127.0.0.1:$PORT" \
-    --listen-peer-urls "$PEER" --initial-advertise-peer-urls "$PEER" >>"$WORK/keel.log" 2>&1 &
+    --listen-peer-urls "$PEER" --initial-advertise-peer-urls "$PEER" "$@" >>"$WORK/keel.log" 2>&1 &
   PID=$!
   wait_healthy keel "http://127.0.0.1:$PORT" "$PID" 20
 }
@@ -129,5 +129,23 @@ sleep 0.5
 expect "elect -l (observe)" "$(timeout 2 "${E[@]}" elect -l ielect 2>/dev/null | head -2 | sed 's|ielect/[0-9a-f]*|ielect/ID|' | tr '\n' ' ')" "ielect/ID alice "
 wait "$EL" || true
 expect "elect (campaign)" "$(head -2 "$WORK/elect.out" | sed 's|ielect/[0-9a-f]*|ielect/ID|' | tr '\n' ' ')" "ielect/ID alice "
+
+# space quota: restarted with a small quota, puts fail with NOSPACE as etcd's
+kill "$PID"; wait "$PID" 2>/dev/null || true; PID=""
+start --quota-backend-bytes 200000
+big=$(head -c 20000 /dev/zero | tr '\0' x)
+nospace=""
+for i in $(seq 1 40); do
+  if ! out=$("${E[@]}" put "quota/$i" "$big" 2>&1); then nospace=$out; break; fi
+done
+[[ "$nospace" == *"Error: etcdserver: mvcc: database space exceeded"* ]] || fail "quota: $nospace"
+echo "ok: a put past the quota fails with etcd's NOSPACE error"
+MID=$("${E[@]}" endpoint status -w json | json 'd[0]["Status"]["header"]["member_id"]')
+expect "alarm list" "$("${E[@]}" alarm list)" "memberID:$MID alarm:NOSPACE "
+expect "endpoint status errors" "$("${E[@]}" endpoint status -w json | json 'd[0]["Status"]["errors"]')" "['memberID:$MID alarm:NOSPACE ']"
+"${E[@]}" del quota/ --prefix >/dev/null
+expect "alarm disarm" "$("${E[@]}" alarm disarm)" "memberID:$MID alarm:NOSPACE "
+expect "alarm list after disarm" "$("${E[@]}" alarm list)" ""
+expect "put after disarm" "$("${E[@]}" put quota/after v)" "OK"
 
 echo "interop: all checks passed"

@@ -84,6 +84,10 @@ pub struct Flags {
     #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub snapshot_count: u64,
 
+    /// Also snapshot when the applied log since the last snapshot holds more bytes than this (keel).
+    #[arg(long, env = "KEEL_SNAPSHOT_LOG_BYTES", default_value_t = 512 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub snapshot_log_bytes: u64,
+
     /// Interpret --auto-compaction-retention as a period ('periodic') or a revision count ('revision').
     #[arg(long, env = "ETCD_AUTO_COMPACTION_MODE", default_value = "periodic", value_parser = ["periodic", "revision"])]
     pub auto_compaction_mode: String,
@@ -173,6 +177,15 @@ pub struct Flags {
     /// Maximum client connections per core (keel).
     #[arg(long, env = "KEEL_MAX_CONNECTIONS", default_value_t = 16_384)]
     pub max_connections: usize,
+
+    /// Raise alarms when backend size exceeds the given quota (0 defaults to low space quota).
+    #[arg(
+        long,
+        env = "ETCD_QUOTA_BACKEND_BYTES",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
+    pub quota_backend_bytes: i64,
 }
 
 pub fn log_filter(level: &str) -> String {
@@ -398,6 +411,7 @@ impl Flags {
             max_request_bytes: self.max_request_bytes as usize,
             max_txn_ops: self.max_txn_ops as usize,
             snapshot_count: self.snapshot_count,
+            snapshot_log_bytes: self.snapshot_log_bytes,
             snapshot_catchup_entries: self.snapshot_catchup_entries,
             auto_compaction,
             wal_segment_bytes: self.wal_segment_bytes,
@@ -428,6 +442,7 @@ impl Flags {
             spin_before_park: Duration::from_micros(self.spin_before_park_us),
             max_concurrent_streams: self.max_concurrent_streams,
             connections_max: self.max_connections.max(1),
+            quota_backend_bytes: self.quota_backend_bytes,
         })
     }
 }

@@ -136,3 +136,44 @@ async fn acknowledged_puts_survive_sigkill_with_snapshots() {
     );
     assert!(segs.len() <= 4, "{} segments remain: {segs:?}", segs.len());
 }
+
+/// Story: snapshots came only every `--snapshot-count` entries, but an
+/// entry is a batch of up to 4,096 requests, so the log held in memory
+/// (and replayed at start) could grow to many GiB before the first one.
+/// A snapshot now also comes once the applied log since the last one holds
+/// `--snapshot-log-bytes`.
+#[tokio::test]
+async fn a_large_log_is_snapshotted_before_the_entry_count() {
+    let s = Server::start(&["--snapshot-log-bytes", "4000000"]);
+    let mut c = s.client().await;
+    let value = vec![b'l'; 64 << 10];
+    for i in 0..100 {
+        c.put(format!("log/{i}"), value.clone(), None)
+            .await
+            .unwrap();
+    }
+    let snap_dir = s.dir.join("member/snap");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let snaps = std::fs::read_dir(&snap_dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".snap")
+            })
+            .count();
+        if snaps > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no snapshot after 6.4 MB of log:\n{}",
+            s.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(s.logs().contains("the log since the last one is large"));
+}

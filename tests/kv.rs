@@ -628,3 +628,104 @@ async fn request_too_large() {
     );
     c.put("small", vec![b'x'; 5_000], None).await.unwrap();
 }
+
+/// The store's members and alarm types, as `alarm list` shows them.
+async fn alarms(c: &mut etcd_client::Client) -> Vec<(u64, etcd_client::AlarmType)> {
+    let r = c
+        .alarm(
+            etcd_client::AlarmAction::Get,
+            etcd_client::AlarmType::None,
+            None,
+        )
+        .await
+        .unwrap();
+    r.alarms()
+        .iter()
+        .map(|a| (a.member_id(), a.alarm()))
+        .collect()
+}
+
+/// etcd's space quota, as etcd 3.4.23 answers (checked side by side): a
+/// write past `--quota-backend-bytes` fails with "database space exceeded"
+/// and raises NOSPACE; while it is raised, puts, lease grants and writing
+/// txns fail on every member, reads, deletes and read-only txns work,
+/// Status lists it among its errors and /health says false; it survives a
+/// restart and goes only when disarmed.
+#[tokio::test]
+async fn space_quota_raises_nospace_until_disarmed() {
+    use etcd_client::{AlarmAction, AlarmOptions, AlarmType};
+    let mut s = Server::start(&["--cores", "1", "--quota-backend-bytes", "200000"]);
+    let mut c = s.client().await;
+    let no_space = (
+        tonic::Code::ResourceExhausted,
+        "etcdserver: mvcc: database space exceeded".to_string(),
+    );
+    let value = vec![b'x'; 20_000];
+    let mut stored = 0;
+    loop {
+        match c.put(format!("q/{stored}"), value.clone(), None).await {
+            Ok(_) => stored += 1,
+            Err(e) => {
+                assert_eq!(status_of(e), no_space);
+                break;
+            }
+        }
+        assert!(stored < 20, "no quota after {stored} puts of 20 kB");
+    }
+    assert!(stored >= 5, "refused after only {stored} puts");
+    let me = c.status().await.unwrap().header().unwrap().member_id();
+    assert_eq!(alarms(&mut c).await, vec![(me, AlarmType::Nospace)]);
+    let status = c.status().await.unwrap();
+    assert_eq!(status.errors(), [format!("memberID:{me} alarm:NOSPACE ")]);
+    let (code, body) = common::http_get(s.port, "/health").unwrap();
+    assert_eq!((code, body.as_str()), (503, r#"{"health":"false"}"#));
+    // Refused while the alarm is up, even small writes.
+    assert_eq!(
+        status_of(c.put("small", "x", None).await.unwrap_err()),
+        no_space
+    );
+    assert_eq!(
+        status_of(c.lease_grant(10, None).await.unwrap_err()),
+        no_space
+    );
+    let write = Txn::new().and_then([TxnOp::put("t", "v", None)]);
+    assert_eq!(status_of(c.txn(write).await.unwrap_err()), no_space);
+    // Reads, deletes and read-only txns work.
+    let read = Txn::new().and_then([TxnOp::get("q/0", None)]);
+    assert!(c.txn(read).await.unwrap().succeeded());
+    assert_eq!(c.get("q/0", None).await.unwrap().kvs().len(), 1);
+    let deleted = c
+        .delete("q/", Some(DeleteOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    assert_eq!(deleted.deleted(), stored);
+    let rev = deleted.header().unwrap().revision();
+    c.compact(rev, None).await.unwrap();
+    assert_eq!(
+        status_of(c.put("small", "x", None).await.unwrap_err()),
+        no_space
+    );
+    // Raft state: still raised after a restart.
+    s.kill9();
+    s.spawn();
+    s.wait_serving();
+    let mut c = s.client().await;
+    assert_eq!(alarms(&mut c).await, vec![(me, AlarmType::Nospace)]);
+    assert_eq!(
+        status_of(c.put("small", "x", None).await.unwrap_err()),
+        no_space
+    );
+    // Disarmed (as `etcdctl alarm disarm` does), writes work again.
+    let mut opts = AlarmOptions::new();
+    opts.with_member(me);
+    let r = c
+        .alarm(AlarmAction::Deactivate, AlarmType::Nospace, Some(opts))
+        .await
+        .unwrap();
+    assert_eq!(r.alarms().len(), 1);
+    assert!(alarms(&mut c).await.is_empty());
+    c.put("small", "x", None).await.unwrap();
+    c.lease_grant(10, None).await.unwrap();
+    let (code, _) = common::http_get(s.port, "/health").unwrap();
+    assert_eq!(code, 200);
+}

@@ -30,6 +30,7 @@ pub struct Metrics {
     pub mvcc_keys: IntGauge,
     pub mvcc_db_size: IntGauge,
     pub mvcc_db_size_in_use: IntGauge,
+    pub quota_backend_bytes: IntGauge,
     pub mvcc_current_revision: IntGauge,
     pub mvcc_compact_revision: IntGauge,
     pub grpc_started: IntCounterVec,
@@ -100,6 +101,7 @@ impl Metrics {
             mvcc_keys: ig("etcd_debugging_mvcc_keys_total", "Total number of keys."),
             mvcc_db_size: ig("etcd_mvcc_db_total_size_in_bytes", "Total size of the underlying database physically allocated in bytes."),
             mvcc_db_size_in_use: ig("etcd_mvcc_db_total_size_in_use_in_bytes", "Total size of the underlying database logically in use in bytes."),
+            quota_backend_bytes: ig("etcd_server_quota_backend_bytes", "Current backend storage quota size in bytes."),
             mvcc_current_revision: ig("etcd_debugging_mvcc_current_revision", "The current revision of store."),
             mvcc_compact_revision: ig("etcd_debugging_mvcc_compact_revision", "The revision of the last compaction in store."),
             grpc_started: reg(

@@ -8,6 +8,8 @@
 //! every [`WATCH_TICK`] by a `Tick` message. The actor never does I/O.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,11 +21,15 @@ use tokio::sync::{mpsc, oneshot};
 use crate::lease::{LeaseClock, LeaseError, CHECKPOINTS_PER_ENTRY};
 use crate::metrics::metrics;
 use crate::raft::actor::RaftRequest;
+use crate::raft::codec::SnapshotApp;
 use crate::raft::types::{AppliedResult, LogId, Membership, StoredMembership};
 use crate::watch::{HeaderInfo, StreamId, WatchHub, WatchSpec};
 
 /// How often unsynced watchers catch up and progress notifications go out.
 pub const WATCH_TICK: Duration = Duration::from_millis(100);
+
+/// Messages the actor handles before it lets the other tasks of its core run.
+pub const MESSAGES_PER_TURN: usize = 64;
 
 /// Reads (and other waiters) that may wait for their index at once; more
 /// are refused.
@@ -61,13 +67,40 @@ pub type RangeReply = oneshot::Sender<Result<pb::RangeResponse, ReadError>>;
 /// A consistent picture of the store for a snapshot.
 pub struct SnapshotView {
     pub view: LogView,
-    pub removed: BTreeSet<u64>,
     pub leases: Vec<LeaseRecord>,
     pub current_rev: i64,
     pub compact_rev: i64,
-    pub applied: Option<LogId>,
-    pub membership: StoredMembership,
+    /// What the snapshot covers, and the state kept beside the store.
+    pub app: SnapshotApp,
 }
+
+/// The store and the state beside it, as restored from a snapshot (or
+/// empty) at start-up, or from a snapshot received from the leader.
+pub struct Restored {
+    pub store: KvStore,
+    pub app: SnapshotApp,
+}
+
+/// The store's size and whether a NOSPACE alarm is raised, for the cores
+/// that check etcd's space quota before proposing a write.
+#[derive(Debug, Default)]
+pub struct SpaceGauge {
+    size_bytes: AtomicU64,
+    nospace: AtomicBool,
+}
+
+impl SpaceGauge {
+    pub fn size_bytes(&self) -> u64 {
+        self.size_bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn nospace(&self) -> bool {
+        self.nospace.load(Ordering::Relaxed)
+    }
+}
+
+/// etcd's alarm types (`pb::AlarmType` wire values).
+pub const ALARM_NOSPACE: i32 = pb::AlarmType::Nospace as i32;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MvccStatus {
@@ -108,14 +141,15 @@ pub enum MvccMsg {
     },
     /// Replace the store (a snapshot was installed).
     Install {
-        store: KvStore,
-        applied: Option<LogId>,
-        membership: StoredMembership,
-        removed: BTreeSet<u64>,
+        restored: Restored,
         reply: oneshot::Sender<()>,
     },
     Status {
         reply: oneshot::Sender<MvccStatus>,
+    },
+    /// The alarms raised: (member id, `pb::AlarmType` wire value).
+    Alarms {
+        reply: oneshot::Sender<Vec<(u64, i32)>>,
     },
     Watch(WatchMsg),
     Lease(LeaseMsg),
@@ -196,6 +230,9 @@ pub struct MvccActor {
     lease_clock: LeaseClock,
     /// Members removed from the cluster; their peer connections are refused.
     removed: BTreeSet<u64>,
+    /// Alarms raised in the cluster: (member id, `pb::AlarmType` value).
+    alarms: BTreeSet<(u64, i32)>,
+    space: Arc<SpaceGauge>,
     /// For proposing lease revokes and checkpoints (as the leader).
     raft: mpsc::Sender<RaftRequest>,
     /// The term this member leads, if it does: stamped on what it decides.
@@ -215,20 +252,19 @@ pub struct MvccTiming {
 
 impl MvccActor {
     pub fn new(
-        store: KvStore,
-        applied: Option<LogId>,
-        membership: StoredMembership,
-        removed: BTreeSet<u64>,
+        restored: Restored,
         ids: HeaderIds,
         timing: MvccTiming,
         raft: mpsc::Sender<RaftRequest>,
+        space: Arc<SpaceGauge>,
     ) -> MvccActor {
-        let term = applied.map_or(0, |l| l.leader_id.term);
+        let Restored { store, app } = restored;
+        let term = app.applied.map_or(0, |l| l.leader_id.term);
         let unnotified_rev = store.current_rev() + 1;
         let a = MvccActor {
             store,
-            applied,
-            membership,
+            applied: app.applied,
+            membership: app.membership,
             ids,
             term,
             waiting: BTreeMap::new(),
@@ -237,7 +273,9 @@ impl MvccActor {
             watches: WatchHub::default(),
             timing,
             lease_clock: LeaseClock::default(),
-            removed,
+            removed: app.removed,
+            alarms: app.alarms,
+            space,
             raft,
             leading_term: None,
             stopping: false,
@@ -247,8 +285,16 @@ impl MvccActor {
     }
 
     pub async fn run(mut self, mut rx: mpsc::Receiver<MvccMsg>) {
+        let mut handled = 0usize;
         while let Some(msg) = rx.recv().await {
             self.handle(msg);
+            handled += 1;
+            // A receive that finds a message never yields (tokio's channel
+            // has no budget outside tokio): give the core's other tasks,
+            // raft and the WAL writer among them, a turn now and then.
+            if handled.is_multiple_of(MESSAGES_PER_TURN) {
+                futures_lite::future::yield_now().await;
+            }
         }
     }
 
@@ -418,28 +464,27 @@ impl MvccActor {
             MvccMsg::SnapshotView { reply } => {
                 let _ = reply.send(SnapshotView {
                     view: self.store.view(),
-                    removed: self.removed.clone(),
                     leases: self.store.leases().records(),
                     current_rev: self.store.current_rev(),
                     compact_rev: self.store.compact_rev(),
-                    applied: self.applied,
-                    membership: self.membership.clone(),
+                    app: SnapshotApp {
+                        applied: self.applied,
+                        membership: self.membership.clone(),
+                        removed: self.removed.clone(),
+                        alarms: self.alarms.clone(),
+                    },
                 });
             }
-            MvccMsg::Install {
-                store,
-                applied,
-                membership,
-                removed,
-                reply,
-            } => {
-                self.removed = removed;
+            MvccMsg::Install { restored, reply } => {
+                let Restored { store, app } = restored;
+                self.removed = app.removed;
+                self.alarms = app.alarms;
                 self.store = store;
                 self.unnotified_rev = self.store.current_rev() + 1;
                 self.watches.resync_all();
-                self.applied = applied;
-                self.membership = membership;
-                self.term = applied.map_or(self.term, |l| l.leader_id.term);
+                self.applied = app.applied;
+                self.membership = app.membership;
+                self.term = app.applied.map_or(self.term, |l| l.leader_id.term);
                 let _ = reply.send(());
                 self.serve_waiting();
                 self.update_gauges();
@@ -450,6 +495,9 @@ impl MvccActor {
                 let _ = reply.send(self.removed.contains(&id));
             }
             MvccMsg::Lease(l) => self.handle_lease(l),
+            MvccMsg::Alarms { reply } => {
+                let _ = reply.send(self.alarms.iter().copied().collect());
+            }
             MvccMsg::Status { reply } => {
                 let _ = reply.send(MvccStatus {
                     current_rev: self.store.current_rev(),
@@ -559,8 +607,19 @@ impl MvccActor {
                         }
                         let mut outcome = if superseded {
                             self.store.unchanged()
+                        } else if let ArchivedCommand::Alarm(a) = cmd {
+                            Ok(self.apply_alarm(
+                                a.activate,
+                                a.member_id.to_native(),
+                                a.alarm.to_native(),
+                            ))
+                        } else if cmd.needs_space() && self.nospace() {
+                            Err(MvccError::NoSpace)
                         } else {
-                            let outcome = self.store.apply(cmd, &bytes);
+                            // Values may share the entry's buffer only when
+                            // they are most of it (a small key kept alive
+                            // must not pin a whole batch).
+                            let outcome = self.store.apply(cmd, &batch);
                             self.track_leases(cmd, &outcome);
                             outcome
                         };
@@ -581,6 +640,41 @@ impl MvccActor {
         Ok(out)
     }
 
+    fn nospace(&self) -> bool {
+        self.alarms.iter().any(|(_, a)| *a == ALARM_NOSPACE)
+    }
+
+    /// etcd's alarm store: raising an alarm answers it (also when it was
+    /// raised already), clearing answers the alarm cleared, if it was.
+    fn apply_alarm(&mut self, activate: bool, member_id: u64, alarm: i32) -> CommandResponse {
+        let changed = if activate {
+            self.alarms.insert((member_id, alarm))
+        } else {
+            self.alarms.remove(&(member_id, alarm))
+        };
+        if changed {
+            tracing::warn!(
+                member = format!("{member_id:x}"),
+                alarm = alarm_name(alarm),
+                "{}",
+                if activate {
+                    "alarm raised"
+                } else {
+                    "alarm cleared"
+                }
+            );
+        }
+        let present = activate || changed;
+        CommandResponse::Alarm(pb::AlarmResponse {
+            header: Some(self.header(self.store.current_rev())),
+            alarms: if present {
+                vec![pb::AlarmMember { member_id, alarm }]
+            } else {
+                Vec::new()
+            },
+        })
+    }
+
     /// Keeps the lease clock in step with applied grants and revokes.
     fn track_leases(&mut self, cmd: &ArchivedCommand, outcome: &keel_storage::mvcc::ApplyOutcome) {
         match (cmd, outcome) {
@@ -594,6 +688,10 @@ impl MvccActor {
     }
 
     fn update_gauges(&self) {
+        self.space
+            .size_bytes
+            .store(self.store.size_bytes(), Ordering::Relaxed);
+        self.space.nospace.store(self.nospace(), Ordering::Relaxed);
         let m = metrics();
         m.mvcc_keys.set(self.store.live_keys() as i64);
         m.mvcc_db_size.set(self.store.size_bytes() as i64);
@@ -602,6 +700,11 @@ impl MvccActor {
         m.mvcc_compact_revision.set(self.store.compact_rev());
         m.proposals_applied.set(self.applied_index() as i64);
     }
+}
+
+/// etcd's name for an alarm type ("NOSPACE", "CORRUPT").
+pub fn alarm_name(alarm: i32) -> &'static str {
+    pb::AlarmType::try_from(alarm).map_or("UNKNOWN", |a| a.as_str_name())
 }
 
 /// Stamps `member_id` on a response applied elsewhere (a forwarded write
@@ -621,6 +724,7 @@ fn header_of(r: &mut CommandResponse) -> &mut Option<pb::ResponseHeader> {
         CommandResponse::LeaseGrant(r) => &mut r.header,
         CommandResponse::LeaseRevoke(r) => &mut r.header,
         CommandResponse::LeaseCheckpoint(r) => &mut r.header,
+        CommandResponse::Alarm(r) => &mut r.header,
     }
 }
 
@@ -645,7 +749,9 @@ fn count_ops(r: &CommandResponse) {
         CommandResponse::Put(_) => metrics().mvcc_put.inc(),
         CommandResponse::DeleteRange(_) => metrics().mvcc_delete.inc(),
         CommandResponse::Txn(t) => txn(t),
-        CommandResponse::Compact(_) | CommandResponse::LeaseCheckpoint(_) => {}
+        CommandResponse::Compact(_)
+        | CommandResponse::LeaseCheckpoint(_)
+        | CommandResponse::Alarm(_) => {}
         CommandResponse::LeaseGrant(_) => metrics().lease_granted.inc(),
         CommandResponse::LeaseRevoke(_) => metrics().lease_revoked.inc(),
     }
@@ -668,11 +774,91 @@ mod tests {
         )
     }
 
+    /// An actor over an empty store, and what it would propose to raft.
+    fn empty_actor() -> (MvccActor, mpsc::Receiver<RaftRequest>) {
+        let (raft, raft_rx) = mpsc::channel(8);
+        let timing = MvccTiming {
+            progress_every: Duration::from_secs(600),
+            lease_checkpoint_every: Duration::from_secs(300),
+        };
+        let restored = Restored {
+            store: KvStore::default(),
+            app: SnapshotApp::default(),
+        };
+        let space = Arc::new(SpaceGauge::default());
+        let actor = MvccActor::new(restored, HeaderIds::default(), timing, raft, space);
+        (actor, raft_rx)
+    }
+
     fn entry(index: u64, commands: &[Bytes]) -> ApplyEntry {
         ApplyEntry {
             log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
             payload: ApplyPayload::Normal(keel_proto::batch::encode(commands)),
         }
+    }
+
+    /// Story: the actor's loop never yielded while its inbox held messages,
+    /// so a burst of requests kept raft and the WAL writer, which share its
+    /// core, waiting until the whole inbox was served.
+    #[test]
+    fn a_full_inbox_does_not_hold_the_core() {
+        let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(1 << 20)
+            .make()
+            .expect("executor");
+        ex.run(async {
+            let (actor, _raft_rx) = empty_actor();
+            let (tx, rx) = mpsc::channel(4096);
+            let mut replies = Vec::new();
+            for _ in 0..4000 {
+                let (reply, answered) = oneshot::channel();
+                assert!(tx.try_send(MvccMsg::Status { reply }).is_ok());
+                replies.push(answered);
+            }
+            let actor = glommio::spawn_local(actor.run(rx));
+            let probe = glommio::spawn_local(async move {
+                let mut answered = 0;
+                for r in &mut replies {
+                    if r.try_recv().is_ok() {
+                        answered += 1;
+                    }
+                }
+                answered
+            });
+            let answered_before_probe = probe.await;
+            drop(tx);
+            actor.await;
+            assert!(
+                answered_before_probe <= MESSAGES_PER_TURN,
+                "{answered_before_probe} messages before another task ran"
+            );
+        });
+    }
+
+    /// Story: values were kept as slices of their command when they were
+    /// most of it, but a command is a slice of its entry's batch, so one
+    /// live key of a few KiB pinned a batch of up to 1.5 MiB in memory.
+    #[test]
+    fn a_value_does_not_pin_its_batch() {
+        let (mut actor, _raft_rx) = empty_actor();
+        let value = "v".repeat(1000);
+        let (reply, _applied) = oneshot::channel();
+        let commands = [put("a", &value), put("b", &value), put("c", &value)];
+        let e = entry(1, &commands);
+        let ApplyPayload::Normal(batch) = &e.payload else {
+            unreachable!()
+        };
+        let range = batch.as_ptr() as usize..batch.as_ptr() as usize + batch.len();
+        actor.handle(MvccMsg::Apply {
+            entries: vec![e],
+            reply,
+        });
+        let kept = actor.store.index().get(b"b", 3).expect("b").value.clone();
+        assert_eq!(kept, value.as_bytes());
+        assert!(
+            !range.contains(&(kept.as_ptr() as usize)),
+            "the value still points into its batch"
+        );
     }
 
     /// Story: a follower that learned the commit index late applied writes
@@ -681,20 +867,7 @@ mod tests {
     /// watchers skipped them without being canceled.
     #[test]
     fn watchers_see_the_revisions_a_compaction_in_the_same_apply_removes() {
-        let (raft, _raft_rx) = mpsc::channel(8);
-        let timing = MvccTiming {
-            progress_every: Duration::from_secs(600),
-            lease_checkpoint_every: Duration::from_secs(300),
-        };
-        let mut actor = MvccActor::new(
-            KvStore::default(),
-            None,
-            StoredMembership::default(),
-            BTreeSet::new(),
-            HeaderIds::default(),
-            timing,
-            raft,
-        );
+        let (mut actor, _raft_rx) = empty_actor();
         let (tx, mut rx) = mpsc::channel(16);
         actor.handle(MvccMsg::Watch(WatchMsg::Open {
             stream: 1,

@@ -24,21 +24,22 @@ use glommio::{LocalExecutorBuilder, Placement as CpuPlacement, PoolPlacement};
 use keel_storage::mvcc::snapshot::load_latest_snapshot;
 use keel_storage::mvcc::KvStore;
 use keel_storage::wal::recover;
+use openraft::storage::RaftLogStorage;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::compactor::{self, AutoCompaction};
 use crate::metrics::metrics;
-use crate::mvcc_actor::{HeaderIds, MvccActor, MvccTiming};
+use crate::mvcc_actor::{HeaderIds, MvccActor, MvccTiming, Restored, SpaceGauge};
 use crate::peer::conn::PeerClients;
 use crate::peer::server::PeerCtx;
 use crate::peer::wire::MemberChange;
 use crate::raft::actor::{Origin, RaftHandles, RaftRequest};
-use crate::raft::codec::decode_snapshot_app;
-use crate::raft::log_store::LogStore;
+use crate::raft::codec::{decode_snapshot_app, SnapshotApp};
+use crate::raft::log_store::{LogReader, LogStore};
 use crate::raft::members::MemberError;
 use crate::raft::network::PeerNetwork;
-use crate::raft::state_machine::{DurableSnapshot, StateMachine};
-use crate::raft::types::{Node, NodeId, Raft, SnapshotMeta, StoredMembership};
+use crate::raft::state_machine::{snapshot_id, DurableSnapshot, StateMachine};
+use crate::raft::types::{Node, NodeId, Raft, SnapshotMeta};
 use crate::raft::QuietStart;
 use crate::service::{ServeConfig, ServerCtx};
 use crate::wal_writer::{WalConfig, WalWriter};
@@ -77,6 +78,9 @@ pub struct NodeConfig {
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
     pub snapshot_count: u64,
+    /// Also snapshot when the applied log since the last snapshot holds
+    /// more payload bytes than this (keel).
+    pub snapshot_log_bytes: u64,
     pub snapshot_catchup_entries: u64,
     pub auto_compaction: Option<AutoCompaction>,
     pub wal_segment_bytes: u64,
@@ -95,6 +99,8 @@ pub struct NodeConfig {
     pub spin_before_park: Duration,
     pub max_concurrent_streams: u32,
     pub connections_max: usize,
+    /// etcd's `--quota-backend-bytes`: 0 for the default, negative for none.
+    pub quota_backend_bytes: i64,
 }
 
 /// `--initial-cluster-state`: bootstrap a new cluster, or join a running one.
@@ -543,6 +549,33 @@ fn core_listener(socket: &socket2::Socket) -> std::io::Result<glommio::net::TcpL
     Ok(unsafe { glommio::net::TcpListener::from_raw_fd(dup.into_raw_fd()) })
 }
 
+/// etcd's default space quota (2 GiB) and the largest it recommends (8 GiB).
+pub const QUOTA_BYTES_DEFAULT: u64 = 2 << 30;
+pub const QUOTA_BYTES_MAX: u64 = 8 << 30;
+
+/// `--quota-backend-bytes` as etcd reads it: 0 is the default, negative
+/// turns the quota off.
+fn quota_bytes(flag: i64) -> Option<u64> {
+    let quota = match flag {
+        0 => QUOTA_BYTES_DEFAULT,
+        q if q < 0 => {
+            tracing::warn!("disabled backend quota");
+            metrics().quota_backend_bytes.set(flag);
+            return None;
+        }
+        q => q as u64,
+    };
+    if quota > QUOTA_BYTES_MAX {
+        tracing::warn!(
+            quota_bytes = quota,
+            max_bytes = QUOTA_BYTES_MAX,
+            "quota exceeds the maximum value"
+        );
+    }
+    metrics().quota_backend_bytes.set(quota as i64);
+    Some(quota)
+}
+
 /// `--max-connections`, lowered (with a warning) to what the open-file
 /// limit allows.
 fn connections_max(cfg: &NodeConfig, fd_limit: u64) -> usize {
@@ -599,37 +632,37 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
     if let Some(note) = &recovered.repaired {
         tracing::warn!("{note}");
     }
-    let (store, applied, membership, removed, loaded_meta) = match load_latest_snapshot(&snap_dir)?
-    {
+    let (restored, loaded_meta) = match load_latest_snapshot(&snap_dir)? {
         Some(s) => {
-            let (applied, membership, removed) =
-                decode_snapshot_app(&s.app_meta).map_err(|msg| {
-                    StartError::Snapshot(keel_storage::mvcc::snapshot::SnapshotError::Corrupt {
-                        file: s.path.clone(),
-                        offset: 0,
-                        reason: msg,
-                    })
-                })?;
+            let app = decode_snapshot_app(&s.app_meta).map_err(|msg| {
+                StartError::Snapshot(keel_storage::mvcc::snapshot::SnapshotError::Corrupt {
+                    file: s.path.clone(),
+                    offset: 0,
+                    reason: msg,
+                })
+            })?;
             tracing::info!(path = %s.path.display(), rev = s.store.current_rev(), "loaded snapshot");
             let meta = SnapshotMeta {
-                last_log_id: applied,
-                last_membership: membership.clone(),
-                snapshot_id: applied.map_or("0-0".into(), |l| {
-                    format!("{}-{}", l.leader_id.term, l.index)
-                }),
+                last_log_id: app.applied,
+                last_membership: app.membership.clone(),
+                snapshot_id: snapshot_id(app.applied.as_ref()),
             };
-            (s.store, applied, membership, removed, Some((meta, s.path)))
+            let restored = Restored {
+                store: s.store,
+                app,
+            };
+            (restored, Some((meta, s.path)))
         }
         None => (
-            KvStore::default(),
-            None,
-            StoredMembership::default(),
-            Default::default(),
+            Restored {
+                store: KvStore::default(),
+                app: SnapshotApp::default(),
+            },
             None,
         ),
     };
     // The log must continue where the snapshot ends.
-    let applied_index = applied.map(|l| l.index);
+    let applied_index = restored.app.applied.map(|l| l.index);
     if let Some(purged) = recovered.purged {
         if applied_index.is_none_or(|a| a < purged.index) {
             return Err(StartError::Config(format!(
@@ -666,7 +699,9 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
         election_timeout: Duration::from_millis(cfg.election_timeout_ms),
         max_concurrent_streams: cfg.max_concurrent_streams,
         connections_max: connections_max(&cfg, fd_limit),
+        quota_bytes: quota_bytes(cfg.quota_backend_bytes),
     });
+    let space = Arc::new(SpaceGauge::default());
     let (raft_tx, raft_rx) = mpsc::channel(RAFT_INBOX);
     let (mvcc_tx, mvcc_rx) = mpsc::channel(MVCC_INBOX);
     let (ready_tx, ready_rx) = watch::channel(false);
@@ -676,7 +711,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
         cfg.request_timeout + Duration::from_millis(2 * cfg.election_timeout_ms),
     )?;
     let mut raft_parts = Some((raft_rx, recovered, loaded_meta, ready_tx));
-    let mut mvcc_parts = Some((mvcc_rx, store, applied, membership, removed));
+    let mut mvcc_parts = Some((mvcc_rx, restored));
     let mut handles = Vec::new();
     for (core, &cpu) in cpus.iter().enumerate().take(placement.cores) {
         let raft_parts = if core == placement.raft_core {
@@ -690,7 +725,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
             None
         };
         let cfg = cfg.clone();
-        let serve_cfg = serve_cfg.clone();
+        let (serve_cfg, space) = (serve_cfg.clone(), space.clone());
         let (raft_tx, mvcc_tx, mut ready_rx) = (raft_tx.clone(), mvcc_tx.clone(), ready_rx.clone());
         let (wal_dir, snap_dir) = (wal_dir.clone(), snap_dir.clone());
         let (client_sockets, peer_sockets) = (client_sockets.clone(), peer_sockets.clone());
@@ -700,20 +735,13 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
             .spin_before_park(cfg.spin_before_park)
             .blocking_thread_pool_placement(PoolPlacement::Unbound(1))
             .spawn(move || async move {
-                if let Some((mvcc_rx, store, applied, membership, removed)) = mvcc_parts {
+                if let Some((mvcc_rx, restored)) = mvcc_parts {
                     let timing = MvccTiming {
                         progress_every: cfg.watch_progress_notify_interval,
                         lease_checkpoint_every: cfg.lease_checkpoint_interval,
                     };
-                    let actor = MvccActor::new(
-                        store,
-                        applied,
-                        membership,
-                        removed,
-                        ids,
-                        timing,
-                        raft_tx.clone(),
-                    );
+                    let actor =
+                        MvccActor::new(restored, ids, timing, raft_tx.clone(), space.clone());
                     glommio::spawn_local(actor.run(mvcc_rx)).detach();
                     glommio::spawn_local(MvccActor::tick(mvcc_tx.clone())).detach();
                 }
@@ -797,6 +825,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
                     raft: raft_tx,
                     mvcc: mvcc_tx,
                     cfg: serve_cfg,
+                    space,
                 });
                 if core == 0 {
                     tracing::info!(addrs = ?cfg.listen_client, "ready to serve client requests");
@@ -850,14 +879,15 @@ async fn start_raft(
     glommio::spawn_local(writer.run(wal_rx)).detach();
 
     let snapshot = DurableSnapshot::new(loaded_meta);
-    let log_store = LogStore::from_recovered(
+    let mut log_store = LogStore::from_recovered(
         &mut recovered,
         wal_tx.clone(),
         ids.member_id,
         snapshot.clone(),
     )
     .unwrap_or_else(|e| crate::fatal(&format!("rebuilding the raft log: {e}")));
-    let sm = StateMachine::new(mvcc_tx, wal_tx, snap_dir, snapshot);
+    let log = log_store.get_log_reader().await;
+    let sm = StateMachine::new(mvcc_tx, wal_tx, snap_dir, snapshot.clone());
     let raft_config = openraft::Config {
         cluster_name: cfg.initial_cluster_token.clone(),
         heartbeat_interval: cfg.heartbeat_interval_ms,
@@ -896,6 +926,13 @@ async fn start_raft(
     let raft = Raft::new(ids.member_id, Arc::new(raft_config), network, log_store, sm)
         .await
         .unwrap_or_else(|e| crate::fatal(&format!("starting raft: {e}")));
+    glommio::spawn_local(snapshot_by_log_bytes(
+        raft.clone(),
+        log,
+        snapshot,
+        cfg.snapshot_log_bytes,
+    ))
+    .detach();
     let initialized = raft
         .is_initialized()
         .await
@@ -919,6 +956,32 @@ async fn start_raft(
         QuietStart::begin(&raft, Duration::from_millis(2 * cfg.election_timeout_ms))
     };
     (raft, peers, quiet_start)
+}
+
+/// How often the log's size since the last snapshot is looked at.
+pub const LOG_BYTES_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// Takes a snapshot when the applied entries since the last one carry more
+/// than `limit` payload bytes. `--snapshot-count` counts entries, but an
+/// entry is a batch of up to 4,096 requests: by count alone the log (held
+/// in memory until a snapshot lets it go) could grow to many GiB first.
+async fn snapshot_by_log_bytes(raft: Raft, log: LogReader, snapshot: DurableSnapshot, limit: u64) {
+    loop {
+        glommio::timer::sleep(LOG_BYTES_CHECK_EVERY).await;
+        let applied = raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
+        let since = snapshot.last_log_id().map_or(0, |l| l.index);
+        let bytes = log.payload_bytes(since, applied);
+        if bytes > limit {
+            tracing::info!(
+                bytes,
+                limit,
+                "snapshot: the log since the last one is large"
+            );
+            if raft.trigger().snapshot().await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 /// Publishes this member's name and client URLs through raft (as etcd

@@ -28,6 +28,8 @@ pub enum Command {
     /// Remaining TTLs the leader recorded by its own clock. Replaces
     /// `LeaseCheckpoint` (still applied when read from an older log).
     LeaseCheckpointInTerm(LeaseCheckpointInTermCmd),
+    /// Raises or clears an alarm (etcd's AlarmRequest ACTIVATE/DEACTIVATE).
+    Alarm(AlarmCmd),
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
@@ -166,7 +168,30 @@ pub struct LeaseCheckpointInTermCmd {
     pub checkpoints: Vec<(i64, i64)>,
 }
 
+/// Raises (`activate`) or clears alarm `alarm` (`pb::AlarmType` as its wire
+/// value) of member `member_id`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+pub struct AlarmCmd {
+    pub activate: bool,
+    pub member_id: u64,
+    pub alarm: i32,
+}
+
 impl ArchivedCommand {
+    /// Whether a NOSPACE alarm refuses this command, as etcd's capped
+    /// applier does: puts, lease grants, and txns that do more than read.
+    pub fn needs_space(&self) -> bool {
+        match self {
+            ArchivedCommand::Put(_) | ArchivedCommand::LeaseGrant(_) => true,
+            ArchivedCommand::Txn(t) => t
+                .success
+                .iter()
+                .chain(t.failure.iter())
+                .any(|op| !matches!(op, ArchivedOpCmd::Range(_))),
+            _ => false,
+        }
+    }
+
     /// The leader term a command was decided in, for commands a leader
     /// decides by its own clock: such a command takes effect only when its
     /// entry belongs to that term.

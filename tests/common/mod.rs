@@ -192,18 +192,35 @@ impl Server {
                 }
                 _ => {}
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
-                panic!(
-                    "keel exited with {status} during start-up:\n{}",
-                    self.logs()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "keel not healthy within {START_TIMEOUT:?}:\n{}",
+            self.still_starting(deadline, "healthy");
+        }
+    }
+
+    /// Panics if the server exited or `deadline` passed (it is not yet
+    /// `what`); otherwise waits a moment before the next look.
+    fn still_starting(&mut self, deadline: Instant, what: &str) {
+        if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+            panic!(
+                "keel exited with {status} during start-up:\n{}",
                 self.logs()
             );
-            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "keel not {what} within {START_TIMEOUT:?}:\n{}",
+            self.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    /// Waits until the server serves clients, healthy or not (a raised
+    /// alarm makes /health false): it logged "ready" and answers /health.
+    pub fn wait_serving(&mut self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        while self.logs().matches(READY).count() <= self.readies_before_spawn
+            || http_get(self.port, "/health").is_err()
+        {
+            self.still_starting(deadline, "serving");
         }
     }
 

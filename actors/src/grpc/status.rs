@@ -157,6 +157,12 @@ impl Status {
     pub fn stopped() -> Status {
         Status::new(Code::Unavailable, "etcdserver: server stopped")
     }
+    pub fn no_space() -> Status {
+        Status::new(
+            Code::ResourceExhausted,
+            "etcdserver: mvcc: database space exceeded",
+        )
+    }
     pub fn too_many_requests() -> Status {
         Status::new(Code::ResourceExhausted, "etcdserver: too many requests")
     }
@@ -183,6 +189,7 @@ impl From<MvccError> for Status {
             MvccError::KeyNotFound => Status::key_not_found(),
             MvccError::LeaseNotFound => Status::lease_not_found(),
             MvccError::LeaseExists => Status::lease_exists(),
+            MvccError::NoSpace => Status::no_space(),
         }
     }
 }

@@ -322,14 +322,16 @@ const KIND_COMPACT: u8 = 3;
 const KIND_LEASE_GRANT: u8 = 4;
 const KIND_LEASE_REVOKE: u8 = 5;
 const KIND_LEASE_CHECKPOINT: u8 = 6;
+const KIND_ALARM: u8 = 7;
 
 /// MVCC errors on the wire: the index is the code.
-const MVCC_ERRORS: [MvccError; 5] = [
+const MVCC_ERRORS: [MvccError; 6] = [
     MvccError::Compacted,
     MvccError::FutureRev,
     MvccError::KeyNotFound,
     MvccError::LeaseNotFound,
     MvccError::LeaseExists,
+    MvccError::NoSpace,
 ];
 
 fn mvcc_error_code(e: MvccError) -> u8 {
@@ -350,6 +352,7 @@ pub fn outcome_to_wire(index: u64, o: &ApplyOutcome) -> WireOutcome {
                 CommandResponse::LeaseGrant(r) => (KIND_LEASE_GRANT, r.encode_to_vec()),
                 CommandResponse::LeaseRevoke(r) => (KIND_LEASE_REVOKE, r.encode_to_vec()),
                 CommandResponse::LeaseCheckpoint(r) => (KIND_LEASE_CHECKPOINT, r.encode_to_vec()),
+                CommandResponse::Alarm(r) => (KIND_ALARM, r.encode_to_vec()),
             };
             WireOutcome::Applied { index, kind, body }
         }
@@ -382,6 +385,7 @@ pub fn outcome_from_wire(kind: u8, body: &[u8]) -> Result<CommandResponse, Strin
         KIND_LEASE_CHECKPOINT => CommandResponse::LeaseCheckpoint(
             pb::LeaseCheckpointResponse::decode(body).map_err(bad)?,
         ),
+        KIND_ALARM => CommandResponse::Alarm(pb::AlarmResponse::decode(body).map_err(bad)?),
         k => return Err(format!("unknown response kind {k}")),
     })
 }
@@ -446,11 +450,12 @@ mod tests {
                 | MvccError::FutureRev
                 | MvccError::KeyNotFound
                 | MvccError::LeaseNotFound
-                | MvccError::LeaseExists => {}
+                | MvccError::LeaseExists
+                | MvccError::NoSpace => {}
             }
             assert_eq!(failed_from_wire(mvcc_error_code(e)), Ok(e));
         }
-        assert_eq!(MVCC_ERRORS.len(), 5);
+        assert_eq!(MVCC_ERRORS.len(), 6);
     }
 
     #[test]

@@ -195,23 +195,34 @@ pub fn decode_snapshot_meta(b: &[u8]) -> Result<(Option<LogId>, StoredMembership
     ))
 }
 
-/// Raft's part of a snapshot file: the snapshot meta and the ids of
-/// members removed from the cluster (refused if they come back).
-pub fn encode_snapshot_app(
-    applied: Option<&LogId>,
-    membership: &StoredMembership,
-    removed: &BTreeSet<NodeId>,
-) -> Vec<u8> {
-    let mut out = encode_snapshot_meta(applied, membership);
-    out.extend_from_slice(&(removed.len() as u32).to_le_bytes());
-    for id in removed {
+/// Raft's part of a snapshot file and the state kept beside the store:
+/// the snapshot meta, the ids of members removed from the cluster (refused
+/// if they come back), and the alarms raised.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SnapshotApp {
+    pub applied: Option<LogId>,
+    pub membership: StoredMembership,
+    pub removed: BTreeSet<NodeId>,
+    /// (member id, `pb::AlarmType` wire value)
+    pub alarms: BTreeSet<(NodeId, i32)>,
+}
+
+pub fn encode_snapshot_app(app: &SnapshotApp) -> Vec<u8> {
+    let mut out = encode_snapshot_meta(app.applied.as_ref(), &app.membership);
+    out.extend_from_slice(&(app.removed.len() as u32).to_le_bytes());
+    for id in &app.removed {
         out.extend_from_slice(&id.to_le_bytes());
+    }
+    out.extend_from_slice(&(app.alarms.len() as u32).to_le_bytes());
+    for (id, alarm) in &app.alarms {
+        out.extend_from_slice(&id.to_le_bytes());
+        out.extend_from_slice(&alarm.to_le_bytes());
     }
     out
 }
 
-pub type SnapshotApp = (Option<LogId>, StoredMembership, BTreeSet<NodeId>);
-
+/// Reads what [`encode_snapshot_app`] wrote; files from before removed
+/// members or alarms were kept end early and have none.
 pub fn decode_snapshot_app(b: &[u8]) -> Result<SnapshotApp, String> {
     let mut r = Reader { b };
     let flags = r.take(1)?[0];
@@ -225,11 +236,21 @@ pub fn decode_snapshot_app(b: &[u8]) -> Result<SnapshotApp, String> {
             removed.insert(r.u64()?);
         }
     }
-    Ok((
-        (flags & 1 != 0).then_some(applied),
-        StoredMembership::new((flags & 2 != 0).then_some(m_log_id), membership),
+    let mut alarms = BTreeSet::new();
+    if !r.b.is_empty() {
+        let n = r.u32()?;
+        for _ in 0..n {
+            let id = r.u64()?;
+            let alarm = r.u32()? as i32;
+            alarms.insert((id, alarm));
+        }
+    }
+    Ok(SnapshotApp {
+        applied: (flags & 1 != 0).then_some(applied),
+        membership: StoredMembership::new((flags & 2 != 0).then_some(m_log_id), membership),
         removed,
-    ))
+        alarms,
+    })
 }
 
 #[cfg(test)]
@@ -266,14 +287,23 @@ mod tests {
         assert_eq!(applied, Some(id));
         assert_eq!(back, sm);
         assert!(decode_snapshot_meta(&bytes[..bytes.len() - 1]).is_err());
-        // The file's app bytes add removed members; without them, none.
-        let removed = BTreeSet::from([5u64, 9]);
-        let app = encode_snapshot_app(Some(&id), &sm, &removed);
-        assert_eq!(
-            decode_snapshot_app(&app).unwrap(),
-            (Some(id), sm.clone(), removed)
-        );
-        assert_eq!(decode_snapshot_app(&bytes).unwrap().2, BTreeSet::new());
-        assert!(decode_snapshot_app(&app[..app.len() - 1]).is_err());
+        // The file's app bytes add removed members and alarms; files
+        // written before either have none.
+        let app = SnapshotApp {
+            applied: Some(id),
+            membership: sm.clone(),
+            removed: BTreeSet::from([5u64, 9]),
+            alarms: BTreeSet::from([(5u64, 1), (7, 2)]),
+        };
+        let encoded = encode_snapshot_app(&app);
+        assert_eq!(decode_snapshot_app(&encoded).unwrap(), app);
+        let old = decode_snapshot_app(&bytes).unwrap();
+        assert!(old.removed.is_empty() && old.alarms.is_empty());
+        assert!(decode_snapshot_app(&encoded[..encoded.len() - 1]).is_err());
+        // A file from before alarms: removed members, then nothing.
+        let before_alarms = &encoded[..encoded.len() - 4 - 2 * 12];
+        let back = decode_snapshot_app(before_alarms).unwrap();
+        assert_eq!(back.removed, app.removed);
+        assert!(back.alarms.is_empty());
     }
 }

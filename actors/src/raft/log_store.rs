@@ -120,6 +120,19 @@ pub fn restart_vote(saved: Vote, me: NodeId) -> Vote {
 #[derive(Clone)]
 pub struct LogReader(Rc<RefCell<LogCache>>);
 
+impl LogReader {
+    /// Payload bytes of the cached entries with indexes in `(after, upto]`.
+    pub fn payload_bytes(&self, after: u64, upto: u64) -> u64 {
+        self.0
+            .borrow()
+            .entries
+            .iter()
+            .filter(|e| e.log_id.index > after && e.log_id.index <= upto)
+            .map(|e| payload_of(e).1.len() as u64)
+            .sum()
+    }
+}
+
 impl RaftLogReader<TypeConfig> for LogReader {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug>(
         &mut self,

@@ -28,7 +28,7 @@ use super::types::{
     TypeConfig,
 };
 use crate::metrics::metrics;
-use crate::mvcc_actor::{ApplyEntry, ApplyPayload, MvccMsg, SnapshotView};
+use crate::mvcc_actor::{ApplyEntry, ApplyPayload, MvccMsg, Restored, SnapshotView};
 use crate::wal_writer::WalCmd;
 
 /// The newest snapshot file a restart would load (renamed into place, its
@@ -67,7 +67,8 @@ fn sm_err(what: &str) -> StorageError {
     StorageIOError::read_state_machine(&std::io::Error::other(what.to_string())).into()
 }
 
-fn snapshot_id(applied: Option<&LogId>) -> String {
+/// A snapshot's id: `<term>-<index>` of the last entry it covers.
+pub fn snapshot_id(applied: Option<&LogId>) -> String {
     applied.map_or("0-0".to_string(), |l| {
         format!("{}-{}", l.leader_id.term, l.index)
     })
@@ -133,14 +134,13 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .map_err(|_| sm_err("MVCC actor stopped"))?;
         let SnapshotView {
             view,
-            removed,
             leases,
             current_rev,
             compact_rev,
-            applied,
-            membership,
+            app,
         } = rx.await.map_err(|_| sm_err("MVCC actor stopped"))?;
-        let app = encode_snapshot_app(applied.as_ref(), &membership, &removed);
+        let (applied, membership) = (app.applied, app.membership.clone());
+        let app = encode_snapshot_app(&app);
         let dir = self.snap_dir.clone();
         let index = applied.map_or(0, |l| l.index);
         let started = Instant::now();
@@ -238,15 +238,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             })
             .await
             .map_err(|e| sm_err(&format!("installing snapshot: {e}")))?;
-        let ((applied, membership, removed), store, path) = loaded;
+        let (app, store, path) = loaded;
         // From here a restart loads this snapshot; the log store may let the
         // WAL forget what it covers.
         self.current.set(meta.clone(), path);
         self.ask(|reply| MvccMsg::Install {
-            store,
-            applied,
-            membership,
-            removed,
+            restored: Restored { store, app },
             reply,
         })
         .await?;

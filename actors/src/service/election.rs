@@ -265,13 +265,8 @@ struct Abandon<'a> {
 impl Drop for Abandon<'_> {
     fn drop(&mut self) {
         let Some(key) = self.key.take() else { return };
-        let (raft, mvcc, cfg) = (
-            self.ctx.raft.clone(),
-            self.ctx.mvcc.clone(),
-            self.ctx.cfg.clone(),
-        );
+        let ctx = self.ctx.clone();
         glommio::spawn_local(async move {
-            let ctx = ServerCtx { raft, mvcc, cfg };
             let req = pb::DeleteRangeRequest {
                 key,
                 ..Default::default()

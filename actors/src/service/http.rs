@@ -23,9 +23,15 @@ fn reply(code: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Respon
         .expect("static response parts are valid")
 }
 
-/// True if a linearizable read completes: there is a leader and this member
-/// can serve consistent reads.
+/// True if no alarm is raised (as etcd 3.4) and a linearizable read
+/// completes: there is a leader and this member can serve consistent reads.
 async fn healthy(ctx: &ServerCtx) -> bool {
+    if !super::maintenance::ask_alarms(ctx)
+        .await
+        .is_ok_and(|a| a.is_empty())
+    {
+        return false;
+    }
     let req = pb::RangeRequest {
         key: Bytes::from_static(b"health"),
         ..Default::default()

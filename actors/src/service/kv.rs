@@ -8,14 +8,14 @@ use std::collections::HashSet;
 use std::future::Future;
 
 use bytes::Bytes;
-use keel_proto::command::{Command, CompactCmd, DeleteRangeCmd, PutCmd, TxnCmd};
+use keel_proto::command::{AlarmCmd, Command, CompactCmd, DeleteRangeCmd, PutCmd, TxnCmd};
 use keel_proto::etcdserverpb as pb;
 use keel_storage::mvcc::CommandResponse;
 use tokio::sync::oneshot;
 
 use super::ServerCtx;
 use crate::grpc::status::Status;
-use crate::mvcc_actor::{MvccMsg, ReadError};
+use crate::mvcc_actor::{MvccMsg, ReadError, ALARM_NOSPACE};
 use crate::raft::actor::{Origin, RaftRequest};
 use crate::raft::types::{ProposeError, WriteReply};
 
@@ -167,6 +167,56 @@ pub async fn with_timeout<T>(
         .map_err(|_| Status::timeout())
 }
 
+/// etcd's estimate of the space a new key takes beyond its key and value,
+/// and of a lease (or a key's attachment to one).
+pub const KEY_OVERHEAD: u64 = 256;
+pub const LEASE_OVERHEAD: u64 = 64;
+
+/// etcd's cost of a put against the space quota.
+pub fn cost_put(r: &pb::PutRequest) -> u64 {
+    let lease = if r.lease != 0 { LEASE_OVERHEAD } else { 0 };
+    KEY_OVERHEAD + r.key.len() as u64 + r.value.len() as u64 + lease
+}
+
+/// etcd's cost of a txn: the puts of its costlier branch (top level only).
+pub fn cost_txn(t: &pb::TxnRequest) -> u64 {
+    use pb::request_op::Request;
+    let branch = |ops: &[pb::RequestOp]| -> u64 {
+        ops.iter()
+            .map(|op| match &op.request {
+                Some(Request::RequestPut(p)) => cost_put(p),
+                _ => 0,
+            })
+            .sum()
+    };
+    branch(&t.success).max(branch(&t.failure))
+}
+
+/// etcd's space quota, checked before a put, txn or lease grant is
+/// proposed: one that would take the store to the quota fails with
+/// "database space exceeded" and raises the NOSPACE alarm for this member
+/// (once; the alarm then refuses such writes on every member as they
+/// apply, until it is disarmed).
+pub async fn check_space(ctx: &ServerCtx, cost: u64) -> Result<(), Status> {
+    let Some(quota) = ctx.cfg.quota_bytes else {
+        return Ok(());
+    };
+    if ctx.space.size_bytes() + cost < quota {
+        return Ok(());
+    }
+    if !ctx.space.nospace() {
+        let raise = Command::Alarm(AlarmCmd {
+            activate: true,
+            member_id: ctx.cfg.ids.member_id,
+            alarm: ALARM_NOSPACE,
+        });
+        if let Err(e) = propose(ctx, raise, 0).await {
+            tracing::warn!("raising the NOSPACE alarm: {}", e.message);
+        }
+    }
+    Err(Status::no_space())
+}
+
 /// Proposes a command and waits until it is applied.
 pub async fn propose(
     ctx: &ServerCtx,
@@ -241,6 +291,7 @@ pub async fn put(
     len: usize,
 ) -> Result<pb::PutResponse, Status> {
     check_put(&req)?;
+    check_space(ctx, cost_put(&req)).await?;
     match propose(ctx, Command::Put(PutCmd::from(req)), len).await? {
         CommandResponse::Put(r) => Ok(r),
         _ => Err(mismatch()),
@@ -265,6 +316,7 @@ pub async fn txn(
     len: usize,
 ) -> Result<pb::TxnResponse, Status> {
     validate_txn(&req, ctx.cfg.max_txn_ops)?;
+    check_space(ctx, cost_txn(&req)).await?;
     match propose(ctx, Command::Txn(TxnCmd::from(req)), len).await? {
         CommandResponse::Txn(r) => Ok(r),
         _ => Err(mismatch()),

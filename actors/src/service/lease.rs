@@ -13,7 +13,7 @@ use keel_storage::mvcc::CommandResponse;
 use rand::Rng;
 use tokio::sync::{mpsc, oneshot};
 
-use super::kv::{mismatch, propose, with_timeout};
+use super::kv::{check_space, mismatch, propose, with_timeout, LEASE_OVERHEAD};
 use super::maintenance::{ask_mvcc, header};
 use super::ServerCtx;
 use crate::grpc::body::StreamItem;
@@ -45,6 +45,7 @@ pub async fn grant(
     req: pb::LeaseGrantRequest,
     len: usize,
 ) -> Result<pb::LeaseGrantResponse, Status> {
+    check_space(ctx, LEASE_OVERHEAD).await?;
     if req.ttl > MAX_LEASE_TTL {
         return Err(Status::lease_ttl_too_large());
     }

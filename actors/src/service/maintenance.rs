@@ -1,13 +1,16 @@
-//! Maintenance, Cluster and Health answers available on a single member:
-//! Status, Alarm (list), MemberList, and gRPC health checks.
+//! Maintenance, Cluster and Health answers: Status, Alarm, MemberList, and
+//! gRPC health checks.
 
+use keel_proto::command::{AlarmCmd, Command};
 use keel_proto::etcdserverpb as pb;
 use keel_proto::grpc_health_v1 as health;
+use keel_storage::mvcc::CommandResponse;
 use tokio::sync::oneshot;
 
+use super::kv::propose;
 use super::ServerCtx;
 use crate::grpc::status::{Code, Status};
-use crate::mvcc_actor::{MvccMsg, MvccStatus};
+use crate::mvcc_actor::{alarm_name, MvccMsg, MvccStatus};
 use crate::raft::actor::{RaftRequest, RaftStatus};
 use crate::raft::types::Node;
 
@@ -20,13 +23,21 @@ pub async fn ask_raft(ctx: &ServerCtx) -> Result<RaftStatus, Status> {
     rx.await.map_err(|_| Status::stopped())
 }
 
-pub async fn ask_mvcc(ctx: &ServerCtx) -> Result<MvccStatus, Status> {
+/// Asks the MVCC actor something and waits for its answer.
+async fn ask_mvcc_for<T>(
+    ctx: &ServerCtx,
+    make: impl FnOnce(oneshot::Sender<T>) -> MvccMsg,
+) -> Result<T, Status> {
     let (tx, rx) = oneshot::channel();
     ctx.mvcc
-        .send(MvccMsg::Status { reply: tx })
+        .send(make(tx))
         .await
         .map_err(|_| Status::stopped())?;
     rx.await.map_err(|_| Status::stopped())
+}
+
+pub async fn ask_mvcc(ctx: &ServerCtx) -> Result<MvccStatus, Status> {
+    ask_mvcc_for(ctx, |reply| MvccMsg::Status { reply }).await
 }
 
 pub fn header(ctx: &ServerCtx, raft: &RaftStatus, mvcc: &MvccStatus) -> Option<pb::ResponseHeader> {
@@ -44,6 +55,7 @@ pub async fn status(
 ) -> Result<pb::StatusResponse, Status> {
     let raft = ask_raft(ctx).await?;
     let mvcc = ask_mvcc(ctx).await?;
+    let alarms = ask_alarms(ctx).await?;
     Ok(pb::StatusResponse {
         header: header(ctx, &raft, &mvcc),
         version: crate::API_VERSION.to_string(),
@@ -54,33 +66,67 @@ pub async fn status(
         raft_applied_index: raft.applied_index,
         // As etcd: a member without a leader says so (a leader cut off
         // from its quorum has none, see RaftHandles::leader).
-        errors: if raft.leader.is_none() {
-            vec![Status::no_leader().message]
-        } else {
-            Vec::new()
-        },
+        errors: raft
+            .leader
+            .is_none()
+            .then(|| Status::no_leader().message)
+            .into_iter()
+            .chain(alarms.iter().map(|(id, a)| alarm_text(*id, *a)))
+            .collect(),
         db_size_in_use: mvcc.size_bytes as i64,
         is_learner: raft.is_learner(),
         storage_version: String::new(),
-        db_size_quota: 0,
+        db_size_quota: ctx.cfg.quota_bytes.unwrap_or(0) as i64,
         downgrade_info: None,
     })
 }
 
+/// Alarm: GET lists the alarms raised (all, or those of one type);
+/// ACTIVATE and DEACTIVATE go through raft, as etcd's do.
 pub async fn alarm(ctx: &ServerCtx, req: pb::AlarmRequest) -> Result<pb::AlarmResponse, Status> {
-    if req.action != pb::alarm_request::AlarmAction::Get as i32 {
-        return Err(Status::new(
-            Code::Unimplemented,
-            "keel: raising and clearing alarms is not implemented yet",
-        ));
+    use pb::alarm_request::AlarmAction;
+    let activate = match AlarmAction::try_from(req.action) {
+        Ok(AlarmAction::Activate) => true,
+        Ok(AlarmAction::Deactivate) => false,
+        // GET, and (as etcd answers it) an action it does not know.
+        action => {
+            let raft = ask_raft(ctx).await?;
+            let mvcc = ask_mvcc(ctx).await?;
+            let alarms = if action == Ok(AlarmAction::Get) {
+                ask_alarms(ctx)
+                    .await?
+                    .into_iter()
+                    .filter(|(_, a)| req.alarm == pb::AlarmType::None as i32 || *a == req.alarm)
+                    .map(|(member_id, alarm)| pb::AlarmMember { member_id, alarm })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            return Ok(pb::AlarmResponse {
+                header: header(ctx, &raft, &mvcc),
+                alarms,
+            });
+        }
+    };
+    let cmd = Command::Alarm(AlarmCmd {
+        activate,
+        member_id: req.member_id,
+        alarm: req.alarm,
+    });
+    match propose(ctx, cmd, 0).await? {
+        CommandResponse::Alarm(r) => Ok(r),
+        _ => Err(super::kv::mismatch()),
     }
-    let raft = ask_raft(ctx).await?;
-    let mvcc = ask_mvcc(ctx).await?;
-    // keel raises no alarms yet (no space quota, no corruption checker).
-    Ok(pb::AlarmResponse {
-        header: header(ctx, &raft, &mvcc),
-        alarms: Vec::new(),
-    })
+}
+
+/// The alarms raised: (member id, `pb::AlarmType` wire value).
+pub async fn ask_alarms(ctx: &ServerCtx) -> Result<Vec<(u64, i32)>, Status> {
+    ask_mvcc_for(ctx, |reply| MvccMsg::Alarms { reply }).await
+}
+
+/// An alarm as etcd's Status lists it among its errors.
+fn alarm_text(member_id: u64, alarm: i32) -> String {
+    format!("memberID:{member_id} alarm:{} ", alarm_name(alarm))
 }
 
 /// etcd's view of one member.

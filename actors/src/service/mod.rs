@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::mvcc_actor::{HeaderIds, MvccMsg};
+use crate::mvcc_actor::{HeaderIds, MvccMsg, SpaceGauge};
 use crate::raft::actor::RaftRequest;
 
 /// What every core's reactor knows about its member.
@@ -31,6 +31,8 @@ pub struct ServeConfig {
     pub election_timeout: Duration,
     pub max_concurrent_streams: u32,
     pub connections_max: usize,
+    /// etcd's space quota (`--quota-backend-bytes`); None when turned off.
+    pub quota_bytes: Option<u64>,
 }
 
 /// gRPC accepts messages this much larger than `--max-request-bytes`, as
@@ -44,8 +46,11 @@ impl ServeConfig {
 }
 
 /// One core's handles to the actors.
+#[derive(Clone)]
 pub struct ServerCtx {
     pub raft: mpsc::Sender<RaftRequest>,
     pub mvcc: mpsc::Sender<MvccMsg>,
     pub cfg: Arc<ServeConfig>,
+    /// The store's size and alarm state, for the space quota.
+    pub space: Arc<SpaceGauge>,
 }

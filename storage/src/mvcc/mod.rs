@@ -50,4 +50,7 @@ pub enum MvccError {
     LeaseExists,
     #[error("requested lease not found")]
     LeaseNotFound,
+    /// A NOSPACE alarm is raised: writes that need space are refused.
+    #[error("mvcc: database space exceeded")]
+    NoSpace,
 }

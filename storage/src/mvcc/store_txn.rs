@@ -33,6 +33,7 @@ pub enum CommandResponse {
     LeaseGrant(pb::LeaseGrantResponse),
     LeaseRevoke(pb::LeaseRevokeResponse),
     LeaseCheckpoint(pb::LeaseCheckpointResponse),
+    Alarm(pb::AlarmResponse),
 }
 
 pub type ApplyOutcome = Result<CommandResponse, MvccError>;
@@ -60,7 +61,8 @@ fn share_or_copy(owner: &Bytes, part: &[u8]) -> Bytes {
 }
 
 impl KvStore {
-    /// Applies one command. `owner` is the buffer `cmd` was read from.
+    /// Applies one command. `owner` is the buffer `cmd` was read from (the
+    /// whole allocation: a value shares it only when it is most of it).
     pub fn apply(&mut self, cmd: &ArchivedCommand, owner: &Bytes) -> ApplyOutcome {
         match cmd {
             ArchivedCommand::Put(p) => {
@@ -113,6 +115,8 @@ impl KvStore {
                     .iter()
                     .map(|cp| (cp.0.to_native(), cp.1.to_native())),
             ),
+            // Alarms are kept beside the store, by whoever applies the log.
+            ArchivedCommand::Alarm(_) => self.unchanged(),
         }
     }
 
