@@ -16,7 +16,8 @@
 //! is full; nothing is sent to a stream while its backlog is not empty, so
 //! its responses keep their order.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::Bound;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -106,14 +107,57 @@ struct Watcher {
 }
 
 impl Watcher {
-    fn matches(&self, e: &Event) -> bool {
-        let range = KeyRange::new(&self.spec.key, &self.spec.range_end);
-        let filtered = if e.is_delete() {
-            self.spec.no_delete
+    fn range(&self) -> KeyRange<'_> {
+        KeyRange::new(&self.spec.key, &self.spec.range_end)
+    }
+
+    /// Whether the watcher's filters let an event of its range through.
+    fn wants(&self, e: &Event) -> bool {
+        if e.is_delete() {
+            !self.spec.no_delete
         } else {
-            self.spec.no_put
+            !self.spec.no_put
+        }
+    }
+
+    fn matches(&self, e: &Event) -> bool {
+        self.range().contains(&e.key) && self.wants(e)
+    }
+}
+
+/// The events of one notification by key, so a watcher finds its own
+/// without looking at every event (etcd indexes its watchers instead).
+struct EventsByKey<'a> {
+    by_key: BTreeMap<&'a [u8], Vec<usize>>,
+}
+
+impl<'a> EventsByKey<'a> {
+    fn new(events: &[&'a Event]) -> EventsByKey<'a> {
+        let mut by_key: BTreeMap<&'a [u8], Vec<usize>> = BTreeMap::new();
+        for (i, e) in events.iter().enumerate() {
+            by_key.entry(&e.key[..]).or_default().push(i);
+        }
+        EventsByKey { by_key }
+    }
+
+    /// Positions of the events in `range`, in order.
+    fn in_range(&self, range: KeyRange<'_>) -> Vec<usize> {
+        let mut out: Vec<usize> = match range {
+            KeyRange::Single(k) => self.by_key.get(k).cloned().unwrap_or_default(),
+            KeyRange::From(k) => self
+                .by_key
+                .range::<[u8], _>((Bound::Included(k), Bound::Unbounded))
+                .flat_map(|(_, v)| v.iter().copied())
+                .collect(),
+            KeyRange::Between(k, end) if k < end => self
+                .by_key
+                .range::<[u8], _>((Bound::Included(k), Bound::Excluded(end)))
+                .flat_map(|(_, v)| v.iter().copied())
+                .collect(),
+            KeyRange::Between(..) => Vec::new(),
         };
-        range.contains(&e.key) && !filtered
+        out.sort_unstable();
+        out
     }
 }
 
@@ -429,6 +473,7 @@ impl WatchHub {
             .events_since(from)
             .take_while(|e| e.rev().main <= to)
             .collect();
+        let index = EventsByKey::new(&events);
         let header = h.at(to);
         for s in self.streams.values_mut() {
             let ids: Vec<i64> = s
@@ -440,9 +485,11 @@ impl WatchHub {
             for id in ids {
                 let w = &s.watchers[&id];
                 // A watcher may start at a future revision.
-                let matched: Vec<mvccpb::Event> = events
-                    .iter()
-                    .filter(|e| e.rev().main >= w.next_rev && w.matches(e))
+                let matched: Vec<mvccpb::Event> = index
+                    .in_range(w.range())
+                    .into_iter()
+                    .map(|i| events[i])
+                    .filter(|e| e.rev().main >= w.next_rev && w.wants(e))
                     .map(|e| to_pb(store, e, w.spec.prev_kv))
                     .collect();
                 let next = w.next_rev.max(to + 1);
@@ -660,6 +707,76 @@ mod tests {
         hub.notify(from, &store, h);
         drain(&mut rx, &mut revs);
         assert_eq!(*revs.last().unwrap(), store.current_rev());
+    }
+
+    /// The events each watcher gets from the by-key index equal those of
+    /// looking at every event, for single keys, ranges, from-key ranges
+    /// and filters, over random batches of puts and deletes.
+    #[test]
+    fn indexed_notification_matches_every_event_scan() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut store = KvStore::default();
+        let h = HeaderInfo::default();
+        let mut hub = WatchHub::default();
+        let (tx, mut rx) = mpsc::channel(1 << 16);
+        hub.open(1, tx, 1 << 30);
+        let keys: Vec<String> = (0..20).map(|i| format!("k{i:02}")).collect();
+        let mut specs = Vec::new();
+        for i in 0..60 {
+            let a = &keys[rng.gen_range(0..keys.len())];
+            let b = &keys[rng.gen_range(0..keys.len())];
+            let range_end: Vec<u8> = match i % 4 {
+                0 => Vec::new(),
+                1 => vec![0],
+                _ if a < b => b.as_bytes().to_vec(),
+                _ => format!("{a}\u{7f}").into_bytes(),
+            };
+            let spec = WatchSpec {
+                key: Bytes::from(a.clone()),
+                range_end: Bytes::from(range_end),
+                no_put: i % 7 == 3,
+                no_delete: i % 5 == 2,
+                watch_id: i + 1,
+                ..Default::default()
+            };
+            hub.create(1, spec.clone(), &store, h);
+            specs.push(spec);
+        }
+        for _ in 0..50 {
+            let from = store.current_rev() + 1;
+            for _ in 0..rng.gen_range(1..6) {
+                let k = &keys[rng.gen_range(0..keys.len())];
+                let mut txn = store.begin_write();
+                if rng.gen_bool(0.3) {
+                    txn.delete_range(KeyRange::Single(k.as_bytes()));
+                } else {
+                    txn.put(k.as_bytes(), Bytes::from_static(b"v"), 0);
+                }
+                txn.end();
+            }
+            hub.notify(from, &store, h);
+        }
+        let mut got: HashMap<i64, Vec<i64>> = HashMap::new();
+        while let Ok(r) = rx.try_recv() {
+            let revs = got.entry(r.watch_id).or_default();
+            revs.extend(r.events.iter().map(|e| e.kv.as_ref().unwrap().mod_revision));
+        }
+        for spec in specs {
+            let w = Watcher {
+                spec: spec.clone(),
+                next_rev: 0,
+                synced: true,
+                last_sent: Instant::now(),
+            };
+            let want: Vec<i64> = store
+                .events_since(1)
+                .filter(|e| w.matches(e))
+                .map(|e| e.rev().main)
+                .collect();
+            let got = got.remove(&spec.watch_id).unwrap_or_default();
+            assert_eq!(got, want, "watch {spec:?}");
+        }
     }
 
     #[test]
