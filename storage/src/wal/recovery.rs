@@ -253,13 +253,14 @@ pub fn recover(dir: &Path) -> Result<Recovered, WalError> {
     // the released ones. Start from the final purge point so the log is
     // checked for gaps only where entries must exist.
     log.purged = final_purge;
-    for (file, offset, body) in &records {
-        log.apply(&body.as_body())
-            .map_err(|reason| WalError::Corrupt {
-                file: file.clone(),
-                offset: *offset as u64,
-                reason,
-            })?;
+    // Consumed as they are replayed: each payload moves into the log
+    // instead of being copied again.
+    for (file, offset, body) in records {
+        log.apply(body).map_err(|reason| WalError::Corrupt {
+            file,
+            offset: offset as u64,
+            reason,
+        })?;
     }
     out.vote = log.vote;
     out.purged = log.purged;
@@ -329,21 +330,6 @@ impl From<&Body<'_>> for OwnedBody {
     }
 }
 
-impl OwnedBody {
-    fn as_body(&self) -> Body<'_> {
-        match self {
-            OwnedBody::Entry(log_id, payload_kind, payload) => Body::Entry {
-                log_id: *log_id,
-                payload_kind: *payload_kind,
-                payload,
-            },
-            OwnedBody::Vote(v) => Body::Vote(*v),
-            OwnedBody::Truncate(index) => Body::Truncate { index: *index },
-            OwnedBody::Purge(id) => Body::Purge(*id),
-        }
-    }
-}
-
 /// Replays records into the raft log's state.
 #[derive(Default)]
 struct LogBuilder {
@@ -353,21 +339,17 @@ struct LogBuilder {
 }
 
 impl LogBuilder {
-    fn apply(&mut self, body: &Body<'_>) -> Result<(), String> {
-        match *body {
-            Body::Vote(v) => self.vote = Some(v),
-            Body::Purge(id) => {
+    fn apply(&mut self, body: OwnedBody) -> Result<(), String> {
+        match body {
+            OwnedBody::Vote(v) => self.vote = Some(v),
+            OwnedBody::Purge(id) => {
                 if self.purged.is_none_or(|p| id.index > p.index) {
                     self.purged = Some(id);
                     self.entries.retain(|e| e.log_id.index > id.index);
                 }
             }
-            Body::Truncate { index } => self.entries.retain(|e| e.log_id.index < index),
-            Body::Entry {
-                log_id,
-                payload_kind,
-                payload,
-            } => {
+            OwnedBody::Truncate(index) => self.entries.retain(|e| e.log_id.index < index),
+            OwnedBody::Entry(log_id, payload_kind, payload) => {
                 if self.purged.is_some_and(|p| log_id.index <= p.index) {
                     return Ok(());
                 }
@@ -393,7 +375,7 @@ impl LogBuilder {
                 self.entries.push(EntryRecord {
                     log_id,
                     payload_kind,
-                    payload: payload.to_vec(),
+                    payload,
                 });
             }
         }
