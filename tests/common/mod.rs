@@ -15,12 +15,24 @@ use std::time::{Duration, Instant};
 /// How long a server may take to become healthy.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A port nothing listens on now, and never handed out before in this
+/// process: the OS may return a just-released port again, and two members
+/// (or a member and a peer proxy) given one port ran into each other.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
+    for _ in 0..1000 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no unused port in 1000 tries");
 }
 
 /// Names another server binary to run instead of keel: an older keel, or

@@ -84,7 +84,7 @@ impl PeerProxy {
     /// Relays connections on a fresh port to `target_port`, where member
     /// `target` (its id is learned once known: 0 until then) listens.
     pub fn start(target_port: u16, target: Arc<Mutex<u64>>, partition: Arc<Partition>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = TcpListener::bind(("127.0.0.1", super::free_port())).unwrap();
         let port = listener.local_addr().unwrap().port();
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
