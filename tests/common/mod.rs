@@ -477,6 +477,17 @@ impl Cluster {
         self.partition.cut_inbound(id);
     }
 
+    /// Slows every peer connection to member `i` down to `bytes_per_sec`
+    /// towards it, until `heal` (needs `start_proxied`).
+    pub fn throttle_inbound(&self, i: usize, bytes_per_sec: u64) {
+        assert!(
+            !self.proxies.is_empty(),
+            "throttle_inbound needs start_proxied"
+        );
+        let id = *self.ids[i].lock().unwrap();
+        self.partition.throttle_inbound(id, bytes_per_sec);
+    }
+
     pub fn heal(&self) {
         self.partition.heal();
     }

@@ -4,14 +4,15 @@
 //! real peer listener. It reads the Hello frame each connection opens with
 //! to learn the dialing member, so cutting member X off refuses (and closes)
 //! every connection to X and every connection from X, in both directions.
+//! It can also slow every connection to a member down to a byte rate.
 //! Threads and sockets end when the proxy is dropped.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use keel_actors::peer::conn::{decode_hello, frame_body_len, HEADER_BYTES};
 use keel_actors::raft::log_store::aligned_bytes;
@@ -27,6 +28,8 @@ pub struct Partition {
     /// connection made before the cluster's ids were learned has it as 0
     /// when it opens.
     open: Mutex<Vec<Relay>>,
+    /// Bytes per second each connection to a member may carry.
+    rates: Mutex<HashMap<u64, u64>>,
 }
 
 /// An open relay: (from, the proxied member, both sockets).
@@ -65,6 +68,17 @@ impl Partition {
     pub fn heal(&self) {
         self.cut.lock().unwrap().clear();
         self.unreachable.lock().unwrap().clear();
+        self.rates.lock().unwrap().clear();
+    }
+
+    /// Limits every connection to `member`, open or new, to
+    /// `bytes_per_sec` towards it.
+    pub fn throttle_inbound(&self, member: u64, bytes_per_sec: u64) {
+        self.rates.lock().unwrap().insert(member, bytes_per_sec);
+    }
+
+    fn rate_to(&self, member: u64) -> Option<u64> {
+        self.rates.lock().unwrap().get(&member).copied()
     }
 
     fn allows(&self, from: u64, to: u64) -> bool {
@@ -146,7 +160,7 @@ fn relay(mut inbound: TcpStream, target_port: u16, target: Arc<Mutex<u64>>, p: A
         }
         open.push((
             from,
-            target,
+            target.clone(),
             inbound.try_clone().unwrap(),
             outbound.try_clone().unwrap(),
         ));
@@ -156,7 +170,37 @@ fn relay(mut inbound: TcpStream, target_port: u16, target: Arc<Mutex<u64>>, p: A
         let _ = std::io::copy(&mut out2, &mut in2);
         let _ = in2.shutdown(Shutdown::Both);
     });
-    let _ = std::io::copy(&mut inbound, &mut outbound);
+    let _ = copy_towards(&mut inbound, &mut outbound, &target, &p);
     let _ = outbound.shutdown(Shutdown::Both);
     let _ = back.join();
+}
+
+/// Copies `from` to `to` (the proxied member) until either end closes, at
+/// no more than the member's throttle rate while one is set.
+fn copy_towards(
+    from: &mut TcpStream,
+    to: &mut TcpStream,
+    member: &Mutex<u64>,
+    p: &Partition,
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 16 << 10];
+    // Bytes sent since `since`, while throttled at the current rate.
+    let (mut since, mut sent) = (Instant::now(), 0u64);
+    loop {
+        let n = from.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        to.write_all(&buf[..n])?;
+        match p.rate_to(*member.lock().unwrap()) {
+            Some(rate) => {
+                sent += n as u64;
+                let due = since + Duration::from_secs_f64(sent as f64 / rate as f64);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+            }
+            None => (since, sent) = (Instant::now(), 0),
+        }
+    }
 }

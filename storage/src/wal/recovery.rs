@@ -122,7 +122,7 @@ pub fn recover(dir: &Path) -> Result<Recovered, WalError> {
             .and_then(|mut f| f.read_to_end(&mut buf))
             .map_err(io_err(&path))?;
         let file_len = buf.len();
-        let last_nonzero = buf.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
+        let last_nonzero = super::len_without_trailing_zeros(&buf);
         if last_nonzero > BLOCK_BYTES {
             if let Some(t) = pending_torn.take() {
                 return Err(WalError::Corrupt {

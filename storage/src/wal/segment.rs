@@ -26,7 +26,8 @@
 
 use super::record::{decode_body, decode_header, encoded_len, Body};
 use super::{
-    BLOCK_BYTES, FORMAT_VERSION, RECORD_ALIGN, RECORD_HEADER_BYTES, SECTOR_BYTES, SEGMENT_MAGIC,
+    is_zero, BLOCK_BYTES, FORMAT_VERSION, RECORD_ALIGN, RECORD_HEADER_BYTES, SECTOR_BYTES,
+    SEGMENT_MAGIC,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,10 +212,6 @@ pub fn scan_segment(buf: &[u8], file_len: usize) -> Result<SegmentScan<'_>, Stri
         records,
         end,
     })
-}
-
-fn is_zero(b: &[u8]) -> bool {
-    b.iter().all(|&x| x == 0)
 }
 
 /// True if some sector-aligned piece of `[start, start+len)` is all zero:

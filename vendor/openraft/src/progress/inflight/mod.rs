@@ -155,8 +155,6 @@ impl<NID: NodeId> Inflight<NID> {
         matches!(self, Inflight::Logs { .. })
     }
 
-    // test it if used
-    #[allow(dead_code)]
     pub(crate) fn is_sending_snapshot(&self) -> bool {
         matches!(self, Inflight::Snapshot { .. })
     }

@@ -102,3 +102,31 @@ fn test_leader_send_heartbeat() -> anyhow::Result<()> {
 
     Ok(())
 }
+
+/// KEEL-PATCH: a follower receiving a snapshot still gets heartbeats, or it
+/// campaigns while a long transfer streams.
+#[test]
+fn test_leader_send_heartbeat_beside_a_snapshot_in_flight() -> anyhow::Result<()> {
+    let mut eng = eng();
+    {
+        let l = eng.leader_handler()?;
+        let _ = l.leader.progress.update_with(&2, |ent| {
+            ent.inflight = Inflight::snapshot(Some(log_id(2, 1, 3))).with_id(7);
+        });
+        let _ = l.leader.progress.update_with(&3, |ent| {
+            ent.inflight = Inflight::logs(None, Some(log_id(2, 1, 3))).with_id(8);
+        });
+    }
+    eng.output.clear_commands();
+    eng.leader_handler()?.send_heartbeat();
+    assert_eq!(
+        vec![Command::Replicate {
+            target: 2,
+            req: Inflight::None,
+        }],
+        eng.output.take_commands()
+    );
+    // The snapshot stays in flight: the heartbeat carries no data.
+    assert!(eng.leader_handler()?.leader.progress.get(&2).inflight.is_sending_snapshot());
+    Ok(())
+}

@@ -374,11 +374,14 @@ where C: RaftTypeConfig
                         send_none
                     );
 
-                    #[allow(clippy::collapsible_if)]
-                    if e == &Inflight::None {
-                        if send_none == SendNone::True {
-                            Self::send_to_target(self.output, id, e);
-                        }
+                    // KEEL-PATCH: a snapshot in flight gets heartbeats beside it.
+                    // Upstream sends none, and a snapshot can stream for longer
+                    // than an election timeout: the follower campaigned
+                    // mid-transfer, and the transfer started over in each new
+                    // term, never finishing. Logs in flight need none: the
+                    // AppendEntries itself tells the follower its leader lives.
+                    if send_none == SendNone::True && (e.is_none() || e.is_sending_snapshot()) {
+                        Self::send_to_target(self.output, id, &Inflight::None);
                     }
                 }
             }
