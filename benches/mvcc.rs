@@ -1,5 +1,5 @@
-//! MVCC store costs without I/O: applying archived puts, and ranges over a
-//! populated store.
+//! MVCC store costs without I/O: applying archived puts, ranges over a
+//! populated store, and compaction (whole, and its longest step).
 //!
 //!   cargo bench --bench mvcc
 
@@ -66,4 +66,64 @@ fn mvcc(c: &mut Criterion) {
 }
 
 criterion_group!(benches, mvcc);
-criterion_main!(benches);
+criterion_main!(benches, compact_benches);
+
+/// A store of `keys` keys, each put twice: a full compaction drops half.
+fn overwritten(keys: u64) -> KvStore {
+    let mut s = KvStore::default();
+    for round in 0..2 {
+        for i in 0..keys {
+            let b = Bytes::from_owner(
+                Command::Put(PutCmd {
+                    key: format!("key/{i:08}").into_bytes(),
+                    value: format!("v{round}").into_bytes(),
+                    ..Default::default()
+                })
+                .to_bytes(),
+            );
+            s.apply(Command::access(&b).unwrap(), &b).unwrap();
+        }
+    }
+    s
+}
+
+fn compaction(c: &mut Criterion) {
+    let mut g = c.benchmark_group("compact");
+    g.sample_size(10);
+    g.bench_function("full_2m_keys", |b| {
+        b.iter_custom(|iters| {
+            let mut total = std::time::Duration::ZERO;
+            for _ in 0..iters {
+                let mut s = overwritten(2_000_000);
+                let rev = s.current_rev();
+                let started = std::time::Instant::now();
+                s.compact(rev).unwrap();
+                s.finish_compaction();
+                total += started.elapsed();
+            }
+            total
+        })
+    });
+    // What the MVCC actor (and the raft core beside it) waits for at most:
+    // the longest single step of that compaction.
+    g.bench_function("longest_step_of_2m_keys", |b| {
+        b.iter_custom(|iters| {
+            let mut total = std::time::Duration::ZERO;
+            for _ in 0..iters {
+                let mut s = overwritten(2_000_000);
+                s.compact(s.current_rev()).unwrap();
+                let mut longest = std::time::Duration::ZERO;
+                while s.compacting() {
+                    let started = std::time::Instant::now();
+                    s.compact_step();
+                    longest = longest.max(started.elapsed());
+                }
+                total += longest;
+            }
+            total
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(compact_benches, compaction);

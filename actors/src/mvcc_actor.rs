@@ -155,6 +155,11 @@ pub enum MvccMsg {
     Lease(LeaseMsg),
     /// Time for the periodic duties (see [`MvccActor::tick`]).
     Tick,
+    /// Answer once the running compaction has removed every version it
+    /// made unreachable (a `physical` Compact waits for this, as in etcd).
+    CompactionDone {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// What a lease's time-to-live query answers.
@@ -239,6 +244,8 @@ pub struct MvccActor {
     leading_term: Option<u64>,
     /// This member applied its own removal and stops shortly.
     stopping: bool,
+    /// Physical compactions waiting for the running one to finish.
+    compaction_waiters: Vec<oneshot::Sender<()>>,
 }
 
 /// The MVCC actor's periodic duties.
@@ -279,6 +286,7 @@ impl MvccActor {
             raft,
             leading_term: None,
             stopping: false,
+            compaction_waiters: Vec::new(),
         };
         a.update_gauges();
         a
@@ -286,14 +294,55 @@ impl MvccActor {
 
     pub async fn run(mut self, mut rx: mpsc::Receiver<MvccMsg>) {
         let mut handled = 0usize;
-        while let Some(msg) = rx.recv().await {
+        loop {
+            let msg = if self.store.compacting() {
+                match rx.try_recv() {
+                    Ok(msg) => msg,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        // Idle: remove a batch of compacted versions, then
+                        // let the core's other tasks run.
+                        self.compact_step();
+                        futures_lite::future::yield_now().await;
+                        continue;
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => return,
+                }
+            } else {
+                match rx.recv().await {
+                    Some(msg) => msg,
+                    None => return,
+                }
+            };
             self.handle(msg);
             handled += 1;
             // A receive that finds a message never yields (tokio's channel
             // has no budget outside tokio): give the core's other tasks,
-            // raft and the WAL writer among them, a turn now and then.
+            // raft and the WAL writer among them, a turn now and then. A
+            // compaction moves on by a step per turn even when never idle.
             if handled.is_multiple_of(MESSAGES_PER_TURN) {
+                self.compact_step();
                 futures_lite::future::yield_now().await;
+            }
+        }
+    }
+
+    /// One bounded step of the running compaction, if any (see
+    /// [`KvStore::compact_step`]).
+    fn compact_step(&mut self) {
+        if !self.store.compacting() {
+            return;
+        }
+        self.store.compact_step();
+        if !self.store.compacting() {
+            self.update_gauges();
+            self.answer_compaction_waiters();
+        }
+    }
+
+    fn answer_compaction_waiters(&mut self) {
+        if !self.store.compacting() {
+            for w in self.compaction_waiters.drain(..) {
+                let _ = w.send(());
             }
         }
     }
@@ -458,6 +507,14 @@ impl MvccActor {
                 }
                 // else: dropping the reply tells the waiter it cannot wait here.
             }
+            MvccMsg::CompactionDone { reply } => {
+                if !self.store.compacting() {
+                    let _ = reply.send(());
+                } else if self.compaction_waiters.len() < WAITING_READS_MAX {
+                    self.compaction_waiters.push(reply);
+                }
+                // else: dropping the reply tells the waiter it cannot wait here.
+            }
             MvccMsg::AppliedState { reply } => {
                 let _ = reply.send((self.applied, self.membership.clone()));
             }
@@ -488,6 +545,7 @@ impl MvccActor {
                 let _ = reply.send(());
                 self.serve_waiting();
                 self.update_gauges();
+                self.answer_compaction_waiters();
             }
             MvccMsg::Watch(w) => self.handle_watch(w),
             MvccMsg::Tick => self.on_tick(),

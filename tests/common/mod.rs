@@ -15,24 +15,39 @@ use std::time::{Duration, Instant};
 /// How long a server may take to become healthy.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A port nothing listens on now, and never handed out before in this
-/// process: the OS may return a just-released port again, and two members
-/// (or a member and a peer proxy) given one port ran into each other.
-pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap();
+/// Ports handed out in this process: the OS may return a just-released
+/// port again, and two members (or a member and a peer proxy) given one
+/// port ran into each other.
+static GIVEN_PORTS: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+
+/// Ports the harness hands out: below Linux's default ephemeral range
+/// (32768-60999), so no outgoing connection (a client's, a peer's) takes
+/// one between the harness finding it free and a server binding it.
+const TEST_PORTS: std::ops::Range<u16> = 12000..32000;
+
+/// A listener on a port never handed out before in this process.
+pub fn fresh_listener() -> TcpListener {
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
     for _ in 0..1000 {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if !given.contains(&port) {
+        let port = rng.gen_range(TEST_PORTS);
+        let mut given = GIVEN_PORTS.lock().unwrap();
+        if given.contains(&port) {
+            continue;
+        }
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
             given.push(port);
-            return port;
+            return listener;
         }
     }
     panic!("no unused port in 1000 tries");
+}
+
+/// A port nothing listens on now, and never handed out before in this
+/// process, for a server to bind (the harness's own listeners use
+/// [`fresh_listener`]).
+pub fn free_port() -> u16 {
+    fresh_listener().local_addr().unwrap().port()
 }
 
 /// Names another server binary to run instead of keel: an older keel, or

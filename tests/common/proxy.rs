@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -98,7 +98,7 @@ impl PeerProxy {
     /// Relays connections on a fresh port to `target_port`, where member
     /// `target` (its id is learned once known: 0 until then) listens.
     pub fn start(target_port: u16, target: Arc<Mutex<u64>>, partition: Arc<Partition>) -> Self {
-        let listener = TcpListener::bind(("127.0.0.1", super::free_port())).unwrap();
+        let listener = super::fresh_listener();
         let port = listener.local_addr().unwrap().port();
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();

@@ -328,10 +328,26 @@ pub async fn compact(
     req: pb::CompactionRequest,
     len: usize,
 ) -> Result<pb::CompactionResponse, Status> {
-    match propose(ctx, Command::Compact(CompactCmd::from(req)), len).await? {
-        CommandResponse::Compact(r) => Ok(r),
-        _ => Err(mismatch()),
+    let physical = req.physical;
+    let CommandResponse::Compact(r) =
+        propose(ctx, Command::Compact(CompactCmd::from(req)), len).await?
+    else {
+        return Err(mismatch());
+    };
+    if physical {
+        // As etcd, a physical compaction answers once this member has
+        // removed what it compacted (keel does so in steps, after the apply).
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if ctx
+            .mvcc
+            .send(crate::mvcc_actor::MvccMsg::CompactionDone { reply: tx })
+            .await
+            .is_ok()
+        {
+            let _ = rx.await;
+        }
     }
+    Ok(r)
 }
 
 pub(super) fn mismatch() -> Status {

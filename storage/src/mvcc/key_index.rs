@@ -13,7 +13,7 @@
 //! and drops it too if it is a tombstone: `[6 v1 c6]` remains. Compacting at 3
 //! instead would leave `[3 v2 c2] [4 tombstone] [6 v1 c6]`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use bytes::Bytes;
@@ -156,22 +156,59 @@ impl KeyIndex {
 
     /// Drops versions made obsolete by compacting at `at` (see the module
     /// docs). Records the surviving versions at or below `at` in `kept`.
-    pub fn compact(&mut self, at: i64, kept: &mut HashSet<Revision>) {
-        self.map.retain(|_, versions| {
+    /// Whether a compaction at `at` keeps the version of `key` at `rev`
+    /// (with main revision `at` or older): only the newest such version of a
+    /// key is kept, and not if it is a tombstone. Answers the same before and
+    /// after the key's own versions are compacted.
+    pub fn compaction_keeps(&self, key: &[u8], rev: Revision, at: i64) -> bool {
+        let Some(versions) = self.map.get(key) else {
+            return false;
+        };
+        let newer = versions.partition_point(|v| v.rev.main <= at);
+        newer
+            .checked_sub(1)
+            .is_some_and(|i| versions[i].rev == rev && !versions[i].is_tombstone())
+    }
+
+    /// One step of a compaction at `at`: drops the versions it does not keep
+    /// (see [`KeyIndex::compaction_keeps`]) of at most `max_keys` keys after
+    /// `after` (from the first key when `None`), and keys left with none.
+    /// Returns the last key looked at, or `None` once every key was.
+    pub fn compact_step(
+        &mut self,
+        after: Option<&Bytes>,
+        at: i64,
+        max_keys: usize,
+    ) -> Option<Bytes> {
+        let keys = match after {
+            None => self.map.range_mut::<Bytes, _>(..),
+            Some(k) => self
+                .map
+                .range_mut::<Bytes, _>((Bound::Excluded(k), Bound::Unbounded)),
+        };
+        let (mut seen, mut last, mut emptied) = (0, None, Vec::new());
+        for (key, versions) in keys.take(max_keys) {
+            seen += 1;
+            last = Some(key);
             let newer = versions.partition_point(|v| v.rev.main <= at);
-            if newer == 0 {
-                return true;
-            }
-            let newest_old = &versions[newer - 1];
-            let keep_from = if newest_old.is_tombstone() {
+            let Some(newest_old) = newer.checked_sub(1) else {
+                continue;
+            };
+            let keep_from = if versions[newest_old].is_tombstone() {
                 newer
             } else {
-                kept.insert(newest_old.rev);
-                newer - 1
+                newest_old
             };
             versions.drain(..keep_from);
-            !versions.is_empty()
-        });
+            if versions.is_empty() {
+                emptied.push(key.clone());
+            }
+        }
+        let last = last.filter(|_| seen == max_keys).cloned();
+        for key in emptied {
+            self.map.remove(&key);
+        }
+        last
     }
 
     /// Every retained version of every key, for checks and tests.
@@ -212,34 +249,39 @@ mod tests {
         assert_eq!(ix.get(b"a", 6).unwrap().create_revision, 6);
     }
 
+    fn compact(ix: &mut KeyIndex, at: i64) {
+        let mut after = None;
+        while let Some(k) = ix.compact_step(after.as_ref(), at, 1) {
+            after = Some(k);
+        }
+    }
+
+    fn revs(ix: &KeyIndex) -> Vec<i64> {
+        ix.iter()
+            .next()
+            .unwrap()
+            .1
+            .iter()
+            .map(|v| v.rev.main)
+            .collect()
+    }
+
     #[test]
     fn worked_example_compactions() {
+        let rev = |main| Revision { main, sub: 0 };
         let mut ix = example();
-        let mut kept = HashSet::new();
-        ix.compact(5, &mut kept);
-        let revs: Vec<_> = ix
-            .iter()
-            .next()
-            .unwrap()
-            .1
-            .iter()
-            .map(|v| v.rev.main)
-            .collect();
-        assert_eq!(revs, vec![6]);
-        assert!(kept.is_empty());
+        assert!(!ix.compaction_keeps(b"a", rev(4), 5));
+        assert!(!ix.compaction_keeps(b"a", rev(3), 5));
+        compact(&mut ix, 5);
+        assert_eq!(revs(&ix), vec![6]);
 
         let mut ix = example();
-        ix.compact(3, &mut kept);
-        let revs: Vec<_> = ix
-            .iter()
-            .next()
-            .unwrap()
-            .1
-            .iter()
-            .map(|v| v.rev.main)
-            .collect();
-        assert_eq!(revs, vec![3, 4, 6]);
-        assert!(kept.contains(&Revision { main: 3, sub: 0 }));
+        assert!(ix.compaction_keeps(b"a", rev(3), 3));
+        assert!(!ix.compaction_keeps(b"a", rev(2), 3));
+        compact(&mut ix, 3);
+        assert_eq!(revs(&ix), vec![3, 4, 6]);
+        // The same answer once the key is compacted.
+        assert!(ix.compaction_keeps(b"a", rev(3), 3));
     }
 
     #[test]
@@ -247,8 +289,32 @@ mod tests {
         let mut ix = KeyIndex::default();
         ix.push(b"k", put(2, 2, 1));
         ix.push(b"k", KeyVersion::tombstone(Revision { main: 3, sub: 0 }));
-        ix.compact(3, &mut HashSet::new());
+        compact(&mut ix, 3);
         assert!(ix.is_empty());
+    }
+
+    #[test]
+    fn compaction_steps_cover_every_key_once() {
+        let mut ix = KeyIndex::default();
+        for (i, k) in [&b"a"[..], b"b", b"c", b"d", b"e"].iter().enumerate() {
+            let i = i as i64 * 3;
+            ix.push(k, put(i + 2, i + 2, 1));
+            ix.push(
+                k,
+                KeyVersion::tombstone(Revision {
+                    main: i + 3,
+                    sub: 0,
+                }),
+            );
+            ix.push(k, put(i + 4, i + 4, 1));
+        }
+        let first = ix.compact_step(None, 100, 2);
+        assert_eq!(first.as_deref(), Some(&b"b"[..]));
+        let second = ix.compact_step(first.as_ref(), 100, 2);
+        assert_eq!(second.as_deref(), Some(&b"d"[..]));
+        assert_eq!(ix.compact_step(second.as_ref(), 100, 2), None);
+        assert_eq!(ix.len(), 5);
+        assert!(ix.iter().all(|(_, v)| v.len() == 1));
     }
 
     #[test]

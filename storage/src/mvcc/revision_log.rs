@@ -5,6 +5,10 @@
 //! (cloning the chunk list and copying the open chunk, at most
 //! `CHUNK_EVENTS` cheap clones) is a consistent, immutable picture of the
 //! store that a background task can write to disk while the store moves on.
+//!
+//! A compaction removes events one chunk per [`RevisionLog::compact_step`],
+//! so it never holds the store for long; sealed chunks may then hold fewer
+//! than [`CHUNK_EVENTS`] events (never none).
 
 use std::sync::Arc;
 
@@ -34,8 +38,11 @@ impl Event {
 
 #[derive(Debug, Default, Clone)]
 pub struct RevisionLog {
+    /// Non-empty chunks, in revision order.
     sealed: Vec<Arc<Vec<Event>>>,
     open: Vec<Event>,
+    /// Events in `sealed` and `open`.
+    len: usize,
 }
 
 /// An immutable picture of the revision log.
@@ -65,6 +72,7 @@ impl RevisionLog {
             "revisions ascend"
         );
         self.open.push(e);
+        self.len += 1;
         if self.open.len() == CHUNK_EVENTS {
             let full = std::mem::replace(&mut self.open, Vec::with_capacity(CHUNK_EVENTS));
             self.sealed.push(Arc::new(full));
@@ -79,7 +87,7 @@ impl RevisionLog {
     }
 
     pub fn len(&self) -> usize {
-        self.sealed.len() * CHUNK_EVENTS + self.open.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
@@ -122,14 +130,46 @@ impl RevisionLog {
         sealed.chain(self.open[open_start..].iter())
     }
 
-    /// Keeps only the events `keep` accepts, rebuilding the chunks.
-    pub fn retain(&mut self, mut keep: impl FnMut(&Event) -> bool) {
-        let old = std::mem::take(self);
-        for e in old.iter() {
-            if keep(e) {
-                self.push(e.clone());
+    /// One step of a compaction at `rev`: of the events of main revision
+    /// `rev` or older in the sealed chunk at `cursor` (the open chunk once
+    /// `cursor` is past the sealed ones), keeps those `keep` accepts.
+    /// Returns the cursor of the next step, or `None` when no older event is
+    /// left to look at. A chunk left small joins the one before it when
+    /// both fit in one; views taken earlier keep the old chunks.
+    pub fn compact_step(
+        &mut self,
+        cursor: usize,
+        rev: i64,
+        mut keep: impl FnMut(&Event) -> bool,
+    ) -> Option<usize> {
+        let mut keep = |e: &Event| e.rev().main > rev || keep(e);
+        let Some(chunk) = self.sealed.get(cursor) else {
+            let before = self.open.len();
+            self.open.retain(|e| keep(e));
+            self.len -= before - self.open.len();
+            return None;
+        };
+        if chunk.first().is_some_and(|e| e.rev().main > rev) {
+            return None;
+        }
+        let kept: Vec<Event> = chunk.iter().filter(|e| keep(e)).cloned().collect();
+        self.len -= chunk.len() - kept.len();
+        if kept.is_empty() {
+            self.sealed.remove(cursor);
+            return Some(cursor);
+        }
+        if let Some(prev) = cursor.checked_sub(1).map(|p| &self.sealed[p]) {
+            if prev.len() + kept.len() <= CHUNK_EVENTS {
+                let mut joined = Vec::with_capacity(prev.len() + kept.len());
+                joined.extend(prev.iter().cloned());
+                joined.extend(kept);
+                self.sealed[cursor - 1] = Arc::new(joined);
+                self.sealed.remove(cursor);
+                return Some(cursor);
             }
         }
+        self.sealed[cursor] = Arc::new(kept);
+        Some(cursor + 1)
     }
 }
 
@@ -176,14 +216,66 @@ mod tests {
         assert!(revs.windows(2).all(|w| w[0] < w[1]));
     }
 
+    /// Runs a whole compaction at `rev` in steps; returns the step count.
+    fn compact(log: &mut RevisionLog, rev: i64, keep: impl Fn(&Event) -> bool) -> usize {
+        let (mut cursor, mut steps) = (0, 0);
+        while let Some(next) = log.compact_step(cursor, rev, &keep) {
+            (cursor, steps) = (next, steps + 1);
+        }
+        steps + 1
+    }
+
     #[test]
-    fn retain_rechunks() {
+    fn compaction_steps_keep_order_and_rejoin_small_chunks() {
+        let n = 5 * CHUNK_EVENTS as i64 + 100;
         let mut log = RevisionLog::default();
-        for i in 1..=10_000 {
+        for i in 1..=n {
             log.push(ev(i));
         }
-        log.retain(|e| e.rev().main % 2 == 0);
-        assert_eq!(log.len(), 5000);
-        assert_eq!(log.iter().next().unwrap().rev().main, 2);
+        let view = log.view();
+        let rev = 4 * CHUNK_EVENTS as i64 + 7;
+        compact(&mut log, rev, |e| e.rev().main % 2 == 0);
+        let want: Vec<i64> = (1..=n).filter(|m| m % 2 == 0 || *m > rev).collect();
+        let got: Vec<i64> = log.iter().map(|e| e.rev().main).collect();
+        assert_eq!(got, want);
+        assert_eq!(log.len(), want.len());
+        // Halved chunks were joined in pairs; none is empty or over-full.
+        assert!(log
+            .sealed
+            .iter()
+            .all(|c| !c.is_empty() && c.len() <= CHUNK_EVENTS));
+        assert!(log.sealed.len() < 5);
+        // Reads from a revision find their start in the rebuilt chunks.
+        for from in [1, 2, 3, rev - 1, rev, rev + 1, n] {
+            let first = log.since(from).next().map(|e| e.rev().main);
+            assert_eq!(
+                first,
+                want.iter().copied().find(|m| *m >= from),
+                "from {from}"
+            );
+        }
+        // A view taken before is untouched.
+        assert_eq!(view.len(), n as usize);
+        // Pushing goes on after it.
+        log.push(ev(n + 1));
+        assert_eq!(log.len(), want.len() + 1);
+    }
+
+    #[test]
+    fn compaction_removing_everything_old_reaches_into_the_open_chunk() {
+        let mut log = RevisionLog::default();
+        for i in 1..=(CHUNK_EVENTS as i64 + 10) {
+            log.push(ev(i));
+        }
+        let rev = CHUNK_EVENTS as i64 + 5;
+        let steps = compact(&mut log, rev, |_| false);
+        assert_eq!(steps, 2);
+        let got: Vec<i64> = log.iter().map(|e| e.rev().main).collect();
+        assert_eq!(
+            got,
+            ((rev + 1)..=(CHUNK_EVENTS as i64 + 10)).collect::<Vec<_>>()
+        );
+        assert_eq!(log.len(), 5);
+        assert!(log.sealed.is_empty());
     }
 }

@@ -2,8 +2,6 @@
 //! compacted revisions, and the write transaction that gives a request its
 //! single revision.
 
-use std::collections::HashSet;
-
 use bytes::Bytes;
 
 use super::key_index::{KeyIndex, KeyRange, KeyVersion};
@@ -13,6 +11,27 @@ use super::{MvccError, Revision};
 
 /// Estimated bytes of bookkeeping per retained version, beyond key and value.
 const VERSION_OVERHEAD_BYTES: u64 = 96;
+
+/// Keys one compaction step looks at in the key index; a step over the
+/// revision log looks at one chunk. Each step takes about a millisecond.
+pub const COMPACT_STEP_KEYS: usize = 4096;
+
+/// A compaction whose versions below its revision are still being removed.
+/// Reads are already bounded by `compact_rev`; what is left to remove is
+/// unreachable by them.
+#[derive(Debug, Clone)]
+struct Compaction {
+    rev: i64,
+    phase: CompactPhase,
+}
+
+#[derive(Debug, Clone)]
+enum CompactPhase {
+    /// The revision log, from this sealed chunk on.
+    Log { chunk: usize },
+    /// The key index, after this key (from the first when `None`).
+    Index { after: Option<Bytes> },
+}
 
 #[derive(Debug, Clone)]
 pub struct KvStore {
@@ -28,6 +47,8 @@ pub struct KvStore {
     size_bytes: u64,
     /// Granted leases and the live keys attached to each.
     leases: Leases,
+    /// The compaction still removing versions, if any.
+    compaction: Option<Compaction>,
 }
 
 impl Default for KvStore {
@@ -40,6 +61,7 @@ impl Default for KvStore {
             live_keys: 0,
             size_bytes: 0,
             leases: Leases::default(),
+            compaction: None,
         }
     }
 }
@@ -118,6 +140,9 @@ impl KvStore {
 
     /// Compacts history at `rev` (etcd's rules: a revision at or below the
     /// last compaction is `Compacted`, one above the current is `FutureRev`).
+    /// Reads below `rev` fail from now on; the versions they could have seen
+    /// are removed by [`KvStore::compact_step`]s. A newer compaction takes
+    /// over the removal of an older one still running.
     pub fn compact(&mut self, rev: i64) -> Result<(), MvccError> {
         if rev <= self.compact_rev {
             return Err(MvccError::Compacted);
@@ -126,22 +151,66 @@ impl KvStore {
             return Err(MvccError::FutureRev);
         }
         self.compact_rev = rev;
-        let mut kept = HashSet::new();
-        self.index.compact(rev, &mut kept);
-        let mut freed = 0u64;
-        self.log.retain(|e| {
-            let keep = e.rev().main > rev || kept.contains(&e.rev());
-            if !keep {
-                freed += version_bytes(&e.key, &e.kv);
-            }
-            keep
+        self.compaction = Some(Compaction {
+            rev,
+            phase: CompactPhase::Log { chunk: 0 },
         });
-        self.size_bytes -= freed;
         Ok(())
     }
 
+    /// Whether a compaction still has versions to remove.
+    pub fn compacting(&self) -> bool {
+        self.compaction.is_some()
+    }
+
+    /// Removes one bounded batch of the versions the running compaction
+    /// made unreachable: one chunk of the revision log, then
+    /// [`COMPACT_STEP_KEYS`] keys of the index at a time.
+    pub fn compact_step(&mut self) {
+        let Some(c) = self.compaction.as_mut() else {
+            return;
+        };
+        let rev = c.rev;
+        match &c.phase {
+            CompactPhase::Log { chunk } => {
+                let index = &self.index;
+                let mut freed = 0;
+                let next = self.log.compact_step(*chunk, rev, |e| {
+                    let keep = index.compaction_keeps(&e.key, e.rev(), rev);
+                    if !keep {
+                        freed += version_bytes(&e.key, &e.kv);
+                    }
+                    keep
+                });
+                self.size_bytes -= freed;
+                c.phase = match next {
+                    Some(chunk) => CompactPhase::Log { chunk },
+                    None => CompactPhase::Index { after: None },
+                };
+            }
+            CompactPhase::Index { after } => {
+                match self
+                    .index
+                    .compact_step(after.as_ref(), rev, COMPACT_STEP_KEYS)
+                {
+                    Some(after) => c.phase = CompactPhase::Index { after: Some(after) },
+                    None => self.compaction = None,
+                }
+            }
+        }
+    }
+
+    /// Runs the compaction's remaining steps at once (tests, restore).
+    pub fn finish_compaction(&mut self) {
+        while self.compacting() {
+            self.compact_step();
+        }
+    }
+
     /// Rebuilds a store from a snapshot's parts. `events` must be in
-    /// revision order and respect the compaction (as a view of a store does).
+    /// revision order. Versions a compaction had not yet removed when the
+    /// snapshot was taken are removed by compaction steps, as they would
+    /// have been.
     pub fn restore(
         current_rev: i64,
         compact_rev: i64,
@@ -182,6 +251,12 @@ impl KvStore {
             (!v.is_tombstone() && v.lease != 0).then_some((k, v.lease))
         });
         s.leases = Leases::restore(leases, live);
+        if compact_rev > 0 {
+            s.compaction = Some(Compaction {
+                rev: compact_rev,
+                phase: CompactPhase::Log { chunk: 0 },
+            });
+        }
         Ok(s)
     }
 }
@@ -373,9 +448,15 @@ mod tests {
             t.end();
         }
         s.compact(20).unwrap();
+        // Taken while the compaction still removes versions: the restored
+        // store removes them too.
+        s.compact_step();
         let view = s.view();
-        let r =
+        s.finish_compaction();
+        let mut r =
             KvStore::restore(s.current_rev(), s.compact_rev(), view.iter().cloned(), &[]).unwrap();
+        assert!(r.compacting());
+        r.finish_compaction();
         assert_eq!(r.live_keys(), s.live_keys());
         assert_eq!(r.size_bytes(), s.size_bytes());
         let a: Vec<_> = s
