@@ -7,7 +7,7 @@
 //! (`crate::watch`) and the leader's lease clock (`crate::lease`), served
 //! every [`WATCH_TICK`] by a `Tick` message. The actor never does I/O.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use keel_proto::command::{ArchivedCommand, Command, LeaseCheckpointInTermCmd, LeaseExpireCmd};
 use keel_proto::etcdserverpb as pb;
+use keel_storage::mvcc::store_range::RangeScan;
 use keel_storage::mvcc::{CommandResponse, KvStore, LeaseRecord, LogView, MvccError, RangeArgs};
 use tokio::sync::{mpsc, oneshot};
 
@@ -34,6 +35,12 @@ pub const MESSAGES_PER_TURN: usize = 64;
 /// Reads (and other waiters) that may wait for their index at once; more
 /// are refused.
 pub const WAITING_READS_MAX: usize = 65_536;
+/// Keys a range reads per step: one step of a large range takes about a
+/// millisecond, and the log is applied between steps.
+pub const RANGE_STEP_KEYS: usize = 4096;
+/// Large ranges read in steps at once; more are refused as too many
+/// requests.
+pub const RANGES_IN_STEPS_MAX: usize = 256;
 
 /// Identity stamped on every response header.
 #[derive(Debug, Clone, Copy, Default)]
@@ -219,6 +226,13 @@ enum Waiter {
     Applied(oneshot::Sender<()>),
 }
 
+/// A range too large for one step, read a step at a time.
+struct RangeJob {
+    req: pb::RangeRequest,
+    scan: RangeScan,
+    reply: RangeReply,
+}
+
 pub struct MvccActor {
     store: KvStore,
     applied: Option<LogId>,
@@ -246,6 +260,9 @@ pub struct MvccActor {
     stopping: bool,
     /// Physical compactions waiting for the running one to finish.
     compaction_waiters: Vec<oneshot::Sender<()>>,
+    /// Ranges being read in steps, taking turns. No compaction step runs
+    /// while one is: it could remove versions they read.
+    ranges: VecDeque<RangeJob>,
 }
 
 /// The MVCC actor's periodic duties.
@@ -287,6 +304,7 @@ impl MvccActor {
             leading_term: None,
             stopping: false,
             compaction_waiters: Vec::new(),
+            ranges: VecDeque::new(),
         };
         a.update_gauges();
         a
@@ -295,13 +313,13 @@ impl MvccActor {
     pub async fn run(mut self, mut rx: mpsc::Receiver<MvccMsg>) {
         let mut handled = 0usize;
         loop {
-            let msg = if self.store.compacting() {
+            let msg = if self.has_background_work() {
                 match rx.try_recv() {
                     Ok(msg) => msg,
                     Err(mpsc::error::TryRecvError::Empty) => {
-                        // Idle: remove a batch of compacted versions, then
-                        // let the core's other tasks run.
-                        self.compact_step();
+                        // Idle: a step of a large range or a compaction,
+                        // then the core's other tasks get a turn.
+                        self.background_step();
                         futures_lite::future::yield_now().await;
                         continue;
                     }
@@ -317,18 +335,32 @@ impl MvccActor {
             handled += 1;
             // A receive that finds a message never yields (tokio's channel
             // has no budget outside tokio): give the core's other tasks,
-            // raft and the WAL writer among them, a turn now and then. A
-            // compaction moves on by a step per turn even when never idle.
+            // raft and the WAL writer among them, a turn now and then.
+            // Large ranges and compactions move on by a step per turn even
+            // when the actor is never idle.
             if handled.is_multiple_of(MESSAGES_PER_TURN) {
-                self.compact_step();
+                self.background_step();
                 futures_lite::future::yield_now().await;
             }
         }
     }
 
-    /// One bounded step of the running compaction, if any (see
-    /// [`KvStore::compact_step`]).
-    fn compact_step(&mut self) {
+    fn has_background_work(&self) -> bool {
+        !self.ranges.is_empty() || self.store.compacting()
+    }
+
+    /// One bounded step of background work: of the next large range in
+    /// turn, or else of the running compaction.
+    fn background_step(&mut self) {
+        if let Some(mut job) = self.ranges.pop_front() {
+            let args = RangeArgs::from(&job.req);
+            if self.store.range_step(&args, &mut job.scan, RANGE_STEP_KEYS) {
+                self.answer_range(job);
+            } else {
+                self.ranges.push_back(job);
+            }
+            return;
+        }
         if !self.store.compacting() {
             return;
         }
@@ -492,7 +524,7 @@ impl MvccActor {
                 reply,
             } => {
                 if min_applied <= self.applied_index() {
-                    let _ = reply.send(self.range(&req));
+                    self.range(req, reply);
                 } else if self.waiting_len >= WAITING_READS_MAX {
                     let _ = reply.send(Err(ReadError::Busy));
                 } else {
@@ -533,6 +565,7 @@ impl MvccActor {
                 });
             }
             MvccMsg::Install { restored, reply } => {
+                self.finish_ranges();
                 let Restored { store, app } = restored;
                 self.removed = app.removed;
                 self.alarms = app.alarms;
@@ -578,14 +611,43 @@ impl MvccActor {
         }
     }
 
-    fn range(&self, req: &pb::RangeRequest) -> Result<pb::RangeResponse, ReadError> {
+    /// Serves a range: at once if one step reads it, else in steps
+    /// between other work.
+    fn range(&mut self, req: pb::RangeRequest, reply: RangeReply) {
         metrics().mvcc_range.inc();
-        let mut resp = self
-            .store
-            .range(&RangeArgs::from(req), self.store.current_rev())
-            .map_err(ReadError::Mvcc)?;
-        resp.header = Some(self.header(self.store.current_rev()));
-        Ok(resp)
+        let args = RangeArgs::from(&req);
+        let mut scan = match self.store.start_range(&args, self.store.current_rev()) {
+            Ok(scan) => scan,
+            Err(e) => {
+                let _ = reply.send(Err(ReadError::Mvcc(e)));
+                return;
+            }
+        };
+        if self.store.range_step(&args, &mut scan, RANGE_STEP_KEYS) {
+            self.answer_range(RangeJob { req, scan, reply });
+        } else if self.ranges.len() >= RANGES_IN_STEPS_MAX {
+            let _ = reply.send(Err(ReadError::Busy));
+        } else {
+            self.ranges.push_back(RangeJob { req, scan, reply });
+        }
+    }
+
+    fn answer_range(&self, job: RangeJob) {
+        let RangeJob { req, scan, reply } = job;
+        let newest = scan.newest();
+        let mut resp = self.store.finish_range(&RangeArgs::from(&req), scan);
+        resp.header = Some(self.header(newest));
+        let _ = reply.send(Ok(resp));
+    }
+
+    /// Reads every range under way to its end (the store is about to be
+    /// replaced).
+    fn finish_ranges(&mut self) {
+        for mut job in std::mem::take(&mut self.ranges) {
+            let args = RangeArgs::from(&job.req);
+            while !self.store.range_step(&args, &mut job.scan, usize::MAX) {}
+            self.answer_range(job);
+        }
     }
 
     fn wait(&mut self, index: u64, w: Waiter) {
@@ -602,9 +664,7 @@ impl MvccActor {
             for w in entry.remove() {
                 self.waiting_len -= 1;
                 match w {
-                    Waiter::Range(req, reply) => {
-                        let _ = reply.send(self.range(&req));
-                    }
+                    Waiter::Range(req, reply) => self.range(req, reply),
                     Waiter::Applied(reply) => {
                         let _ = reply.send(());
                     }
@@ -891,6 +951,58 @@ mod tests {
                 "{answered_before_probe} messages before another task ran"
             );
         });
+    }
+
+    /// Story: a range over every key built its whole answer in one go,
+    /// holding the core (and raft beside it) for as long as that took. A
+    /// large range is now read in steps with applies between them, and
+    /// answers as of the revision it started at.
+    #[test]
+    fn a_large_range_lets_the_log_be_applied_meanwhile() {
+        let (mut actor, _raft_rx) = empty_actor();
+        let n = 3 * RANGE_STEP_KEYS;
+        let puts: Vec<Bytes> = (0..n).map(|i| put(&format!("k{i:06}"), "old")).collect();
+        let (reply, _applied) = oneshot::channel();
+        actor.handle(MvccMsg::Apply {
+            entries: vec![entry(1, &puts)],
+            reply,
+        });
+        let (reply, mut answer) = oneshot::channel();
+        actor.handle(MvccMsg::Range {
+            req: pb::RangeRequest {
+                key: Bytes::from_static(b"k"),
+                range_end: Bytes::from_static(b"l"),
+                ..Default::default()
+            },
+            min_applied: 0,
+            reply,
+        });
+        assert!(answer.try_recv().is_err(), "answered in one step");
+        let compact = Bytes::from_owner(
+            Command::Compact(CompactCmd {
+                revision: 3,
+                physical: false,
+            })
+            .to_bytes(),
+        );
+        let last = format!("k{:06}", n - 1);
+        let (reply, mut applied) = oneshot::channel();
+        actor.handle(MvccMsg::Apply {
+            entries: vec![entry(2, &[put(&last, "new"), compact])],
+            reply,
+        });
+        assert!(applied.try_recv().is_ok(), "the apply waited for the range");
+        let mut steps = 0;
+        while actor.has_background_work() {
+            actor.background_step();
+            steps += 1;
+        }
+        assert!(steps > 2, "{steps} steps");
+        let resp = answer.try_recv().unwrap().unwrap();
+        assert_eq!(resp.count, n as i64);
+        assert_eq!(resp.kvs.len(), n);
+        assert_eq!(resp.kvs[n - 1].value, "old".as_bytes());
+        assert_eq!(resp.header.unwrap().revision, n as i64 + 1);
     }
 
     /// Story: values were kept as slices of their command when they were

@@ -82,52 +82,128 @@ pub fn to_key_value(key: &bytes::Bytes, v: &KeyVersion) -> mvccpb::KeyValue {
     }
 }
 
+/// A range read under way: what the keys looked at so far gave. A large
+/// range is read in steps ([`KvStore::range_step`]) so that the log goes on
+/// being applied between them; it reads at the revision fixed when it
+/// started, so it answers what it would have answered at once, as long as
+/// no compaction step runs before it ends (the MVCC actor runs none then).
+#[derive(Debug)]
+pub struct RangeScan {
+    /// The revision read at.
+    rev: i64,
+    /// The revision the reader saw as current when the read started.
+    newest: i64,
+    /// The smallest key the next step looks at; `None` before the first.
+    resume: Option<Vec<u8>>,
+    done: bool,
+    /// Live keys in range at `rev` so far.
+    count: i64,
+    kvs: Vec<(bytes::Bytes, KeyVersion)>,
+    /// Keys to keep at most: `limit + 1` (the extra one sets `more`) unless
+    /// everything must be sorted or filtered first; 0 for `count_only`.
+    fetch_limit: usize,
+}
+
+impl RangeScan {
+    /// The revision the response's header carries.
+    pub fn newest(&self) -> i64 {
+        self.newest
+    }
+}
+
 impl KvStore {
     /// Serves a range as a reader at revision `newest` sees the store.
     /// The response header carries only the revision; the edge fills the rest.
     pub fn range(&self, args: &RangeArgs<'_>, newest: i64) -> Result<pb::RangeResponse, MvccError> {
-        use pb::range_request::{SortOrder, SortTarget};
+        let mut scan = self.start_range(args, newest)?;
+        while !self.range_step(args, &mut scan, usize::MAX) {}
+        Ok(self.finish_range(args, scan))
+    }
+
+    /// Starts a range read (checks its revision); [`KvStore::range_step`]
+    /// reads it, [`KvStore::finish_range`] answers it.
+    pub fn start_range(&self, args: &RangeArgs<'_>, newest: i64) -> Result<RangeScan, MvccError> {
+        use pb::range_request::SortOrder;
 
         let rev = self.resolve_read_rev(args.revision, newest)?;
-        let range = KeyRange::new(args.key, args.range_end);
-        let mut resp = pb::RangeResponse {
-            header: Some(pb::ResponseHeader {
-                revision: newest,
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        if args.count_only {
-            resp.count = self.index().range(range, rev).count() as i64;
-            return Ok(resp);
-        }
-
-        let filtered = args.min_mod_revision != 0
-            || args.max_mod_revision != 0
-            || args.min_create_revision != 0
-            || args.max_create_revision != 0;
-        let mut order = SortOrder::try_from(args.sort_order).unwrap_or(SortOrder::None);
-        let target = SortTarget::try_from(args.sort_target).unwrap_or(SortTarget::Key);
-        let fetch_all = order != SortOrder::None || filtered;
-        let fetch_limit = if fetch_all || args.limit <= 0 {
+        let fetch_all = SortOrder::try_from(args.sort_order).unwrap_or(SortOrder::None)
+            != SortOrder::None
+            || is_filtered(args);
+        let fetch_limit = if args.count_only {
+            0
+        } else if fetch_all || args.limit <= 0 {
             usize::MAX
         } else {
             usize::try_from(args.limit)
                 .unwrap_or(usize::MAX)
                 .saturating_add(1)
         };
+        Ok(RangeScan {
+            rev,
+            newest,
+            resume: None,
+            done: false,
+            count: 0,
+            kvs: Vec::new(),
+            fetch_limit,
+        })
+    }
 
-        let mut count = 0i64;
-        let mut kvs = Vec::new();
-        for (k, v) in self.index().range(range, rev) {
-            count += 1;
-            if kvs.len() < fetch_limit {
-                kvs.push((k, v));
-            }
+    /// Looks at up to `max_keys` more live keys of the range (`args` must be
+    /// the ones it started with). True once every key was looked at.
+    pub fn range_step(&self, args: &RangeArgs<'_>, scan: &mut RangeScan, max_keys: usize) -> bool {
+        if scan.done {
+            return true;
         }
-        resp.count = count;
+        let range = match (
+            KeyRange::new(args.key, args.range_end),
+            scan.resume.as_deref(),
+        ) {
+            (r, None) => r,
+            (KeyRange::Between(_, end), Some(from)) => KeyRange::Between(from, end),
+            (_, Some(from)) => KeyRange::From(from),
+        };
+        let mut seen = 0;
+        let mut last = None;
+        for (k, v) in self.index().range(range, scan.rev).take(max_keys) {
+            seen += 1;
+            if scan.kvs.len() < scan.fetch_limit {
+                scan.kvs.push((k.clone(), v.clone()));
+            }
+            last = Some(k);
+        }
+        scan.count += seen as i64;
+        match last {
+            Some(k) if seen == max_keys && !matches!(range, KeyRange::Single(_)) => {
+                // The next key after `k`.
+                let mut next = Vec::with_capacity(k.len() + 1);
+                next.extend_from_slice(k);
+                next.push(0);
+                scan.resume = Some(next);
+            }
+            _ => scan.done = true,
+        }
+        scan.done
+    }
 
-        if filtered {
+    /// The response to a range read every key of which was looked at.
+    pub fn finish_range(&self, args: &RangeArgs<'_>, scan: RangeScan) -> pb::RangeResponse {
+        use pb::range_request::{SortOrder, SortTarget};
+
+        debug_assert!(scan.done, "a range answered before it was read");
+        let mut resp = pb::RangeResponse {
+            header: Some(pb::ResponseHeader {
+                revision: scan.newest,
+                ..Default::default()
+            }),
+            count: scan.count,
+            ..Default::default()
+        };
+        if args.count_only {
+            return resp;
+        }
+        let mut kvs = scan.kvs;
+        if is_filtered(args) {
             kvs.retain(|(_, v)| {
                 !(args.max_mod_revision != 0 && v.rev.main > args.max_mod_revision
                     || args.min_mod_revision != 0 && v.rev.main < args.min_mod_revision
@@ -137,18 +213,20 @@ impl KvStore {
                         && v.create_revision < args.min_create_revision)
             });
         }
+        let mut order = SortOrder::try_from(args.sort_order).unwrap_or(SortOrder::None);
+        let target = SortTarget::try_from(args.sort_target).unwrap_or(SortTarget::Key);
         if target != SortTarget::Key && order == SortOrder::None {
             order = SortOrder::Ascend;
         }
         if order != SortOrder::None {
-            let cmp =
-                |a: &(&bytes::Bytes, &KeyVersion), b: &(&bytes::Bytes, &KeyVersion)| match target {
-                    SortTarget::Key => a.0.cmp(b.0),
-                    SortTarget::Version => a.1.version.cmp(&b.1.version),
-                    SortTarget::Create => a.1.create_revision.cmp(&b.1.create_revision),
-                    SortTarget::Mod => a.1.rev.main.cmp(&b.1.rev.main),
-                    SortTarget::Value => a.1.value.cmp(&b.1.value),
-                };
+            let cmp = |a: &(bytes::Bytes, KeyVersion), b: &(bytes::Bytes, KeyVersion)| match target
+            {
+                SortTarget::Key => a.0.cmp(&b.0),
+                SortTarget::Version => a.1.version.cmp(&b.1.version),
+                SortTarget::Create => a.1.create_revision.cmp(&b.1.create_revision),
+                SortTarget::Mod => a.1.rev.main.cmp(&b.1.rev.main),
+                SortTarget::Value => a.1.value.cmp(&b.1.value),
+            };
             match order {
                 SortOrder::Descend => kvs.sort_by(|a, b| cmp(b, a)),
                 _ => kvs.sort_by(cmp),
@@ -161,15 +239,22 @@ impl KvStore {
         resp.kvs = kvs
             .into_iter()
             .map(|(k, v)| {
-                let mut kv = to_key_value(k, v);
+                let mut kv = to_key_value(&k, &v);
                 if args.keys_only {
                     kv.value = bytes::Bytes::new();
                 }
                 kv
             })
             .collect();
-        Ok(resp)
+        resp
     }
+}
+
+fn is_filtered(args: &RangeArgs<'_>) -> bool {
+    args.min_mod_revision != 0
+        || args.max_mod_revision != 0
+        || args.min_create_revision != 0
+        || args.max_create_revision != 0
 }
 
 #[cfg(test)]
@@ -190,6 +275,70 @@ mod tests {
 
     fn keys(r: &pb::RangeResponse) -> Vec<&[u8]> {
         r.kvs.iter().map(|kv| &kv.key[..]).collect()
+    }
+
+    /// A range read in steps, with writes, deletes and a (logical)
+    /// compaction applied between them, answers what it would have at once.
+    #[test]
+    fn a_range_in_steps_answers_as_at_its_start() {
+        let mut s = KvStore::default();
+        for i in 0..50 {
+            let mut t = s.begin_write();
+            t.put(
+                format!("k{i:02}").as_bytes(),
+                Bytes::from(format!("v{i}")),
+                0,
+            );
+            t.end();
+        }
+        let cases = [
+            RangeArgs {
+                key: b"k",
+                range_end: b"l",
+                ..Default::default()
+            },
+            RangeArgs {
+                key: b"k10",
+                range_end: b"\0",
+                limit: 9,
+                ..Default::default()
+            },
+            RangeArgs {
+                key: b"k",
+                range_end: b"l",
+                count_only: true,
+                ..Default::default()
+            },
+            RangeArgs {
+                key: b"k",
+                range_end: b"l",
+                sort_order: 2,
+                sort_target: 3,
+                limit: 5,
+                ..Default::default()
+            },
+            RangeArgs {
+                key: b"k07",
+                ..Default::default()
+            },
+        ];
+        for args in cases {
+            let mut s = s.clone();
+            let newest = s.current_rev();
+            let want = s.range(&args, newest).unwrap();
+            let mut scan = s.start_range(&args, newest).unwrap();
+            let mut i = 0;
+            while !s.range_step(&args, &mut scan, 7) {
+                let mut t = s.begin_write();
+                t.put(format!("k{:02}", 49 - i).as_bytes(), Bytes::from("new"), 0);
+                t.put(format!("k{i:02}a").as_bytes(), Bytes::from("new"), 0);
+                t.delete_range(KeyRange::Single(format!("k{:02}", i * 3).as_bytes()));
+                t.end();
+                s.compact(s.current_rev()).unwrap();
+                i += 1;
+            }
+            assert_eq!(s.finish_range(&args, scan), want, "{args:?}");
+        }
     }
 
     #[test]
