@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 use keel_actors::compactor::AutoCompaction;
 use keel_actors::node::{ActorPlacement, ClusterState, NodeConfig};
+use keel_actors::service::GrpcKeepalive;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -125,6 +126,31 @@ pub struct Flags {
     )]
     pub watch_progress_notify_interval: String,
 
+    /// Frequency duration of server-to-client pings to check if a connection is alive (0 to disable).
+    #[arg(
+        long = "grpc-keepalive-interval",
+        env = "ETCD_GRPC_KEEPALIVE_INTERVAL",
+        default_value = "2h"
+    )]
+    pub grpc_keepalive_interval: String,
+
+    /// Additional duration of wait before closing a non-responsive connection (0 to disable).
+    #[arg(
+        long = "grpc-keepalive-timeout",
+        env = "ETCD_GRPC_KEEPALIVE_TIMEOUT",
+        default_value = "20s"
+    )]
+    pub grpc_keepalive_timeout: String,
+
+    /// Minimum interval duration that a client should wait before pinging server
+    /// (accepted for etcd's command lines; keel answers every ping).
+    #[arg(
+        long = "grpc-keepalive-min-time",
+        env = "ETCD_GRPC_KEEPALIVE_MIN_TIME",
+        default_value = "5s"
+    )]
+    pub grpc_keepalive_min_time: String,
+
     /// Duration between the leader's checkpoints of leases' remaining TTLs.
     #[arg(
         long = "experimental-lease-checkpoint-interval",
@@ -174,9 +200,10 @@ pub struct Flags {
     #[arg(long, env = "ETCD_MAX_CONCURRENT_STREAMS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_streams: u32,
 
-    /// Maximum client connections per core (keel).
-    #[arg(long, env = "KEEL_MAX_CONNECTIONS", default_value_t = 16_384)]
-    pub max_connections: usize,
+    /// Maximum client connections per core (keel; default 16384, or fewer
+    /// if the open-file limit allows fewer).
+    #[arg(long, env = "KEEL_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: Option<u64>,
 
     /// Raise alarms when backend size exceeds the given quota (0 defaults to low space quota).
     #[arg(
@@ -311,12 +338,34 @@ fn parse_retention(mode: &str, retention: &str) -> Result<Option<AutoCompaction>
     Ok((!period.is_zero()).then_some(AutoCompaction::Periodic(period)))
 }
 
+/// `--grpc-keepalive-*`: pings every `interval` (none for 0), a connection
+/// that answers none within `timeout` (0: never) is closed. `min_time` is
+/// checked but not enforced: keel answers every client ping.
+fn grpc_keepalive(interval: &str, timeout: &str, min_time: &str) -> Result<GrpcKeepalive, String> {
+    let parse = |flag: &str, v: &str| {
+        parse_duration(v).ok_or_else(|| {
+            format!("--grpc-keepalive-{flag}={v}: expected a duration like 2h or 20s")
+        })
+    };
+    parse("min-time", min_time)?;
+    let interval = parse("interval", interval)?;
+    let timeout = parse("timeout", timeout)?;
+    Ok(GrpcKeepalive {
+        interval: (!interval.is_zero()).then_some(interval),
+        timeout: (!timeout.is_zero()).then_some(timeout),
+    })
+}
+
 /// Go-style durations: `1h30m`, `10s`, `500ms`.
 fn parse_duration(s: &str) -> Option<Duration> {
     let mut total = Duration::ZERO;
     let mut rest = s;
     if rest.is_empty() {
         return None;
+    }
+    // Go's one duration without a unit.
+    if rest == "0" {
+        return Some(Duration::ZERO);
     }
     while !rest.is_empty() {
         let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
@@ -434,6 +483,11 @@ impl Flags {
                         self.watch_progress_notify_interval
                     )
                 })?,
+            grpc_keepalive: grpc_keepalive(
+                &self.grpc_keepalive_interval,
+                &self.grpc_keepalive_timeout,
+                &self.grpc_keepalive_min_time,
+            )?,
             election_timeout_ms: self.election_timeout,
             strict_reconfig_check: self.strict_reconfig_check,
             // etcd: 5 s plus two election timeouts.
@@ -441,7 +495,7 @@ impl Flags {
                 + Duration::from_millis(2 * self.election_timeout),
             spin_before_park: Duration::from_micros(self.spin_before_park_us),
             max_concurrent_streams: self.max_concurrent_streams,
-            connections_max: self.max_connections.max(1),
+            connections_max: self.max_connections.map(|n| n as usize),
             quota_backend_bytes: self.quota_backend_bytes,
         })
     }

@@ -491,3 +491,58 @@ async fn a_connection_that_sends_nothing_is_closed() {
     );
     assert!(started.elapsed() < Duration::from_secs(20));
 }
+
+/// Story: client connections had no HTTP/2 keepalive, so a client whose
+/// host vanished without closing its connections (power loss, a dropped
+/// route) held them, and their watch streams, for good. The server now
+/// pings a quiet connection (`--grpc-keepalive-interval`) and closes it
+/// when the ping goes unanswered for `--grpc-keepalive-timeout`, as etcd.
+#[tokio::test]
+async fn a_connection_that_answers_no_ping_is_closed() {
+    use std::io::{Read, Write};
+    let server = Server::start(&[
+        "--grpc-keepalive-interval",
+        "200ms",
+        "--grpc-keepalive-timeout",
+        "300ms",
+    ]);
+    let mut mute = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    // The HTTP/2 preface and an empty SETTINGS frame; then nothing, ever.
+    mute.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    mute.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).unwrap();
+    mute.set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let started = Instant::now();
+    let mut got_ping = false;
+    let mut buf = vec![0u8; 4096];
+    let mut frames = Vec::new();
+    let end = loop {
+        match mute.read(&mut buf) {
+            Ok(0) => break Ok(0),
+            Ok(n) => frames.extend_from_slice(&buf[..n]),
+            Err(e) => break Err(e),
+        }
+        // Frame headers: 3 bytes length, 1 byte type (6 is PING).
+        let mut at = 0;
+        while at + 9 <= frames.len() {
+            let len = u32::from_be_bytes([0, frames[at], frames[at + 1], frames[at + 2]]) as usize;
+            got_ping |= frames[at + 3] == 6;
+            at += 9 + len;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "not closed");
+    };
+    assert!(
+        matches!(end, Ok(0))
+            || end
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "expected the server to close the connection, got {end:?} after {:?}",
+        started.elapsed()
+    );
+    assert!(got_ping, "closed without a ping first");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // A client that answers pings keeps its connection.
+    let mut c = server.client().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    c.put("still", "here", None).await.unwrap();
+}

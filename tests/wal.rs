@@ -20,6 +20,26 @@ fn newest_with_data(s: &Server) -> (PathBuf, usize) {
     panic!("no segment holds data");
 }
 
+/// The offset in `segment` of `needle` inside an entry's payload (payloads
+/// are stored scrambled).
+fn find_in_payloads(segment: &[u8], needle: &[u8]) -> Option<usize> {
+    use keel_storage::wal::{scan_segment, scramble_payload, Body, RecordSite, ENTRY_FIXED_BYTES};
+    let scan = scan_segment(segment, segment.len()).unwrap();
+    scan.records.iter().find_map(|r| {
+        let Body::Entry { payload, .. } = r.body else {
+            return None;
+        };
+        let mut plain = payload.to_vec();
+        let site = RecordSite {
+            salt: scan.header.salt,
+            offset: r.offset as u64,
+        };
+        scramble_payload(site, &mut plain);
+        let at = plain.windows(needle.len()).position(|w| w == needle)?;
+        Some(r.offset + 32 + ENTRY_FIXED_BYTES + at)
+    })
+}
+
 async fn put_numbered(s: &Server, n: usize, value: &str) {
     let mut c = s.client().await;
     for i in 0..n {
@@ -71,11 +91,7 @@ async fn flipped_byte_mid_log_refuses_to_start() {
     s.kill9();
     let (seg, _) = newest_with_data(&s);
     let mut bytes = std::fs::read(&seg).unwrap();
-    let needle = b"MARKER-010";
-    let at = bytes
-        .windows(needle.len())
-        .position(|w| w == needle)
-        .expect("value in the WAL");
+    let at = find_in_payloads(&bytes, b"MARKER-010").expect("value in the WAL");
     bytes[at + 3] ^= 0x01;
     std::fs::write(&seg, &bytes).unwrap();
     let (code, out) = s.start_expect_exit();

@@ -7,7 +7,7 @@
 //! (`crate::watch`) and the leader's lease clock (`crate::lease`), served
 //! every [`WATCH_TICK`] by a `Tick` message. The actor never does I/O.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -235,8 +235,10 @@ struct RangeJob {
 
 pub struct MvccActor {
     store: KvStore,
-    applied: Option<LogId>,
-    membership: StoredMembership,
+    /// What the store's snapshot carries beside it: the last applied entry,
+    /// the membership, the members removed (their peer connections are
+    /// refused) and the alarms raised in the cluster.
+    app: SnapshotApp,
     ids: HeaderIds,
     /// Term of the last applied entry, for response headers.
     term: u64,
@@ -247,10 +249,6 @@ pub struct MvccActor {
     unnotified_rev: i64,
     timing: MvccTiming,
     lease_clock: LeaseClock,
-    /// Members removed from the cluster; their peer connections are refused.
-    removed: BTreeSet<u64>,
-    /// Alarms raised in the cluster: (member id, `pb::AlarmType` value).
-    alarms: BTreeSet<(u64, i32)>,
     space: Arc<SpaceGauge>,
     /// For proposing lease revokes and checkpoints (as the leader).
     raft: mpsc::Sender<RaftRequest>,
@@ -287,8 +285,7 @@ impl MvccActor {
         let unnotified_rev = store.current_rev() + 1;
         let a = MvccActor {
             store,
-            applied: app.applied,
-            membership: app.membership,
+            app,
             ids,
             term,
             waiting: BTreeMap::new(),
@@ -297,8 +294,6 @@ impl MvccActor {
             watches: WatchHub::default(),
             timing,
             lease_clock: LeaseClock::default(),
-            removed: app.removed,
-            alarms: app.alarms,
             space,
             raft,
             leading_term: None,
@@ -506,7 +501,7 @@ impl MvccActor {
     }
 
     fn applied_index(&self) -> u64 {
-        self.applied.map_or(0, |l| l.index)
+        self.app.applied.map_or(0, |l| l.index)
     }
 
     fn handle(&mut self, msg: MvccMsg) {
@@ -548,7 +543,7 @@ impl MvccActor {
                 // else: dropping the reply tells the waiter it cannot wait here.
             }
             MvccMsg::AppliedState { reply } => {
-                let _ = reply.send((self.applied, self.membership.clone()));
+                let _ = reply.send((self.app.applied, self.app.membership.clone()));
             }
             MvccMsg::SnapshotView { reply } => {
                 let _ = reply.send(SnapshotView {
@@ -556,25 +551,17 @@ impl MvccActor {
                     leases: self.store.leases().records(),
                     current_rev: self.store.current_rev(),
                     compact_rev: self.store.compact_rev(),
-                    app: SnapshotApp {
-                        applied: self.applied,
-                        membership: self.membership.clone(),
-                        removed: self.removed.clone(),
-                        alarms: self.alarms.clone(),
-                    },
+                    app: self.app.clone(),
                 });
             }
             MvccMsg::Install { restored, reply } => {
                 self.finish_ranges();
                 let Restored { store, app } = restored;
-                self.removed = app.removed;
-                self.alarms = app.alarms;
                 self.store = store;
                 self.unnotified_rev = self.store.current_rev() + 1;
                 self.watches.resync_all();
-                self.applied = app.applied;
-                self.membership = app.membership;
                 self.term = app.applied.map_or(self.term, |l| l.leader_id.term);
+                self.app = app;
                 let _ = reply.send(());
                 self.serve_waiting();
                 self.update_gauges();
@@ -583,11 +570,11 @@ impl MvccActor {
             MvccMsg::Watch(w) => self.handle_watch(w),
             MvccMsg::Tick => self.on_tick(),
             MvccMsg::IsRemoved { id, reply } => {
-                let _ = reply.send(self.removed.contains(&id));
+                let _ = reply.send(self.app.removed.contains(&id));
             }
             MvccMsg::Lease(l) => self.handle_lease(l),
             MvccMsg::Alarms { reply } => {
-                let _ = reply.send(self.alarms.iter().copied().collect());
+                let _ = reply.send(self.app.alarms.iter().copied().collect());
             }
             MvccMsg::Status { reply } => {
                 let _ = reply.send(MvccStatus {
@@ -681,6 +668,7 @@ impl MvccActor {
                 ApplyPayload::Blank => Vec::new(),
                 ApplyPayload::Membership(m) => {
                     let before: Vec<u64> = self
+                        .app
                         .membership
                         .membership()
                         .nodes()
@@ -688,11 +676,11 @@ impl MvccActor {
                         .collect();
                     for id in before {
                         if m.get_node(&id).is_none() {
-                            self.removed.insert(id);
+                            self.app.removed.insert(id);
                         }
                     }
-                    self.membership = StoredMembership::new(Some(e.log_id), m);
-                    if self.removed.contains(&self.ids.member_id) && !self.stopping {
+                    self.app.membership = StoredMembership::new(Some(e.log_id), m);
+                    if self.app.removed.contains(&self.ids.member_id) && !self.stopping {
                         // Stop, but only after the change's requester was
                         // answered: a leader that removed itself answers
                         // its client first, as etcd does.
@@ -751,7 +739,7 @@ impl MvccActor {
                     outcomes
                 }
             };
-            self.applied = Some(e.log_id);
+            self.app.applied = Some(e.log_id);
             out.push(result);
         }
         metrics().proposals_applied.set(self.applied_index() as i64);
@@ -759,16 +747,16 @@ impl MvccActor {
     }
 
     fn nospace(&self) -> bool {
-        self.alarms.iter().any(|(_, a)| *a == ALARM_NOSPACE)
+        self.app.alarms.iter().any(|(_, a)| *a == ALARM_NOSPACE)
     }
 
     /// etcd's alarm store: raising an alarm answers it (also when it was
     /// raised already), clearing answers the alarm cleared, if it was.
     fn apply_alarm(&mut self, activate: bool, member_id: u64, alarm: i32) -> CommandResponse {
         let changed = if activate {
-            self.alarms.insert((member_id, alarm))
+            self.app.alarms.insert((member_id, alarm))
         } else {
-            self.alarms.remove(&(member_id, alarm))
+            self.app.alarms.remove(&(member_id, alarm))
         };
         if changed {
             tracing::warn!(

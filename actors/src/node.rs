@@ -98,7 +98,9 @@ pub struct NodeConfig {
     pub request_timeout: Duration,
     pub spin_before_park: Duration,
     pub max_concurrent_streams: u32,
-    pub connections_max: usize,
+    /// `--max-connections`, if given.
+    pub connections_max: Option<usize>,
+    pub grpc_keepalive: crate::service::GrpcKeepalive,
     /// etcd's `--quota-backend-bytes`: 0 for the default, negative for none.
     pub quota_backend_bytes: i64,
 }
@@ -576,16 +578,29 @@ fn quota_bytes(flag: i64) -> Option<u64> {
     Some(quota)
 }
 
-/// `--max-connections`, lowered (with a warning) to what the open-file
-/// limit allows.
+/// Client connections per core without `--max-connections`, if the
+/// open-file limit allows them.
+pub const CONNECTIONS_PER_CORE_DEFAULT: usize = 16_384;
+/// Fewer client connections per core than this is worth a warning even when
+/// `--max-connections` was not given.
+pub const CONNECTIONS_PER_CORE_LOW: usize = 1024;
+
+/// `--max-connections` (or the default), lowered to what the open-file
+/// limit allows; a warning when that is less than was asked for, or when no
+/// number was asked for and it is low.
 fn connections_max(cfg: &NodeConfig, fd_limit: u64) -> usize {
     let members = cfg.initial_cluster.len().max(1);
-    let per_core = client_connections_per_core(fd_limit, cfg.cores, members, cfg.connections_max);
-    if per_core < cfg.connections_max {
+    let wanted = cfg.connections_max.unwrap_or(CONNECTIONS_PER_CORE_DEFAULT);
+    let per_core = client_connections_per_core(fd_limit, cfg.cores, members, wanted);
+    let low = match cfg.connections_max {
+        Some(asked) => per_core < asked,
+        None => per_core < CONNECTIONS_PER_CORE_LOW,
+    };
+    if low {
         tracing::warn!(
             open_files_limit = fd_limit,
             per_core,
-            "the open-file limit (ulimit -n) allows fewer client connections than --max-connections; raise it to serve more"
+            "the open-file limit (ulimit -n) allows few client connections; raise it to serve more"
         );
     }
     per_core
@@ -700,6 +715,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
         max_concurrent_streams: cfg.max_concurrent_streams,
         connections_max: connections_max(&cfg, fd_limit),
         quota_bytes: quota_bytes(cfg.quota_backend_bytes),
+        keepalive: cfg.grpc_keepalive,
     });
     let space = Arc::new(SpaceGauge::default());
     let (raft_tx, raft_rx) = mpsc::channel(RAFT_INBOX);

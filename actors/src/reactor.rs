@@ -58,6 +58,10 @@ pub async fn serve(listener: TcpListener, ctx: Rc<ServerCtx>) {
     }
 }
 
+/// `--grpc-keepalive-timeout 0`: a connection is never closed for an
+/// unanswered ping (ten years; hyper adds it to an `Instant`).
+const KEEPALIVE_TIMEOUT_NEVER: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
 /// A new connection has this long to send its first bytes.
 pub const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -80,10 +84,18 @@ async fn serve_connection(mut stream: TcpStream, ctx: Rc<ServerCtx>) {
             let ctx = svc_ctx.clone();
             async move { Ok::<_, Infallible>(handle_http2(req, ctx).await) }
         });
-        let result = hyper::server::conn::http2::Builder::new(LocalExec)
-            .max_concurrent_streams(ctx.cfg.max_concurrent_streams)
-            .serve_connection(io, svc)
-            .await;
+        let mut http2 = hyper::server::conn::http2::Builder::new(LocalExec);
+        http2.max_concurrent_streams(ctx.cfg.max_concurrent_streams);
+        // HTTP/2 keepalive pings, as etcd's gRPC server sends: a client gone
+        // without a FIN (its host lost power, say) loses its connection and
+        // its watch streams.
+        if let Some(interval) = ctx.cfg.keepalive.interval {
+            http2
+                .timer(crate::grpc::timer::ThreadTimer)
+                .keep_alive_interval(interval)
+                .keep_alive_timeout(ctx.cfg.keepalive.timeout.unwrap_or(KEEPALIVE_TIMEOUT_NEVER));
+        }
+        let result = http2.serve_connection(io, svc).await;
         if let Err(e) = result {
             tracing::debug!("http2 connection ended: {e}");
         }

@@ -29,8 +29,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use glommio::io::{DmaFile, OpenOptions};
 use keel_storage::wal::{
-    align_down, align_up, encode_record, encode_segment_header, encoded_len, segment_file_name,
-    Body, LogIdRecord, SegmentInfo, TailPosition, VoteRecord, BLOCK_BYTES,
+    align_down, align_up, encode_record, encode_segment_header, encoded_len, random_salt,
+    segment_file_name, Body, LogIdRecord, RecordSite, SegmentHeader, SegmentInfo, TailPosition,
+    VoteRecord, BLOCK_BYTES,
 };
 use tokio::sync::mpsc;
 
@@ -95,13 +96,15 @@ pub struct WalWriter {
     seq: u64,
     offset: u64,
     crc: u32,
+    /// The current segment's record header salt.
+    salt: u32,
     next_batch: u64,
     /// Valid bytes of the block holding `offset`: `[align_down(offset), offset)`.
     tail: Vec<u8>,
     segments: VecDeque<SegmentInfo>,
     vote: Option<VoteRecord>,
     purged: Option<LogIdRecord>,
-    next_segment: Option<glommio::task::JoinHandle<io::Result<(DmaFile, u32)>>>,
+    next_segment: Option<glommio::task::JoinHandle<io::Result<(DmaFile, SegmentHeader)>>>,
     /// Records that must open the current segment, not yet written.
     segment_prefix: Vec<Body<'static>>,
 }
@@ -111,8 +114,12 @@ fn gerr(e: glommio::GlommioError<()>) -> io::Error {
 }
 
 /// Creates segment `seq` ready for use: zero-filled to full size, header
-/// written, durable under its final name. Returns the file and header CRC.
-async fn prepare_segment(dir: PathBuf, seq: u64, segment_bytes: u64) -> io::Result<(DmaFile, u32)> {
+/// written, durable under its final name. Returns the file and its header.
+async fn prepare_segment(
+    dir: PathBuf,
+    seq: u64,
+    segment_bytes: u64,
+) -> io::Result<(DmaFile, SegmentHeader)> {
     let tmp = dir.join(format!("{}.tmp", segment_file_name(seq)));
     let path = dir.join(segment_file_name(seq));
     let file = OpenOptions::new()
@@ -123,7 +130,7 @@ async fn prepare_segment(dir: PathBuf, seq: u64, segment_bytes: u64) -> io::Resu
         .dma_open(&tmp)
         .await
         .map_err(gerr)?;
-    let (header, h) = encode_segment_header(seq, segment_bytes);
+    let (header, h) = encode_segment_header(seq, segment_bytes, random_salt(seq));
     const CHUNK: usize = 1 << 20;
     let mut pos = 0u64;
     while pos < segment_bytes {
@@ -146,7 +153,7 @@ async fn prepare_segment(dir: PathBuf, seq: u64, segment_bytes: u64) -> io::Resu
     file.fdatasync().await.map_err(gerr)?;
     file.rename(&path).await.map_err(gerr)?;
     sync_dir(&dir).await?;
-    Ok((file, h.crc))
+    Ok((file, h))
 }
 
 async fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -166,7 +173,7 @@ impl WalWriter {
         purged: Option<LogIdRecord>,
     ) -> io::Result<WalWriter> {
         let mut segments: VecDeque<SegmentInfo> = segments.into();
-        let (file, seq, offset, crc, next_batch, tail_bytes, prefix) = match tail {
+        let (file, seq, offset, crc, salt, next_batch, tail_bytes, prefix) = match tail {
             Some(t) => {
                 let file = OpenOptions::new()
                     .write(true)
@@ -189,19 +196,30 @@ impl WalWriter {
                     t.seq,
                     t.offset,
                     t.crc,
+                    t.salt,
                     t.next_batch,
                     tail_bytes,
                     Vec::new(),
                 )
             }
             None => {
-                let (file, crc) = prepare_segment(cfg.dir.clone(), 0, cfg.segment_bytes).await?;
+                let (file, h) = prepare_segment(cfg.dir.clone(), 0, cfg.segment_bytes).await?;
                 segments.push_back(SegmentInfo {
                     seq: 0,
                     path: cfg.dir.join(segment_file_name(0)),
                     last_index: None,
                 });
-                (file, 0, BLOCK_BYTES as u64, crc, 1, Vec::new(), Vec::new())
+                let (crc, salt) = (h.crc, h.salt);
+                (
+                    file,
+                    0,
+                    BLOCK_BYTES as u64,
+                    crc,
+                    salt,
+                    1,
+                    Vec::new(),
+                    Vec::new(),
+                )
             }
         };
         let mut w = WalWriter {
@@ -210,6 +228,7 @@ impl WalWriter {
             seq,
             offset,
             crc,
+            salt,
             next_batch,
             tail: tail_bytes,
             segments,
@@ -341,7 +360,11 @@ impl WalWriter {
         let batch = self.next_batch;
         for body in bodies {
             let n = encoded_len(body.body_len());
-            self.crc = encode_record(&mut b[at..at + n], body, batch, self.crc);
+            let site = RecordSite {
+                salt: self.salt,
+                offset: (block_start + at) as u64,
+            };
+            self.crc = encode_record(&mut b[at..at + n], body, batch, self.crc, site);
             at += n;
             match *body {
                 Body::Entry { log_id, .. } => {
@@ -395,14 +418,15 @@ impl WalWriter {
                 prepare_segment(self.cfg.dir.clone(), self.seq + 1, self.cfg.segment_bytes).await?
             }
         };
-        let (file, crc) = next;
+        let (file, header) = next;
         let old = std::mem::replace(&mut self.file, Rc::new(file));
         if let Ok(f) = Rc::try_unwrap(old) {
             f.close().await.map_err(gerr)?;
         }
         self.seq += 1;
         self.offset = BLOCK_BYTES as u64;
-        self.crc = crc;
+        self.crc = header.crc;
+        self.salt = header.salt;
         self.tail.clear();
         self.segments.push_back(SegmentInfo {
             seq: self.seq,

@@ -6,3 +6,4 @@ pub mod body;
 pub mod frame;
 pub mod io;
 pub mod status;
+pub mod timer;

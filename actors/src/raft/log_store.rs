@@ -46,11 +46,58 @@ pub fn aligned_bytes(b: &[u8]) -> Bytes {
 pub struct LogCache {
     purged: Option<LogId>,
     entries: VecDeque<Entry>,
+    /// Beside each entry, the payload bytes of every entry appended up to
+    /// and including it (purged ones too), so that the bytes of a stretch
+    /// of the log are one subtraction.
+    payload_ends: VecDeque<u64>,
+    /// The same total for the entries purged so far.
+    purged_payload: u64,
+}
+
+/// The bytes of an entry's client requests (membership entries, a few
+/// bytes, count as none).
+fn payload_len(e: &Entry) -> u64 {
+    match &e.payload {
+        EntryPayload::Normal(p) => p.batch.len() as u64,
+        _ => 0,
+    }
 }
 
 impl LogCache {
     fn first_index(&self) -> Option<u64> {
         self.entries.front().map(|e| e.log_id.index)
+    }
+
+    fn push_back(&mut self, e: Entry) {
+        let before = self.payload_ends.back().copied();
+        let end = before.unwrap_or(self.purged_payload) + payload_len(&e);
+        self.payload_ends.push_back(end);
+        self.entries.push_back(e);
+    }
+
+    fn pop_back(&mut self) {
+        self.entries.pop_back();
+        self.payload_ends.pop_back();
+    }
+
+    fn pop_front(&mut self) {
+        self.entries.pop_front();
+        if let Some(end) = self.payload_ends.pop_front() {
+            self.purged_payload = end;
+        }
+    }
+
+    /// Payload bytes of the cached entries with indexes in `(after, upto]`.
+    fn payload_bytes(&self, after: u64, upto: u64) -> u64 {
+        let Some(first) = self.first_index() else {
+            return 0;
+        };
+        // The total through entry `index`, clamped to the cached ones.
+        let end_at = |index: u64| match index.checked_sub(first) {
+            None => self.purged_payload,
+            Some(i) => self.payload_ends[(i as usize).min(self.entries.len() - 1)],
+        };
+        end_at(upto).saturating_sub(end_at(after))
     }
 
     fn last_log_id(&self) -> Option<LogId> {
@@ -123,13 +170,7 @@ pub struct LogReader(Rc<RefCell<LogCache>>);
 impl LogReader {
     /// Payload bytes of the cached entries with indexes in `(after, upto]`.
     pub fn payload_bytes(&self, after: u64, upto: u64) -> u64 {
-        self.0
-            .borrow()
-            .entries
-            .iter()
-            .filter(|e| e.log_id.index > after && e.log_id.index <= upto)
-            .map(|e| payload_of(e).1.len() as u64)
-            .sum()
+        self.0.borrow().payload_bytes(after, upto)
     }
 }
 
@@ -181,9 +222,10 @@ impl LogStore {
         let mut cache = LogCache {
             purged: r.purged.as_ref().map(log_id_from),
             entries: VecDeque::with_capacity(r.entries.len()),
+            ..LogCache::default()
         };
         for rec in std::mem::take(&mut r.entries) {
-            cache.entries.push_back(entry_from_record(rec)?);
+            cache.push_back(entry_from_record(rec)?);
         }
         Ok(LogStore {
             cache: Rc::new(RefCell::new(cache)),
@@ -260,7 +302,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let mut c = self.cache.borrow_mut();
             for e in entries {
                 wal_entries.push(to_wal_entry(&e));
-                c.entries.push_back(e);
+                c.push_back(e);
             }
         }
         self.send(WalCmd::Append {
@@ -278,7 +320,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .back()
                 .is_some_and(|e| e.log_id.index >= log_id.index)
             {
-                c.entries.pop_back();
+                c.pop_back();
             }
         }
         self.send(WalCmd::Truncate {
@@ -295,7 +337,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .front()
                 .is_some_and(|e| e.log_id.index <= log_id.index)
             {
-                c.entries.pop_front();
+                c.pop_front();
             }
             c.purged = Some(log_id);
         }
@@ -328,7 +370,36 @@ fn durable_purge_point(wanted: LogId, snapshot: Option<LogId>) -> Option<LogId> 
 
 #[cfg(test)]
 mod tests {
-    use super::{durable_purge_point, restart_vote, LogId, Vote};
+    use super::{durable_purge_point, restart_vote, LogCache, LogId, Vote};
+    use crate::raft::types::{Entry, Proposal};
+    use openraft::EntryPayload;
+
+    #[test]
+    fn the_log_knows_its_bytes_without_a_walk() {
+        let entry = |index: u64, bytes: usize| Entry {
+            log_id: log_id(1, index),
+            payload: match bytes {
+                0 => EntryPayload::Blank,
+                n => EntryPayload::Normal(Proposal::from_log(bytes::Bytes::from(vec![0u8; n]))),
+            },
+        };
+        let mut c = LogCache::default();
+        for (index, bytes) in [(1, 0), (2, 10), (3, 20), (4, 40)] {
+            c.push_back(entry(index, bytes));
+        }
+        assert_eq!(c.payload_bytes(0, 4), 70);
+        assert_eq!(c.payload_bytes(1, 3), 30);
+        assert_eq!(c.payload_bytes(3, 100), 40);
+        assert_eq!(c.payload_bytes(4, 4), 0);
+        c.pop_front();
+        c.pop_front();
+        // Entries gone from the front count as nothing.
+        assert_eq!(c.payload_bytes(0, 4), 60);
+        c.pop_back();
+        c.push_back(entry(4, 5));
+        assert_eq!(c.payload_bytes(0, 4), 25);
+        assert_eq!(c.payload_bytes(3, 4), 5);
+    }
 
     fn log_id(term: u64, index: u64) -> LogId {
         openraft::LogId::new(openraft::CommittedLeaderId::new(term, 1), index)

@@ -33,6 +33,27 @@ pub struct ServeConfig {
     pub connections_max: usize,
     /// etcd's space quota (`--quota-backend-bytes`); None when turned off.
     pub quota_bytes: Option<u64>,
+    pub keepalive: GrpcKeepalive,
+}
+
+/// HTTP/2 keepalive on client connections (`--grpc-keepalive-interval` and
+/// `--grpc-keepalive-timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrpcKeepalive {
+    /// How long a connection may be quiet before the server pings it.
+    pub interval: Option<Duration>,
+    /// How long a ping may go unanswered before the connection is closed.
+    pub timeout: Option<Duration>,
+}
+
+impl Default for GrpcKeepalive {
+    /// etcd's defaults: a ping after 2 h of quiet, 20 s to answer it.
+    fn default() -> Self {
+        GrpcKeepalive {
+            interval: Some(Duration::from_secs(2 * 3600)),
+            timeout: Some(Duration::from_secs(20)),
+        }
+    }
 }
 
 /// gRPC accepts messages this much larger than `--max-request-bytes`, as

@@ -13,12 +13,13 @@ mod recovery;
 mod segment;
 
 pub use record::{
-    decode_body, encode_record, encoded_len, Body, EntryRecord, LogIdRecord, RecordKind,
-    VoteRecord, ENTRY_FIXED_BYTES,
+    decode_body, encode_record, encoded_len, scramble_payload, Body, EntryRecord, LogIdRecord,
+    RecordKind, RecordSite, VoteRecord, ENTRY_FIXED_BYTES,
 };
 pub use recovery::{recover, segment_file_name, Recovered, SegmentInfo, TailPosition};
 pub use segment::{
-    encode_segment_header, scan_segment, ScanEnd, ScannedRecord, SegmentHeader, SegmentScan,
+    encode_segment_header, random_salt, scan_segment, ScanEnd, ScannedRecord, SegmentHeader,
+    SegmentScan,
 };
 
 /// Segment files start with this block; records begin right after it.
@@ -33,7 +34,10 @@ pub const SECTOR_BYTES: usize = 512;
 /// `KEELWAL\0`
 pub const SEGMENT_MAGIC: [u8; 8] = *b"KEELWAL\0";
 /// Bumped on any incompatible change to the segment or record layout.
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: record header CRCs are seeded with a per-segment salt, and entry
+/// payloads are stored scrambled by it. Segments of format 1 (no salt, plain
+/// payloads) are still read.
+pub const FORMAT_VERSION: u32 = 2;
 /// Default segment size, as etcd's.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 

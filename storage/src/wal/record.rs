@@ -9,7 +9,8 @@
 //!   8..16   batch       u64   number of the group-commit flush that wrote it
 //!   16      kind        u8    RecordKind
 //!   17..28  reserved    zero
-//!   28..32  header_crc  u32   CRC-32C of bytes 0..28
+//!   28..32  header_crc  u32   CRC-32C of bytes 0..28, seeded with the
+//!                             segment's salt (format 2; 0 in format 1)
 //! body, body_len bytes; then zeros up to the next 32-byte boundary.
 //! ```
 //!
@@ -153,10 +154,23 @@ pub fn encoded_len(body_len: usize) -> usize {
     align_up(RECORD_HEADER_BYTES + body_len, RECORD_ALIGN)
 }
 
+/// Where a record sits: its segment's salt and its offset in the segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordSite {
+    pub salt: u32,
+    pub offset: u64,
+}
+
 /// Encodes one record into `out`, which must be exactly
-/// `encoded_len(body.body_len())` bytes. Returns the record's body CRC, the
-/// seed for the next record.
-pub fn encode_record(out: &mut [u8], body: &Body<'_>, batch: u64, prev_crc: u32) -> u32 {
+/// `encoded_len(body.body_len())` bytes, for `site`. Returns the record's
+/// body CRC, the seed for the next record.
+pub fn encode_record(
+    out: &mut [u8],
+    body: &Body<'_>,
+    batch: u64,
+    prev_crc: u32,
+    site: RecordSite,
+) -> u32 {
     let (fixed, fixed_len) = body.fixed();
     let payload = body.payload();
     let body_len = fixed_len + payload.len();
@@ -165,8 +179,11 @@ pub fn encode_record(out: &mut [u8], body: &Body<'_>, batch: u64, prev_crc: u32)
 
     let body_start = RECORD_HEADER_BYTES;
     out[body_start..body_start + fixed_len].copy_from_slice(&fixed[..fixed_len]);
-    out[body_start + fixed_len..body_start + body_len].copy_from_slice(payload);
+    let stored = &mut out[body_start + fixed_len..body_start + body_len];
+    stored.copy_from_slice(payload);
+    scramble_payload(site, stored);
     out[body_start + body_len..].fill(0);
+    let salt = site.salt;
     let body_crc = crc32c::crc32c_append(prev_crc, &out[body_start..body_start + body_len]);
 
     let header = &mut out[..RECORD_HEADER_BYTES];
@@ -175,12 +192,44 @@ pub fn encode_record(out: &mut [u8], body: &Body<'_>, batch: u64, prev_crc: u32)
     header[4..8].copy_from_slice(&body_crc.to_le_bytes());
     header[8..16].copy_from_slice(&batch.to_le_bytes());
     header[16] = body.kind() as u8;
-    let header_crc = crc32c::crc32c(&header[..28]);
+    let header_crc = crc32c::crc32c_append(salt, &header[..28]);
     header[28..32].copy_from_slice(&header_crc.to_le_bytes());
     // Checked before write as well as on read: a record we cannot read back
     // must never reach the disk.
-    debug_assert!(decode_header(header).is_some());
+    debug_assert!(decode_header(header, salt).is_some());
     body_crc
+}
+
+/// Turns an entry's payload into what the disk holds, or back (XOR with a
+/// keystream of the record's site): a client's value then never writes a
+/// sector of zeros, so a zero sector inside a record always means "never
+/// written", the mark of a torn write. Format 1 segments (salt 0) hold
+/// payloads as they are.
+pub fn scramble_payload(site: RecordSite, data: &mut [u8]) {
+    if site.salt == 0 {
+        return;
+    }
+    let seed = (u64::from(site.salt) << 32 | u64::from(site.salt))
+        ^ site.offset.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut words = data.chunks_exact_mut(8);
+    let mut i = 0u64;
+    for w in &mut words {
+        let v = u64::from_le_bytes((&*w).try_into().expect("8 bytes"))
+            ^ splitmix64(seed.wrapping_add(i));
+        w.copy_from_slice(&v.to_le_bytes());
+        i += 1;
+    }
+    let key = splitmix64(seed.wrapping_add(i)).to_le_bytes();
+    for (b, k) in words.into_remainder().iter_mut().zip(key) {
+        *b ^= k;
+    }
+}
+
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// A record header whose own checksum is valid.
@@ -192,10 +241,12 @@ pub(crate) struct Header {
     pub kind: u8,
 }
 
-/// Decodes a 32-byte header; `None` if its checksum does not match.
-pub(crate) fn decode_header(h: &[u8]) -> Option<Header> {
+/// Decodes a 32-byte header of a segment with `salt`; `None` if its
+/// checksum does not match. The salt is random per segment and never seen
+/// by clients, so bytes of a client's value cannot pass for a header.
+pub(crate) fn decode_header(h: &[u8], salt: u32) -> Option<Header> {
     let stored = u32::from_le_bytes(h[28..32].try_into().ok()?);
-    if crc32c::crc32c(&h[..28]) != stored {
+    if crc32c::crc32c_append(salt, &h[..28]) != stored {
         return None;
     }
     Some(Header {
@@ -256,13 +307,22 @@ mod tests {
 
     fn round_trip(body: Body<'_>) {
         let mut buf = vec![0xAA; encoded_len(body.body_len())];
-        let crc = encode_record(&mut buf, &body, 7, 99);
-        let h = decode_header(&buf[..32]).unwrap();
+        let site = RecordSite {
+            salt: 0x5a17,
+            offset: 4096,
+        };
+        let crc = encode_record(&mut buf, &body, 7, 99, site);
+        let h = decode_header(&buf[..32], 0x5a17).unwrap();
+        assert!(decode_header(&buf[..32], 0).is_none(), "another salt");
         assert_eq!(h.body_crc, crc);
         assert_eq!(h.batch, 7);
         let b = &buf[32..32 + h.body_len];
         assert_eq!(crc32c::crc32c_append(99, b), crc);
-        assert_eq!(decode_body(h.kind, b).unwrap(), body);
+        let mut plain = b.to_vec();
+        if let Body::Entry { .. } = body {
+            scramble_payload(site, &mut plain[ENTRY_FIXED_BYTES..]);
+        }
+        assert_eq!(decode_body(h.kind, &plain).unwrap(), body);
         assert_eq!(buf.len() % RECORD_ALIGN, 0);
         assert!(
             buf[32 + h.body_len..].iter().all(|&x| x == 0),
@@ -299,16 +359,62 @@ mod tests {
         }));
     }
 
+    /// A value of zeros leaves no zero sector on disk (a zero sector marks
+    /// an unwritten one); format 1 segments (salt 0) are left as they are.
+    #[test]
+    fn payloads_are_stored_scrambled() {
+        let zeros = vec![0u8; 4096 + 13];
+        let body = Body::Entry {
+            log_id: LogIdRecord::default(),
+            payload_kind: 1,
+            payload: &zeros,
+        };
+        let mut buf = vec![0; encoded_len(body.body_len())];
+        let site = RecordSite {
+            salt: 9,
+            offset: 4096,
+        };
+        encode_record(&mut buf, &body, 1, 0, site);
+        let stored = &buf[32 + ENTRY_FIXED_BYTES..32 + ENTRY_FIXED_BYTES + zeros.len()];
+        assert!(stored.chunks(512).all(|s| s.iter().any(|&b| b != 0)));
+        let mut back = stored.to_vec();
+        scramble_payload(site, &mut back);
+        assert_eq!(back, zeros);
+        // Another site, another keystream.
+        let mut other = zeros.clone();
+        scramble_payload(
+            RecordSite {
+                salt: 9,
+                offset: 4128,
+            },
+            &mut other,
+        );
+        assert_ne!(other, stored);
+        let mut unsalted = zeros.clone();
+        scramble_payload(
+            RecordSite {
+                salt: 0,
+                offset: 4096,
+            },
+            &mut unsalted,
+        );
+        assert_eq!(unsalted, zeros);
+    }
+
     #[test]
     fn any_header_flip_is_detected() {
         let body = Body::Truncate { index: 1 };
         let mut buf = vec![0; encoded_len(body.body_len())];
-        encode_record(&mut buf, &body, 1, 0);
+        let site = RecordSite {
+            salt: 77,
+            offset: 8192,
+        };
+        encode_record(&mut buf, &body, 1, 0, site);
         for byte in 0..32 {
             for bit in 0..8 {
                 let mut b = buf.clone();
                 b[byte] ^= 1 << bit;
-                assert!(decode_header(&b[..32]).is_none(), "flip {byte}:{bit}");
+                assert!(decode_header(&b[..32], 77).is_none(), "flip {byte}:{bit}");
             }
         }
     }

@@ -12,7 +12,7 @@ use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use super::record::{Body, EntryRecord, LogIdRecord, VoteRecord};
+use super::record::{scramble_payload, Body, EntryRecord, LogIdRecord, RecordSite, VoteRecord};
 use super::segment::{decode_segment_header, scan_segment, ScanEnd};
 use super::{WalError, BLOCK_BYTES};
 
@@ -35,6 +35,8 @@ pub struct TailPosition {
     pub offset: u64,
     /// Chain seed for the next record.
     pub crc: u32,
+    /// The segment's record header salt.
+    pub salt: u32,
     /// Batch number for the next flush.
     pub next_batch: u64,
 }
@@ -172,7 +174,11 @@ pub fn recover(dir: &Path) -> Result<Recovered, WalError> {
             if let Body::Entry { log_id, .. } = r.body {
                 info.last_index = Some(log_id.index);
             }
-            records.push((path.clone(), r.offset, OwnedBody::from(&r.body)));
+            let site = RecordSite {
+                salt: scan.header.salt,
+                offset: r.offset as u64,
+            };
+            records.push((path.clone(), r.offset, OwnedBody::new(&r.body, site)));
         }
         let end_offset = match scan.end {
             ScanEnd::Clean { offset } => {
@@ -211,6 +217,7 @@ pub fn recover(dir: &Path) -> Result<Recovered, WalError> {
                 segment_bytes: scan.header.segment_bytes,
                 offset: end_offset as u64,
                 crc: last_record.map_or(scan.header.crc, |r| r.crc),
+                salt: scan.header.salt,
                 next_batch: last_record.map_or(1, |r| r.batch + 1),
             });
             empty.push(scan.records.is_empty());
@@ -315,14 +322,19 @@ enum OwnedBody {
     Purge(LogIdRecord),
 }
 
-impl From<&Body<'_>> for OwnedBody {
-    fn from(b: &Body<'_>) -> Self {
+impl OwnedBody {
+    /// Copies the body of the record at `site`, unscrambling its payload.
+    fn new(b: &Body<'_>, site: RecordSite) -> Self {
         match *b {
             Body::Entry {
                 log_id,
                 payload_kind,
                 payload,
-            } => OwnedBody::Entry(log_id, payload_kind, payload.to_vec()),
+            } => {
+                let mut payload = payload.to_vec();
+                scramble_payload(site, &mut payload);
+                OwnedBody::Entry(log_id, payload_kind, payload)
+            }
             Body::Vote(v) => OwnedBody::Vote(v),
             Body::Truncate { index } => OwnedBody::Truncate(index),
             Body::Purge(id) => OwnedBody::Purge(id),
@@ -395,25 +407,37 @@ mod tests {
         buf: Vec<u8>,
         off: usize,
         crc: u32,
+        salt: u32,
         batch: u64,
     }
 
     impl Writer {
         fn new(seq: u64) -> Writer {
-            let (hdr, h) = encode_segment_header(seq, SEG);
+            let (hdr, h) = encode_segment_header(seq, SEG, 0x51 + seq as u32);
             let mut buf = vec![0u8; SEG as usize];
             buf[..BLOCK_BYTES].copy_from_slice(&hdr);
             Writer {
                 buf,
                 off: BLOCK_BYTES,
                 crc: h.crc,
+                salt: h.salt,
                 batch: 1,
             }
         }
         fn put(&mut self, body: Body<'_>) -> usize {
             let len = encoded_len(body.body_len());
             let at = self.off;
-            self.crc = encode_record(&mut self.buf[at..at + len], &body, self.batch, self.crc);
+            let site = RecordSite {
+                salt: self.salt,
+                offset: at as u64,
+            };
+            self.crc = encode_record(
+                &mut self.buf[at..at + len],
+                &body,
+                self.batch,
+                self.crc,
+                site,
+            );
             self.batch += 1;
             self.off += len;
             at

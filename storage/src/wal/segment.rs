@@ -3,8 +3,9 @@
 //! ```text
 //! segment header block, 4096 bytes, little-endian:
 //!   0..8    magic          "KEELWAL\0"
-//!   8..12   version        u32 (FORMAT_VERSION)
-//!   12..16  reserved       zero
+//!   8..12   version        u32 (FORMAT_VERSION; 1 is read too)
+//!   12..16  salt           u32, random per segment, seeds every record
+//!                          header's CRC (zero in format 1)
 //!   16..24  seq            u64, the segment's sequence number (also its file name)
 //!   24..32  segment_bytes  u64, the file's full preallocated size
 //!   32..36  header_crc     u32, CRC-32C of bytes 0..32; seeds the record chain
@@ -18,7 +19,10 @@
 //! 2. a sector (512 B) is written atomically, so an unwritten part of a
 //!    record reads as whole zero sectors, never as garbage;
 //! 3. at most one flush (batch) is in flight, so only records of the newest
-//!    batch can be torn, and every record after a torn one has its batch.
+//!    batch can be torn, and every record after a torn one has its batch;
+//! 4. (format 2) entry payloads are stored scrambled and header CRCs salted,
+//!    so a written sector is never all zero and a client's bytes never pass
+//!    for a record header.
 //!
 //! A record that fails its checksum is a *torn tail* only when part of its
 //! body sits in a zero sector and nothing after it belongs to a later batch.
@@ -36,13 +40,29 @@ pub struct SegmentHeader {
     pub segment_bytes: u64,
     /// CRC of the header block; the seed of the segment's record chain.
     pub crc: u32,
+    /// Seed of every record header's CRC in this segment.
+    pub salt: u32,
 }
 
-/// Encodes the 4096-byte header block of segment `seq`.
-pub fn encode_segment_header(seq: u64, segment_bytes: u64) -> (Vec<u8>, SegmentHeader) {
+/// A salt no one outside this process can guess: std's hasher keys come
+/// from the OS's random source.
+pub fn random_salt(seq: u64) -> u32 {
+    use std::hash::BuildHasher;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let h = std::collections::hash_map::RandomState::new().hash_one((seq, nanos));
+    // Never 0: that is format 1's "no salt".
+    ((h ^ (h >> 32)) as u32).max(1)
+}
+
+/// Encodes the 4096-byte header block of segment `seq`, whose records'
+/// headers are salted with `salt`.
+pub fn encode_segment_header(seq: u64, segment_bytes: u64, salt: u32) -> (Vec<u8>, SegmentHeader) {
     let mut b = vec![0u8; BLOCK_BYTES];
     b[0..8].copy_from_slice(&SEGMENT_MAGIC);
     b[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    b[12..16].copy_from_slice(&salt.to_le_bytes());
     b[16..24].copy_from_slice(&seq.to_le_bytes());
     b[24..32].copy_from_slice(&segment_bytes.to_le_bytes());
     let crc = crc32c::crc32c(&b[0..32]);
@@ -53,6 +73,7 @@ pub fn encode_segment_header(seq: u64, segment_bytes: u64) -> (Vec<u8>, SegmentH
             seq,
             segment_bytes,
             crc,
+            salt,
         },
     )
 }
@@ -72,15 +93,22 @@ pub(super) fn decode_segment_header(b: &[u8]) -> Result<SegmentHeader, String> {
         return Err("segment header checksum mismatch".into());
     }
     let version = u32::from_le_bytes(b[8..12].try_into().expect("4 bytes"));
-    if version != FORMAT_VERSION {
-        return Err(format!(
-            "WAL format version {version}, this keel reads version {FORMAT_VERSION}"
-        ));
+    let salt = u32::from_le_bytes(b[12..16].try_into().expect("4 bytes"));
+    match version {
+        FORMAT_VERSION => {}
+        // Format 1 had no salt; the field was reserved, zero.
+        1 if salt == 0 => {}
+        _ => {
+            return Err(format!(
+                "WAL format version {version}, this keel reads versions 1 and {FORMAT_VERSION}"
+            ))
+        }
     }
     Ok(SegmentHeader {
         seq: u64::from_le_bytes(b[16..24].try_into().expect("8 bytes")),
         segment_bytes: u64::from_le_bytes(b[24..32].try_into().expect("8 bytes")),
         crc,
+        salt,
     })
 }
 
@@ -133,7 +161,7 @@ pub fn scan_segment(buf: &[u8], file_len: usize) -> Result<SegmentScan<'_>, Stri
             }
             // Data after an unwritten header: the first sector of the last
             // flush did not reach the disk, or acknowledged data was zeroed.
-            let later = batches_after(buf, off);
+            let later = batches_after(buf, off, header.salt);
             let single_flush = later.windows(2).all(|w| w[0] == w[1]);
             let follows_last = match (last_batch, later.first()) {
                 (Some(last), Some(&b)) => b == last || b == last + 1,
@@ -152,7 +180,7 @@ pub fn scan_segment(buf: &[u8], file_len: usize) -> Result<SegmentScan<'_>, Stri
                 reason: "zeroed record header followed by records of later flushes".into(),
             };
         }
-        let Some(hd) = decode_header(h) else {
+        let Some(hd) = decode_header(h, header.salt) else {
             break ScanEnd::Corrupt {
                 offset: off,
                 reason: "record header checksum mismatch".into(),
@@ -177,7 +205,7 @@ pub fn scan_segment(buf: &[u8], file_len: usize) -> Result<SegmentScan<'_>, Stri
         if crc != hd.body_crc {
             let unwritten = body_start + hd.body_len > file_len
                 || has_zero_sector_chunk(buf, body_start, hd.body_len);
-            let later_flush = batches_after(buf, next.min(buf.len()))
+            let later_flush = batches_after(buf, next.min(buf.len()), header.salt)
                 .iter()
                 .any(|&b| b != hd.batch);
             if unwritten && !later_flush {
@@ -232,13 +260,13 @@ fn has_zero_sector_chunk(buf: &[u8], start: usize, len: usize) -> bool {
 
 /// Batch numbers of every intact record header at or after `from`, found by
 /// probing each aligned slot (lengths after a damaged record cannot be trusted).
-fn batches_after(buf: &[u8], from: usize) -> Vec<u64> {
+fn batches_after(buf: &[u8], from: usize, salt: u32) -> Vec<u64> {
     let mut out = Vec::new();
     let mut at = from.next_multiple_of(RECORD_ALIGN);
     while at + RECORD_HEADER_BYTES <= buf.len() {
         let h = &buf[at..at + RECORD_HEADER_BYTES];
         if !is_zero(h) {
-            if let Some(hd) = decode_header(h) {
+            if let Some(hd) = decode_header(h, salt) {
                 out.push(hd.batch);
             }
         }
@@ -249,7 +277,7 @@ fn batches_after(buf: &[u8], from: usize) -> Vec<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::record::{encode_record, LogIdRecord};
+    use super::super::record::{encode_record, LogIdRecord, RecordSite};
     use super::*;
 
     const SEG: usize = 64 * 1024;
@@ -257,7 +285,7 @@ mod tests {
     /// Builds a segment holding `batches` of entries; returns it and each
     /// record's offset.
     fn build(batches: &[usize]) -> (Vec<u8>, Vec<usize>) {
-        let (hdr, h) = encode_segment_header(3, SEG as u64);
+        let (hdr, h) = encode_segment_header(3, SEG as u64, 0xfeed);
         let mut seg = vec![0u8; SEG];
         seg[..BLOCK_BYTES].copy_from_slice(&hdr);
         let mut off = BLOCK_BYTES;
@@ -277,7 +305,11 @@ mod tests {
                     payload: &payload,
                 };
                 let len = encoded_len(body.body_len());
-                crc = encode_record(&mut seg[off..off + len], &body, batch as u64 + 1, crc);
+                let site = RecordSite {
+                    salt: h.salt,
+                    offset: off as u64,
+                };
+                crc = encode_record(&mut seg[off..off + len], &body, batch as u64 + 1, crc, site);
                 offsets.push(off);
                 off += len;
                 index += 1;
@@ -320,6 +352,123 @@ mod tests {
         let scan = scan_segment(&seg, seg.len()).unwrap();
         assert_eq!(scan.records.len(), 3);
         assert!(matches!(scan.end, ScanEnd::Torn { offset, .. } if offset == last));
+    }
+
+    /// Story: record header CRCs were unsalted, so a client's value could
+    /// hold a well-formed header. A power cut that lost the first sector of
+    /// the last flush left that value's fake header (claiming a later flush)
+    /// standing after it, and the member refused to start: "zeroed record
+    /// header followed by records of later flushes".
+    #[test]
+    fn a_value_imitating_a_record_header_in_a_torn_tail_stays_data() {
+        let (mut seg, offs) = build(&[2]);
+        let last = offs[1];
+        let off = last + encoded_len(32 + 700);
+        // The fake: a header for a later flush, its CRC as anyone computes
+        // it without the segment's salt.
+        let mut fake = [0u8; 32];
+        fake[0..4].copy_from_slice(&100u32.to_le_bytes());
+        fake[8..16].copy_from_slice(&9u64.to_le_bytes());
+        fake[16] = 1;
+        let crc = crc32c::crc32c(&fake[..28]);
+        fake[28..32].copy_from_slice(&crc.to_le_bytes());
+        let mut value = vec![0x33u8; 2048];
+        value[1024..1056].copy_from_slice(&fake);
+        let body = Body::Entry {
+            log_id: LogIdRecord {
+                term: 1,
+                leader: 1,
+                index: 3,
+            },
+            payload_kind: 1,
+            payload: &value,
+        };
+        let len = encoded_len(body.body_len());
+        let chain = scan_segment(&seg, seg.len()).unwrap().records[1].crc;
+        let salt = scan_segment(&seg, seg.len()).unwrap().header.salt;
+        let site = RecordSite {
+            salt,
+            offset: off as u64,
+        };
+        encode_record(&mut seg[off..off + len], &body, 2, chain, site);
+        // The fake sits at an aligned slot, where the scanner probes.
+        let fake_at = off + 64 + 1024;
+        assert_eq!(fake_at % RECORD_ALIGN, 0);
+        // The new record's first sector never reached the disk.
+        seg[off..(off + 1).next_multiple_of(SECTOR_BYTES)].fill(0);
+        assert!(fake_at >= (off + 1).next_multiple_of(SECTOR_BYTES));
+        let scan = scan_segment(&seg, seg.len()).unwrap();
+        assert_eq!(scan.records.len(), 2);
+        assert!(
+            matches!(scan.end, ScanEnd::Torn { offset, .. } if offset == off),
+            "{:?}",
+            scan.end
+        );
+    }
+
+    /// Story: a record body holding a client's run of 512 zero bytes,
+    /// damaged after it was acknowledged, was taken for a torn write (its
+    /// zero sector read as "never written") and silently truncated.
+    /// Payloads are stored scrambled now: it is corruption.
+    #[test]
+    fn a_damaged_record_with_a_zero_run_in_its_value_is_corruption() {
+        let (mut seg, offs) = build(&[1]);
+        let off = offs[0] + encoded_len(32 + 700);
+        let value = vec![0u8; 3000];
+        let body = Body::Entry {
+            log_id: LogIdRecord {
+                term: 1,
+                leader: 1,
+                index: 2,
+            },
+            payload_kind: 1,
+            payload: &value,
+        };
+        let len = encoded_len(body.body_len());
+        let (salt, chain) = {
+            let scan = scan_segment(&seg, seg.len()).unwrap();
+            (scan.header.salt, scan.records[0].crc)
+        };
+        let site = RecordSite {
+            salt,
+            offset: off as u64,
+        };
+        encode_record(&mut seg[off..off + len], &body, 2, chain, site);
+        assert_eq!(scan_segment(&seg, seg.len()).unwrap().records.len(), 2);
+        // One flipped bit in the acknowledged record.
+        seg[off + 40] ^= 1;
+        let scan = scan_segment(&seg, seg.len()).unwrap();
+        assert!(
+            matches!(scan.end, ScanEnd::Corrupt { offset, .. } if offset == off),
+            "{:?}",
+            scan.end
+        );
+    }
+
+    #[test]
+    fn format_1_segments_without_a_salt_are_read() {
+        let (mut seg, _) = build(&[]);
+        seg[8..12].copy_from_slice(&1u32.to_le_bytes());
+        seg[12..16].fill(0);
+        let crc = crc32c::crc32c(&seg[0..32]);
+        seg[32..36].copy_from_slice(&crc.to_le_bytes());
+        let h = decode_segment_header(&seg).unwrap();
+        assert_eq!(h.salt, 0);
+        // An unsalted header is what format 1 wrote.
+        let body = Body::Truncate { index: 4 };
+        let mut rec = vec![0u8; encoded_len(body.body_len())];
+        let site = RecordSite {
+            salt: 0,
+            offset: BLOCK_BYTES as u64,
+        };
+        encode_record(&mut rec, &body, 1, h.crc, site);
+        let stored = u32::from_le_bytes(rec[28..32].try_into().unwrap());
+        assert_eq!(stored, crc32c::crc32c(&rec[..28]));
+        // Format 1 with a salt is not format 1.
+        seg[12..16].copy_from_slice(&5u32.to_le_bytes());
+        let crc = crc32c::crc32c(&seg[0..32]);
+        seg[32..36].copy_from_slice(&crc.to_le_bytes());
+        assert!(decode_segment_header(&seg).is_err());
     }
 
     #[test]
