@@ -239,6 +239,53 @@ async fn stopped_member_catches_up_through_a_snapshot() {
     assert_eq!(r.kvs()[0].value_str().unwrap(), "1");
 }
 
+/// Story: the entries kept after a snapshot for lagging followers were
+/// bounded by count alone (5,000), and an entry is a batch of up to 1.5 MiB:
+/// up to 7.5 GiB held in memory on every member. They are bounded by bytes
+/// too now (a quarter of `--snapshot-log-bytes`), so a follower that missed
+/// more than that catches up through a snapshot although it missed only a
+/// few dozen entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_kept_for_lagging_followers_are_bounded_by_bytes() {
+    let mut args = FAST.to_vec();
+    // Snapshots after 4 MiB of log, 1 MiB of it kept for followers.
+    args.extend(["--snapshot-log-bytes", "4194304"]);
+    let (mut cluster, leader, lagging) = with_a_stopped_follower(&args, "100000", "5000").await;
+    let eps = cluster.endpoints();
+    let mut c = client(&eps[leader]).await;
+    let value = "v".repeat(512 << 10);
+    for i in 0..20 {
+        c.put(format!("big/{i:02}"), value.clone(), None)
+            .await
+            .unwrap();
+    }
+    // A snapshot by bytes, then the purge: each looked at every second.
+    let logs = || cluster.members[leader].logs();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !logs().contains("snapshot: the log since the last one is large") {
+        assert!(
+            Instant::now() < deadline,
+            "no snapshot by bytes:\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.members[lagging].spawn();
+    cluster.members[lagging].wait_healthy();
+    let mut l = client(&eps[lagging]).await;
+    let r = l
+        .get("big/19", Some(GetOptions::new().with_keys_only()))
+        .await
+        .unwrap();
+    assert_eq!(r.kvs().len(), 1);
+    let logs = cluster.members[lagging].logs();
+    assert!(
+        logs.contains("received a snapshot from the leader"),
+        "the follower caught up from entries the leader still held:\n{logs}"
+    );
+}
+
 /// A snapshot that streams for many election timeouts still completes.
 /// openraft sent the follower no heartbeat while a snapshot was in flight:
 /// it campaigned mid-transfer, the next term started the transfer over,

@@ -977,11 +977,24 @@ async fn start_raft(
 /// How often the log's size since the last snapshot is looked at.
 pub const LOG_BYTES_CHECK_EVERY: Duration = Duration::from_secs(1);
 
-/// Takes a snapshot when the applied entries since the last one carry more
-/// than `limit` payload bytes. `--snapshot-count` counts entries, but an
-/// entry is a batch of up to 4,096 requests: by count alone the log (held
-/// in memory until a snapshot lets it go) could grow to many GiB first.
+/// The entries a snapshot covers that are kept for lagging followers
+/// (`--experimental-snapshot-catchup-entries`) carry at most this share of
+/// `--snapshot-log-bytes`.
+pub const CATCHUP_SHARE_OF_SNAPSHOT_LOG_BYTES: u64 = 4;
+
+/// Bounds the log held in memory by bytes, not only by entries:
+/// `--snapshot-count` and `--experimental-snapshot-catchup-entries` count
+/// entries, but an entry is a batch of up to 4,096 requests or 1.5 MiB, so
+/// by count alone the log could grow to many GiB.
+///
+/// * Takes a snapshot when the applied entries since the last one carry
+///   more than `limit` payload bytes.
+/// * Forgets entries the durable snapshot covers once those kept for
+///   lagging followers carry more than a quarter of `limit`: 5,000 batches
+///   of 1.5 MiB would be 7.5 GiB. A follower further behind gets the
+///   snapshot.
 async fn snapshot_by_log_bytes(raft: Raft, log: LogReader, snapshot: DurableSnapshot, limit: u64) {
+    let catchup_limit = limit / CATCHUP_SHARE_OF_SNAPSHOT_LOG_BYTES;
     loop {
         glommio::timer::sleep(LOG_BYTES_CHECK_EVERY).await;
         let applied = raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
@@ -994,6 +1007,12 @@ async fn snapshot_by_log_bytes(raft: Raft, log: LogReader, snapshot: DurableSnap
                 "snapshot: the log since the last one is large"
             );
             if raft.trigger().snapshot().await.is_err() {
+                return;
+            }
+        }
+        if let Some(upto) = log.purge_point_within(since, catchup_limit) {
+            tracing::debug!(upto, catchup_limit, "forgetting catch-up entries");
+            if raft.trigger().purge_log(upto).await.is_err() {
                 return;
             }
         }

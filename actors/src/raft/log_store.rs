@@ -87,6 +87,23 @@ impl LogCache {
         }
     }
 
+    /// The index to purge up to so that the cached entries up to `upto`
+    /// carry at most `limit` payload bytes; `None` if they already do.
+    fn purge_point_within(&self, upto: u64, limit: u64) -> Option<u64> {
+        let first = self.first_index()?;
+        let through = self.payload_bytes(first.saturating_sub(1), upto);
+        if through <= limit {
+            return None;
+        }
+        // Purge through the first entry whose running total reaches the
+        // total through `upto` less `limit`: what is left carries at most
+        // `limit`.
+        let i = upto.checked_sub(first)?.min(self.entries.len() as u64 - 1) as usize;
+        let purge_total = self.payload_ends[i] - limit;
+        let n = self.payload_ends.partition_point(|&end| end < purge_total);
+        Some(first + n as u64)
+    }
+
     /// Payload bytes of the cached entries with indexes in `(after, upto]`.
     fn payload_bytes(&self, after: u64, upto: u64) -> u64 {
         let Some(first) = self.first_index() else {
@@ -171,6 +188,12 @@ impl LogReader {
     /// Payload bytes of the cached entries with indexes in `(after, upto]`.
     pub fn payload_bytes(&self, after: u64, upto: u64) -> u64 {
         self.0.borrow().payload_bytes(after, upto)
+    }
+
+    /// The index to purge up to so that the cached entries up to `upto`
+    /// carry at most `limit` payload bytes; `None` if they already do.
+    pub fn purge_point_within(&self, upto: u64, limit: u64) -> Option<u64> {
+        self.0.borrow().purge_point_within(upto, limit)
     }
 }
 
@@ -399,6 +422,31 @@ mod tests {
         c.push_back(entry(4, 5));
         assert_eq!(c.payload_bytes(0, 4), 25);
         assert_eq!(c.payload_bytes(3, 4), 5);
+    }
+
+    #[test]
+    fn catch_up_entries_are_bounded_by_bytes() {
+        let mut c = LogCache::default();
+        for index in 1..=10 {
+            c.push_back(Entry {
+                log_id: log_id(1, index),
+                payload: EntryPayload::Normal(Proposal::from_log(bytes::Bytes::from(vec![
+                    0u8;
+                    100
+                ]))),
+            });
+        }
+        // Entries 1..=8 carry 800 bytes; keeping 350 of them keeps 6..=8.
+        assert_eq!(c.purge_point_within(8, 350), Some(5));
+        assert_eq!(c.purge_point_within(8, 300), Some(5));
+        assert_eq!(c.purge_point_within(8, 299), Some(6));
+        assert_eq!(c.purge_point_within(8, 800), None);
+        assert_eq!(c.purge_point_within(8, 10_000), None);
+        for _ in 0..5 {
+            c.pop_front();
+        }
+        assert_eq!(c.purge_point_within(8, 150), Some(7));
+        assert_eq!(c.purge_point_within(8, 300), None);
     }
 
     fn log_id(term: u64, index: u64) -> LogId {
