@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod mvcc_actor;
 pub mod node;
 pub mod peer;
+pub mod power_loss;
 pub mod raft;
 pub mod reactor;
 pub mod runtime;

@@ -19,6 +19,9 @@
 //!
 //! A failed write or fsync stops the process: after a failed fsync the
 //! page cache state is unknown and no acknowledgement may follow.
+//!
+//! Tests can make the writer act out a power cut at a chosen step
+//! (`power_loss.rs`).
 
 use std::collections::VecDeque;
 use std::io;
@@ -34,6 +37,8 @@ use keel_storage::wal::{
     VoteRecord, BLOCK_BYTES,
 };
 use tokio::sync::mpsc;
+
+use crate::power_loss::{self, PowerLoss, Step};
 
 use crate::metrics::metrics;
 
@@ -107,6 +112,10 @@ pub struct WalWriter {
     next_segment: Option<glommio::task::JoinHandle<io::Result<(DmaFile, SegmentHeader)>>>,
     /// Records that must open the current segment, not yet written.
     segment_prefix: Vec<Body<'static>>,
+    /// A power cut to act out (tests only), and what the disk holds for
+    /// sure: the offset the last completed fdatasync covered in the current
+    /// segment and the bytes of its block before it.
+    power_loss: Option<(PowerLoss, u64, Vec<u8>)>,
 }
 
 fn gerr(e: glommio::GlommioError<()>) -> io::Error {
@@ -236,7 +245,11 @@ impl WalWriter {
             purged,
             next_segment: None,
             segment_prefix: prefix,
+            power_loss: None,
         };
+        if let Some(p) = PowerLoss::from_env() {
+            w.power_loss = Some((p, w.offset, w.tail.clone()));
+        }
         w.start_preparing_next();
         Ok(w)
     }
@@ -397,6 +410,10 @@ impl WalWriter {
                 "short WAL write: {written} of {size} bytes"
             )));
         }
+        if self.power_cut_due(Step::FlushWritten) {
+            self.undo_unsynced(block_start + size).await?;
+            power_loss::cut(Step::FlushWritten);
+        }
         let t = Instant::now();
         self.file.fdatasync().await.map_err(gerr)?;
         let m = metrics();
@@ -404,6 +421,47 @@ impl WalWriter {
         m.wal_write_bytes.add(size as i64);
         self.offset = end as u64;
         self.next_batch += 1;
+        self.synced();
+        if self.power_cut_due(Step::FlushSynced) {
+            power_loss::cut(Step::FlushSynced);
+        }
+        Ok(())
+    }
+
+    fn power_cut_due(&mut self, step: Step) -> bool {
+        self.power_loss
+            .as_mut()
+            .is_some_and(|(p, ..)| p.reached(step))
+    }
+
+    /// Notes (when a power cut is armed) that the disk holds everything up
+    /// to the current offset.
+    fn synced(&mut self) {
+        if let Some((_, offset, head)) = self.power_loss.as_mut() {
+            *offset = self.offset;
+            head.clone_from(&self.tail);
+        }
+    }
+
+    /// Puts back what the disk held before every write of the current
+    /// segment, up to `end`, that no completed fdatasync covers: the durable
+    /// head of the block the last sync ended in, and zeros after it (as the
+    /// segment was preallocated).
+    async fn undo_unsynced(&mut self, end: usize) -> io::Result<()> {
+        let Some((_, synced, head)) = self.power_loss.as_ref() else {
+            return Ok(());
+        };
+        let from = align_down(*synced as usize, BLOCK_BYTES);
+        let size = align_up(end.max(from) - from, BLOCK_BYTES);
+        if size == 0 {
+            return Ok(());
+        }
+        let mut undo = self.file.alloc_dma_buffer(size);
+        let u = undo.as_bytes_mut();
+        u.fill(0);
+        u[..head.len()].copy_from_slice(head);
+        self.file.write_at(undo, from as u64).await.map_err(gerr)?;
+        self.file.fdatasync().await.map_err(gerr)?;
         Ok(())
     }
 
@@ -439,8 +497,12 @@ impl WalWriter {
         if let Some(p) = self.purged {
             self.segment_prefix.push(Body::Purge(p));
         }
+        self.synced();
         self.start_preparing_next();
         tracing::info!(seq = self.seq, "WAL switched to a new segment");
+        if self.power_cut_due(Step::Rotated) {
+            power_loss::cut(Step::Rotated);
+        }
         Ok(())
     }
 
@@ -456,6 +518,11 @@ impl WalWriter {
                 break;
             }
             let path = front.path.clone();
+            if self.power_cut_due(Step::Releasing) {
+                // A deletion without its directory fsync is undone by a cut:
+                // as if the file were never deleted.
+                power_loss::cut(Step::Releasing);
+            }
             glommio::io::remove(&path).await.map_err(gerr)?;
             sync_dir(&self.cfg.dir).await?;
             tracing::info!(path = %path.display(), "released WAL segment covered by a snapshot");

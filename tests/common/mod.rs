@@ -72,6 +72,8 @@ pub struct Server {
     readies_before_spawn: usize,
     /// The open-file limit (soft and hard) the server starts under.
     pub open_files: Option<u64>,
+    /// Environment variables the server starts with.
+    pub env: Vec<(String, String)>,
 }
 
 /// What keel logs once it serves clients.
@@ -123,6 +125,7 @@ impl Server {
             log,
             readies_before_spawn: 0,
             open_files: None,
+            env: Vec::new(),
         }
     }
 
@@ -154,6 +157,7 @@ impl Server {
             c.arg("--initial-advertise-peer-urls").arg(self.peer_url());
         }
         c.args(&self.args).stdin(Stdio::null());
+        c.envs(self.env.iter().map(|(k, v)| (k, v)));
         if let Some(n) = self.open_files {
             use std::os::unix::process::CommandExt;
             let limit = libc::rlimit {
