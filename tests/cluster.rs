@@ -188,6 +188,19 @@ async fn leader_kill9_under_load_loses_no_acknowledged_write() {
     assert_eq!(rev_old, rev_new);
 }
 
+/// Keys under `prefix` with their mod revisions, read linearizably (values
+/// left out: large ones would exceed a gRPC message).
+async fn key_revisions(c: &mut etcd_client::Client, prefix: &str) -> Vec<(Vec<u8>, i64)> {
+    let keys_only = GetOptions::new().with_prefix().with_keys_only();
+    c.get(prefix, Some(keys_only))
+        .await
+        .expect("linearizable range")
+        .kvs()
+        .iter()
+        .map(|kv| (kv.key().to_vec(), kv.mod_revision()))
+        .collect()
+}
+
 /// 3 members snapshotting every `snapshot_count` entries and keeping
 /// `catchup` entries after one, with a follower killed: (cluster, leader,
 /// stopped follower). `timing` is the heartbeat and election flags.
@@ -286,6 +299,43 @@ async fn entries_kept_for_lagging_followers_are_bounded_by_bytes() {
     );
 }
 
+/// A power cut acted out while a follower installs a snapshot from the
+/// leader (renamed into place, the directory not yet synced: the cut undoes
+/// the rename) leaves a member that starts again and catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_power_cut_during_a_snapshot_install_leaves_a_member_that_catches_up() {
+    let (mut cluster, leader, lagging) = with_a_stopped_follower(FAST, "10", "5").await;
+    let eps = cluster.endpoints();
+    let mut c = client(&eps[leader]).await;
+    let value = "v".repeat(256 << 10);
+    for i in 0..30 {
+        c.put(format!("big/{i:02}"), value.clone(), None)
+            .await
+            .unwrap();
+    }
+    let m = &mut cluster.members[lagging];
+    m.env
+        .push(("KEEL_TEST_POWER_LOSS".into(), "snapshot-renamed:1".into()));
+    m.spawn();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while m.is_running() {
+        assert!(Instant::now() < deadline, "no cut came:\n{}", m.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        m.logs().contains("power cut acted out at SnapshotRenamed"),
+        "{}",
+        m.logs()
+    );
+    m.env.clear();
+    m.spawn();
+    m.wait_healthy();
+    let want = key_revisions(&mut c, "big/").await;
+    assert_eq!(want.len(), 30);
+    let mut l = client(&eps[lagging]).await;
+    assert_eq!(key_revisions(&mut l, "big/").await, want);
+}
+
 /// A snapshot that streams for many election timeouts still completes.
 /// openraft sent the follower no heartbeat while a snapshot was in flight:
 /// it campaigned mid-transfer, the next term started the transfer over,
@@ -333,17 +383,9 @@ async fn a_snapshot_streaming_for_many_election_timeouts_completes() {
         "the transfer started over:\n{logs}"
     );
     cluster.heal();
-    // Keys and revisions only: the values would exceed a gRPC message.
-    let keys_only = Some(GetOptions::new().with_prefix().with_keys_only());
-    let revisions = |r: etcd_client::GetResponse| -> Vec<(Vec<u8>, i64)> {
-        r.kvs()
-            .iter()
-            .map(|kv| (kv.key().to_vec(), kv.mod_revision()))
-            .collect()
-    };
-    let want = revisions(c.get("big/", keys_only.clone()).await.unwrap());
+    let want = key_revisions(&mut c, "big/").await;
     assert_eq!(want.len(), 30);
-    assert_eq!(revisions(l.get("big/", keys_only).await.unwrap()), want);
+    assert_eq!(key_revisions(&mut l, "big/").await, want);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

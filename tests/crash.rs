@@ -179,12 +179,12 @@ async fn a_large_log_is_snapshotted_before_the_entry_count() {
 }
 
 /// Power cuts acted out at each step of the WAL writer's flush, segment
-/// switch and segment release (`KEEL_TEST_POWER_LOSS`: the writer puts back
-/// what the disk held before every write no completed fdatasync covers,
-/// then aborts). kill -9 cannot show a missing fdatasync; this can. After
+/// switch and segment release, and of a snapshot's save
+/// (`KEEL_TEST_POWER_LOSS`: the member puts back what the disk held before
+/// every write no completed fsync covers, then aborts). kill -9 cannot show a missing fdatasync; this can. After
 /// each cut the member starts, and every acknowledged put is there.
 #[tokio::test]
-async fn acknowledged_puts_survive_a_power_cut_at_each_wal_step() {
+async fn acknowledged_puts_survive_a_power_cut_at_each_storage_step() {
     // Small segments (3 MiB; 64 KiB requests allow them) so a few thousand
     // puts switch segments, and snapshots often enough to release them.
     let args = [
@@ -204,6 +204,8 @@ async fn acknowledged_puts_survive_a_power_cut_at_each_wal_step() {
         ("flush-synced", 40),
         ("rotated", 1),
         ("releasing", 1),
+        ("snapshot-synced", 1),
+        ("snapshot-renamed", 2),
     ] {
         let mut s = Server::new(args.iter().map(|a| a.to_string()).collect());
         s.env

@@ -9,7 +9,6 @@ pub mod metrics;
 pub mod mvcc_actor;
 pub mod node;
 pub mod peer;
-pub mod power_loss;
 pub mod raft;
 pub mod reactor;
 pub mod runtime;

@@ -21,7 +21,7 @@
 //! page cache state is unknown and no acknowledgement may follow.
 //!
 //! Tests can make the writer act out a power cut at a chosen step
-//! (`power_loss.rs`).
+//! (`keel_storage::power_loss`).
 
 use std::collections::VecDeque;
 use std::io;
@@ -38,7 +38,7 @@ use keel_storage::wal::{
 };
 use tokio::sync::mpsc;
 
-use crate::power_loss::{self, PowerLoss, Step};
+use keel_storage::power_loss::{self, Step};
 
 use crate::metrics::metrics;
 
@@ -112,10 +112,10 @@ pub struct WalWriter {
     next_segment: Option<glommio::task::JoinHandle<io::Result<(DmaFile, SegmentHeader)>>>,
     /// Records that must open the current segment, not yet written.
     segment_prefix: Vec<Body<'static>>,
-    /// A power cut to act out (tests only), and what the disk holds for
-    /// sure: the offset the last completed fdatasync covered in the current
+    /// With a power cut armed (tests only): what the disk holds for sure,
+    /// the offset the last completed fdatasync covered in the current
     /// segment and the bytes of its block before it.
-    power_loss: Option<(PowerLoss, u64, Vec<u8>)>,
+    durable: Option<(u64, Vec<u8>)>,
 }
 
 fn gerr(e: glommio::GlommioError<()>) -> io::Error {
@@ -245,10 +245,10 @@ impl WalWriter {
             purged,
             next_segment: None,
             segment_prefix: prefix,
-            power_loss: None,
+            durable: None,
         };
-        if let Some(p) = PowerLoss::from_env() {
-            w.power_loss = Some((p, w.offset, w.tail.clone()));
+        if power_loss::armed() {
+            w.durable = Some((w.offset, w.tail.clone()));
         }
         w.start_preparing_next();
         Ok(w)
@@ -429,15 +429,13 @@ impl WalWriter {
     }
 
     fn power_cut_due(&mut self, step: Step) -> bool {
-        self.power_loss
-            .as_mut()
-            .is_some_and(|(p, ..)| p.reached(step))
+        self.durable.is_some() && power_loss::reached(step)
     }
 
     /// Notes (when a power cut is armed) that the disk holds everything up
     /// to the current offset.
     fn synced(&mut self) {
-        if let Some((_, offset, head)) = self.power_loss.as_mut() {
+        if let Some((offset, head)) = self.durable.as_mut() {
             *offset = self.offset;
             head.clone_from(&self.tail);
         }
@@ -448,7 +446,7 @@ impl WalWriter {
     /// head of the block the last sync ended in, and zeros after it (as the
     /// segment was preallocated).
     async fn undo_unsynced(&mut self, end: usize) -> io::Result<()> {
-        let Some((_, synced, head)) = self.power_loss.as_ref() else {
+        let Some((synced, head)) = self.durable.as_ref() else {
             return Ok(());
         };
         let from = align_down(*synced as usize, BLOCK_BYTES);

@@ -11,6 +11,7 @@
 //! group commit) lives in `keel-actors` and uses the encoders here.
 
 pub mod mvcc;
+pub mod power_loss;
 pub mod wal;
 
 /// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync of

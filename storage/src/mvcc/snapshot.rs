@@ -357,9 +357,19 @@ pub fn save_snapshot_file(
 /// directory, then removes snapshots beyond the newest [`SNAPSHOTS_KEPT`].
 /// Returns its new path.
 pub fn place_snapshot_file(dir: &Path, from: &Path, index: u64) -> io::Result<PathBuf> {
+    use crate::power_loss::{self, Step};
     let path = dir.join(snapshot_file_name(index));
+    if power_loss::reached(Step::SnapshotSynced) {
+        power_loss::cut(Step::SnapshotSynced);
+    }
     if from != path {
         fs::rename(from, &path)?;
+        if power_loss::reached(Step::SnapshotRenamed) {
+            // The directory was not synced: the cut undoes the rename.
+            fs::rename(&path, from)?;
+            crate::sync_dir(dir)?;
+            power_loss::cut(Step::SnapshotRenamed);
+        }
     }
     crate::sync_dir(dir)?;
     let files = snapshot_files(dir)?;
