@@ -89,6 +89,7 @@ fn timer_thread() -> Option<&'static Mutex<Sender<Entry>>> {
                 let mut sleeps: std::collections::HashMap<u64, Weak<Mutex<Shared>>> =
                     std::collections::HashMap::new();
                 let mut seq = 0u64;
+                let mut live_after_prune = 0usize;
                 loop {
                     let now = Instant::now();
                     while let Some(&(Reverse(at), Reverse(id))) = heap.peek() {
@@ -115,6 +116,15 @@ fn timer_thread() -> Option<&'static Mutex<Sender<Entry>>> {
                             seq += 1;
                             heap.push((Reverse(at), Reverse(seq)));
                             sleeps.insert(seq, shared);
+                            // A closed connection drops its sleep long before
+                            // the deadline (2 h by default): forget such
+                            // sleeps whenever they could be half of those
+                            // kept, so connection churn cannot grow the heap.
+                            if sleeps.len() >= 2 * live_after_prune + 1024 {
+                                sleeps.retain(|_, w| w.strong_count() > 0);
+                                heap.retain(|(_, Reverse(id))| sleeps.contains_key(id));
+                                live_after_prune = sleeps.len();
+                            }
                         }
                         Err(RecvTimeoutError::Timeout) => {}
                         Err(RecvTimeoutError::Disconnected) => return,
