@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use keel_actors::compactor::AutoCompaction;
-use keel_actors::node::{ActorPlacement, ClusterState, NodeConfig};
+use keel_actors::node::{ActorPlacement, ClientListener, ClusterState, NodeConfig};
 use keel_actors::service::GrpcKeepalive;
+use keel_actors::tls::{TlsSettings, TlsVersion};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -205,6 +206,59 @@ pub struct Flags {
     #[arg(long, env = "KEEL_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: Option<u64>,
 
+    /// Path to the client server TLS cert file.
+    #[arg(long, env = "ETCD_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+
+    /// Path to the client server TLS key file.
+    #[arg(long, env = "ETCD_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+
+    /// Path to the client server TLS trusted CA cert file.
+    #[arg(long, env = "ETCD_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+
+    /// Enable client cert authentication.
+    #[arg(
+        long,
+        env = "ETCD_CLIENT_CERT_AUTH",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub client_cert_auth: bool,
+
+    /// Path to the client certificate revocation list file.
+    #[arg(long, env = "ETCD_CLIENT_CRL_FILE")]
+    pub client_crl_file: Option<PathBuf>,
+
+    /// Client TLS using generated certificates.
+    #[arg(
+        long,
+        env = "ETCD_AUTO_TLS",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub auto_tls: bool,
+
+    /// Comma-separated list of supported TLS cipher suites between client/server and peers
+    /// (empty: the TLS library's defaults).
+    #[arg(long, env = "ETCD_CIPHER_SUITES", default_value = "")]
+    pub cipher_suites: String,
+
+    /// Minimum TLS version supported by etcd (TLS1.2 or TLS1.3).
+    #[arg(long, env = "ETCD_TLS_MIN_VERSION", default_value = "TLS1.2")]
+    pub tls_min_version: String,
+
+    /// Maximum TLS version supported by etcd (empty: TLS1.3).
+    #[arg(long, env = "ETCD_TLS_MAX_VERSION", default_value = "")]
+    pub tls_max_version: String,
+
     /// Raise alarms when backend size exceeds the given quota (0 defaults to low space quota).
     #[arg(
         long,
@@ -213,6 +267,22 @@ pub struct Flags {
         allow_negative_numbers = true
     )]
     pub quota_backend_bytes: i64,
+}
+
+/// `ETCD_*` variables in `env` that name no flag, as `NAME=value`: etcd
+/// warns about each (a misspelt `ETCD_CLIENT_CERT_AUTH` would otherwise
+/// leave a server without the security it was meant to have, silently).
+pub fn unrecognized_env(env: impl Iterator<Item = (String, String)>) -> Vec<String> {
+    use clap::CommandFactory;
+    let cmd = Flags::command();
+    let known: Vec<String> = cmd
+        .get_arguments()
+        .filter_map(|a| a.get_env())
+        .map(|e| e.to_string_lossy().into_owned())
+        .collect();
+    env.filter(|(k, _)| k.starts_with("ETCD_") && !known.contains(k))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect()
 }
 
 pub fn log_filter(level: &str) -> String {
@@ -236,14 +306,13 @@ fn split(list: &str) -> Vec<String> {
         .collect()
 }
 
-/// `http://host:port` → socket addresses.
-fn parse_listen_url(url: &str) -> Result<Vec<SocketAddr>, String> {
-    let rest = if let Some(r) = url.strip_prefix("http://") {
-        r
-    } else if url.starts_with("https://") {
-        return Err(format!(
-            "{url}: TLS is not supported yet (use an http:// URL)"
-        ));
+/// `http://host:port` or `https://host:port` → socket addresses, and
+/// whether the URL asks for TLS.
+fn parse_listen_url(url: &str) -> Result<(Vec<SocketAddr>, bool), String> {
+    let (rest, tls) = if let Some(r) = url.strip_prefix("http://") {
+        (r, false)
+    } else if let Some(r) = url.strip_prefix("https://") {
+        (r, true)
     } else if url.starts_with("unix://") || url.starts_with("unixs://") {
         return Err(format!("{url}: unix sockets are not supported yet"));
     } else {
@@ -260,7 +329,17 @@ fn parse_listen_url(url: &str) -> Result<Vec<SocketAddr>, String> {
     if addrs.is_empty() {
         return Err(format!("{url}: resolves to no address"));
     }
-    Ok(addrs)
+    Ok((addrs, tls))
+}
+
+/// The host part of a listen URL (what `--auto-tls` signs for).
+fn url_host(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let hostport = rest.trim_end_matches('/');
+    match hostport.rsplit_once(':') {
+        Some((host, _)) => host.trim_start_matches('[').trim_end_matches(']'),
+        None => hostport,
+    }
 }
 
 /// `name=url,name=url,...` into members in order; a name given more than
@@ -393,18 +472,22 @@ impl Flags {
     pub fn into_node_config(self) -> Result<NodeConfig, String> {
         let mut listen = Vec::new();
         for url in split(&self.listen_client_urls) {
-            listen.extend(parse_listen_url(&url)?);
+            let (addrs, tls) = parse_listen_url(&url)?;
+            listen.extend(addrs.into_iter().map(|addr| ClientListener { addr, tls }));
         }
         if listen.is_empty() {
             return Err("--listen-client-urls is empty".into());
         }
-        for url in split(&self.listen_peer_urls) {
-            parse_listen_url(&url).map_err(|e| format!("--listen-peer-urls: {e}"))?;
-        }
         let mut listen_peer = Vec::new();
         for url in split(&self.listen_peer_urls) {
-            listen_peer
-                .extend(parse_listen_url(&url).map_err(|e| format!("--listen-peer-urls: {e}"))?);
+            let (addrs, tls) =
+                parse_listen_url(&url).map_err(|e| format!("--listen-peer-urls: {e}"))?;
+            if tls {
+                return Err(format!(
+                    "--listen-peer-urls: {url}: peer TLS is not supported yet (use an http:// URL)"
+                ));
+            }
+            listen_peer.extend(addrs);
         }
         let peer_urls = split(&self.initial_advertise_peer_urls);
         let initial_cluster = match &self.initial_cluster {
@@ -432,7 +515,9 @@ impl Flags {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let data_dir = self
             .data_dir
+            .clone()
             .unwrap_or_else(|| PathBuf::from(format!("{}.keel", self.name)));
+        let (client_tls, client_auto_tls_hosts) = self.client_tls(&data_dir)?;
         let advertise = match &self.advertise_client_urls {
             Some(a) => split(a),
             None => split(&self.listen_client_urls),
@@ -441,6 +526,8 @@ impl Flags {
             name: self.name,
             data_dir,
             listen_client: listen,
+            client_tls,
+            client_auto_tls_hosts,
             advertise_client_urls: advertise,
             listen_peer,
             initial_advertise_peer_urls: peer_urls,
@@ -501,6 +588,64 @@ impl Flags {
     }
 }
 
+impl Flags {
+    /// Client TLS as etcd decides it: https URLs need `--cert-file` and
+    /// `--key-file`, or `--auto-tls` (a self-signed certificate under
+    /// `<data-dir>/fixtures/client`); certificates given with only http
+    /// URLs are ignored with a warning.
+    fn client_tls(
+        &self,
+        data_dir: &std::path::Path,
+    ) -> Result<(Option<TlsSettings>, Option<Vec<String>>), String> {
+        let urls = split(&self.listen_client_urls);
+        let https: Vec<&String> = urls.iter().filter(|u| u.starts_with("https://")).collect();
+        let min_version = TlsVersion::parse(&self.tls_min_version)
+            .map_err(|e| format!("--tls-min-version: {e}"))?;
+        let max_version = match self.tls_max_version.as_str() {
+            "" => TlsVersion::Tls13,
+            v => TlsVersion::parse(v).map_err(|e| format!("--tls-max-version: {e}"))?,
+        };
+        let files = match (&self.cert_file, &self.key_file) {
+            (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+            (None, None) => None,
+            _ => return Err("--cert-file and --key-file must be given together".into()),
+        };
+        let Some(first) = https.first() else {
+            if files.is_some() {
+                tracing::warn!(
+                    "--cert-file and --key-file are given but no --listen-client-urls is https://; ignoring them"
+                );
+            }
+            return Ok((None, None));
+        };
+        let ((cert_file, key_file), auto_hosts) = match files {
+            Some(f) => (f, None),
+            None if self.auto_tls => {
+                let dir = data_dir.join("fixtures").join("client");
+                let hosts = https.iter().map(|u| url_host(u).to_string()).collect();
+                ((dir.join("cert.pem"), dir.join("key.pem")), Some(hosts))
+            }
+            None => {
+                return Err(format!(
+                    "TLS key/cert (--cert-file, --key-file) must be provided for client url {first} with HTTPS scheme"
+                ))
+            }
+        };
+        let settings = TlsSettings {
+            cert_file,
+            key_file,
+            trusted_ca_file: self.trusted_ca_file.clone(),
+            client_cert_auth: self.client_cert_auth,
+            crl_file: self.client_crl_file.clone(),
+            cipher_suites: split(&self.cipher_suites),
+            min_version,
+            max_version,
+        };
+        settings.check()?;
+        Ok((Some(settings), auto_hosts))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -531,12 +676,12 @@ mod tests {
     #[test]
     fn listen_urls() {
         assert_eq!(
-            parse_listen_url("http://127.0.0.1:2379").unwrap()[0].port(),
+            parse_listen_url("http://127.0.0.1:2379").unwrap().0[0].port(),
             2379
         );
-        assert!(parse_listen_url("https://127.0.0.1:2379")
-            .unwrap_err()
-            .contains("TLS"));
+        assert!(parse_listen_url("https://127.0.0.1:2379").unwrap().1);
+        assert_eq!(url_host("https://[::1]:2379"), "::1");
+        assert_eq!(url_host("https://localhost:2379/"), "localhost");
         assert!(parse_listen_url("127.0.0.1:2379").is_err());
         assert!(parse_listen_url("http://127.0.0.1:notaport").is_err());
     }
@@ -548,7 +693,7 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("default.keel"));
         assert_eq!(c.max_request_bytes, 1_572_864);
         assert_eq!(c.max_txn_ops, 128);
-        assert_eq!(c.listen_client[0].to_string(), "127.0.0.1:2379");
+        assert_eq!(c.listen_client[0].to_string(), "http://127.0.0.1:2379");
         assert_eq!(
             c.initial_cluster,
             vec![(
@@ -558,6 +703,21 @@ mod tests {
         );
         let missing = Flags::parse_from(["keel", "--initial-cluster", "a=http://x:1,b=http://y:2"]);
         assert!(missing.into_node_config().unwrap_err().contains("no entry"));
+    }
+
+    #[test]
+    fn unknown_etcd_variables_are_named() {
+        let env = [
+            ("ETCD_CLIENT_CERT_AUTH", "true"),
+            ("ETCD_CLIENT_CERT_AUTHH", "true"),
+            ("ETCDCTL_API", "3"),
+            ("PATH", "/bin"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        assert_eq!(
+            unrecognized_env(env.into_iter()),
+            vec!["ETCD_CLIENT_CERT_AUTHH=true".to_string()]
+        );
     }
 
     #[test]

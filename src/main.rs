@@ -13,6 +13,15 @@ fn main() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    let env = std::env::vars_os().map(|(k, v)| {
+        (
+            k.to_string_lossy().into_owned(),
+            v.to_string_lossy().into_owned(),
+        )
+    });
+    for var in config::unrecognized_env(env) {
+        tracing::warn!("unrecognized environment variable {var}");
+    }
     let cfg = match flags.into_node_config() {
         Ok(c) => c,
         Err(e) => {

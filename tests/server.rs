@@ -547,3 +547,23 @@ async fn a_connection_that_answers_no_ping_is_closed() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     c.put("still", "here", None).await.unwrap();
 }
+
+/// Story: an `ETCD_*` variable keel did not know was ignored without a
+/// word, so a unit file's misspelt (or not yet supported) security setting
+/// gave a server without it and no warning. keel now warns, as etcd does.
+#[test]
+fn an_unknown_etcd_variable_is_warned_about() {
+    let mut server = Server::new(Vec::new());
+    server
+        .env
+        .push(("ETCD_CLIENT_CERT_AUTHH".into(), "true".into()));
+    server.spawn();
+    server.wait_healthy();
+    assert!(
+        server
+            .logs()
+            .contains("unrecognized environment variable ETCD_CLIENT_CERT_AUTHH=true"),
+        "{}",
+        server.logs()
+    );
+}

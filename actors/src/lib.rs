@@ -14,6 +14,7 @@ pub mod reactor;
 pub mod runtime;
 pub mod service;
 pub mod tcp;
+pub mod tls;
 pub mod wal_writer;
 pub mod watch;
 

@@ -65,7 +65,12 @@ const JOIN_WARN_EVERY: Duration = Duration::from_secs(5);
 pub struct NodeConfig {
     pub name: String,
     pub data_dir: PathBuf,
-    pub listen_client: Vec<SocketAddr>,
+    pub listen_client: Vec<ClientListener>,
+    /// What `https://` client listeners serve with.
+    pub client_tls: Option<crate::tls::TlsSettings>,
+    /// `--auto-tls` without certificate files: generate a self-signed one
+    /// for these hosts at `client_tls`'s paths if it is not there yet.
+    pub client_auto_tls_hosts: Option<Vec<String>>,
     pub advertise_client_urls: Vec<String>,
     pub listen_peer: Vec<SocketAddr>,
     pub initial_advertise_peer_urls: Vec<String>,
@@ -103,6 +108,21 @@ pub struct NodeConfig {
     pub grpc_keepalive: crate::service::GrpcKeepalive,
     /// etcd's `--quota-backend-bytes`: 0 for the default, negative for none.
     pub quota_backend_bytes: i64,
+}
+
+/// One address from `--listen-client-urls`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientListener {
+    pub addr: SocketAddr,
+    /// An `https://` URL.
+    pub tls: bool,
+}
+
+impl std::fmt::Display for ClientListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = if self.tls { "https" } else { "http" };
+        write!(f, "{scheme}://{}", self.addr)
+    }
 }
 
 /// `--initial-cluster-state`: bootstrap a new cluster, or join a running one.
@@ -640,7 +660,9 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
     // paths (EBADF), and the default data dir is relative (`default.keel`).
     let member_dir = std::fs::canonicalize(cfg.data_dir.join("member")).map_err(data_dir_err)?;
     let _lock = lock_data_dir(&member_dir)?;
-    let client_sockets = Arc::new(bind_listeners(&cfg.listen_client, "clients", false)?);
+    let client_tls = client_tls(&cfg)?;
+    let client_addrs: Vec<SocketAddr> = cfg.listen_client.iter().map(|l| l.addr).collect();
+    let client_sockets = Arc::new(bind_listeners(&client_addrs, "clients", false)?);
     let peer_sockets = Arc::new(bind_listeners(&cfg.listen_peer, "peers", true)?);
     let ids = identity(&member_dir, &cfg)?;
     let wal_dir = member_dir.join("wal");
@@ -748,6 +770,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
         let (raft_tx, mvcc_tx, mut ready_rx) = (raft_tx.clone(), mvcc_tx.clone(), ready_rx.clone());
         let (wal_dir, snap_dir) = (wal_dir.clone(), snap_dir.clone());
         let (client_sockets, peer_sockets) = (client_sockets.clone(), peer_sockets.clone());
+        let client_tls = client_tls.clone();
         let handle = LocalExecutorBuilder::new(CpuPlacement::Fixed(cpu))
             .name(&format!("keel-core{core}"))
             .io_memory(4 << 20)
@@ -829,9 +852,15 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
                     .detach();
                 }
                 let mut listeners = Vec::new();
-                for socket in client_sockets.iter() {
+                for (socket, how) in client_sockets.iter().zip(&cfg.listen_client) {
+                    // TLS handshakes cost milliseconds of CPU each; with a
+                    // core to spare they stay off the one raft runs on.
+                    if how.tls && core == placement.raft_core && placement.cores > 1 {
+                        continue;
+                    }
+                    let tls = if how.tls { client_tls.clone() } else { None };
                     match core_listener(socket) {
-                        Ok(l) => listeners.push(l),
+                        Ok(l) => listeners.push((l, tls)),
                         Err(e) => crate::fatal(&format!("cannot listen for clients: {e}")),
                     }
                 }
@@ -847,11 +876,15 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
                     space,
                 });
                 if core == 0 {
-                    tracing::info!(addrs = ?cfg.listen_client, "ready to serve client requests");
+                    let urls: Vec<String> =
+                        cfg.listen_client.iter().map(ToString::to_string).collect();
+                    tracing::info!(urls = %urls.join(","), "ready to serve client requests");
                 }
                 let tasks: Vec<_> = listeners
                     .into_iter()
-                    .map(|l| glommio::spawn_local(crate::reactor::serve(l, ctx.clone())))
+                    .map(|(l, tls)| {
+                        glommio::spawn_local(crate::reactor::serve(l, tls, ctx.clone()))
+                    })
                     .collect();
                 for t in tasks {
                     t.await;
@@ -866,6 +899,22 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
         h.join().map_err(|e| StartError::Executor(e.to_string()))?;
     }
     Ok(())
+}
+
+/// The `https://` client listeners' TLS, loaded (and with `--auto-tls`
+/// generated) once here so a bad certificate is a start-up error.
+fn client_tls(cfg: &NodeConfig) -> Result<Option<Arc<crate::tls::ServerTls>>, StartError> {
+    let Some(settings) = &cfg.client_tls else {
+        return Ok(None);
+    };
+    if let Some(hosts) = &cfg.client_auto_tls_hosts {
+        let dir = settings.cert_file.parent().unwrap_or(Path::new("."));
+        crate::tls::self_signed(dir, hosts).map_err(StartError::Config)?;
+        tracing::info!(cert = %settings.cert_file.display(), "--auto-tls: serving clients with a self-signed certificate");
+    }
+    let tls = crate::tls::ServerTls::new(settings.clone())
+        .map_err(|e| StartError::Config(format!("client TLS: {e}")))?;
+    Ok(Some(Arc::new(tls)))
 }
 
 /// Opens the WAL writer and starts openraft (bootstrapping a new cluster's

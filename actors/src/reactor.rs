@@ -3,16 +3,18 @@
 //!
 //! A connection that opens with the HTTP/2 preface is served by hyper's
 //! HTTP/2 server; gRPC requests are dispatched by path, anything else goes
-//! to the HTTP handler, as does every HTTP/1.1 connection.
+//! to the HTTP handler, as does every HTTP/1.1 connection. On an `https://`
+//! listener the same happens inside TLS (`crate::tls`).
 
 use std::cell::Cell;
 use std::convert::Infallible;
 use std::future::Future;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_lite::AsyncReadExt;
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite};
 use glommio::net::{TcpListener, TcpStream};
 use http::{header, HeaderMap, HeaderValue, Response};
 use hyper::body::Incoming;
@@ -27,9 +29,10 @@ use crate::metrics::metrics;
 use crate::service::{
     cluster, election, http as http_service, kv, lease, maintenance, watch, ServerCtx,
 };
+use crate::tls::ServerTls;
 
-/// Serves `listener` until the process ends.
-pub async fn serve(listener: TcpListener, ctx: Rc<ServerCtx>) {
+/// Serves `listener` (over TLS when `tls` is given) until the process ends.
+pub async fn serve(listener: TcpListener, tls: Option<Arc<ServerTls>>, ctx: Rc<ServerCtx>) {
     let open = Rc::new(Cell::new(0usize));
     loop {
         let stream = match listener.accept().await {
@@ -49,9 +52,9 @@ pub async fn serve(listener: TcpListener, ctx: Rc<ServerCtx>) {
             continue;
         }
         open.set(open.get() + 1);
-        let (ctx, open) = (ctx.clone(), open.clone());
+        let (ctx, open, tls) = (ctx.clone(), open.clone(), tls.clone());
         glommio::spawn_local(async move {
-            serve_connection(stream, ctx).await;
+            serve_connection(stream, tls, ctx).await;
             open.set(open.get() - 1);
         })
         .detach();
@@ -62,12 +65,33 @@ pub async fn serve(listener: TcpListener, ctx: Rc<ServerCtx>) {
 /// unanswered ping (ten years; hyper adds it to an `Instant`).
 const KEEPALIVE_TIMEOUT_NEVER: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
-/// A new connection has this long to send its first bytes.
+/// A new connection has this long to send its first bytes (and, on a TLS
+/// listener, to finish its handshake).
 pub const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn serve_connection(mut stream: TcpStream, ctx: Rc<ServerCtx>) {
+async fn serve_connection(stream: TcpStream, tls: Option<Arc<ServerTls>>, ctx: Rc<ServerCtx>) {
     let _ = stream.set_nodelay(true);
     crate::tcp::keep_alive(&stream, crate::tcp::CLIENT);
+    let Some(tls) = tls else {
+        return serve_stream(stream, ctx).await;
+    };
+    let acceptor = futures_rustls::TlsAcceptor::from(tls.config());
+    let handshake = glommio::timer::timeout(FIRST_BYTES_TIMEOUT, async {
+        Ok(acceptor.accept(stream).await)
+    })
+    .await;
+    match handshake {
+        Ok(Ok(stream)) => serve_stream(stream, ctx).await,
+        Ok(Err(e)) => tracing::debug!("TLS handshake failed: {e}"),
+        Err(_) => tracing::debug!("TLS handshake did not finish in {FIRST_BYTES_TIMEOUT:?}"),
+    }
+}
+
+/// Serves one connection's HTTP/2 or HTTP/1.1, whichever it starts with.
+async fn serve_stream<S>(mut stream: S, ctx: Rc<ServerCtx>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
     // HTTP/2 with prior knowledge starts with "PRI * HTTP/2.0".
     let mut first = [0u8; 3];
     let sniffed = glommio::timer::timeout(FIRST_BYTES_TIMEOUT, async {

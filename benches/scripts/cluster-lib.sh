@@ -1,6 +1,7 @@
 # Sourced by the cluster bench scripts: starts a 3-member keel or etcd 3.4
 # cluster on loopback (free ports, fresh data dirs under $D) and stops it.
 # After start_cluster: C (client URLs), P (peer URLs), PIDS, D.
+# KEEP_LOGS=dir keeps the members' logs (stop_cluster copies them there).
 # PIN_MEMBERS=1 runs member i on CPU i mod nproc alone (taskset), as members
 # sharing a host should run: keel pins one executor per usable CPU, so
 # three unpinned members put all three raft cores on the first CPU.
@@ -43,5 +44,7 @@ print([s["Endpoint"] for s in d if s["Status"]["leader"] == s["Status"]["header"
 stop_cluster() {
   local p
   for p in "${PIDS[@]}"; do kill "$p"; wait "$p" 2>/dev/null; done
+  # KEEP_LOGS=dir: the members' logs are copied there first.
+  if [ -n "${KEEP_LOGS:-}" ]; then mkdir -p "$KEEP_LOGS" && cp "$D"/m*.log "$KEEP_LOGS"/; fi
   rm -rf "$D"
 }

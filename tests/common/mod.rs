@@ -145,10 +145,12 @@ impl Server {
         }
         c.arg("--data-dir")
             .arg(&self.dir)
-            .arg("--listen-client-urls")
-            .arg(self.endpoint())
             .arg("--listen-peer-urls")
             .arg(self.peer_url());
+        // A test may listen on more URLs (https ones); `port` stays one of them.
+        if !self.args.iter().any(|a| a == "--listen-client-urls") {
+            c.arg("--listen-client-urls").arg(self.endpoint());
+        }
         if !self
             .args
             .iter()

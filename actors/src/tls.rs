@@ -1,0 +1,354 @@
+//! TLS on client listeners, with rustls (ring as its crypto provider).
+//!
+//! An `https://` listener hands every accepted connection to a handshake
+//! with the current server configuration. The configuration is rebuilt
+//! when its certificate, key, CA or CRL file changes (etcd reads them on
+//! every handshake), so rotated certificates take effect for the next
+//! connection without a restart; a rebuild that fails (a half-written file)
+//! is logged and the previous configuration stays in use.
+//!
+//! ALPN offers `h2` and `http/1.1`: gRPC and the HTTP endpoints share the
+//! port, as they do on a plain listener.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig, SupportedProtocolVersion};
+
+/// A TLS protocol version as etcd's `--tls-min-version` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+impl TlsVersion {
+    /// etcd's names: TLS1.2, TLS1.3 (TLS 1.0 and 1.1 are not offered by
+    /// rustls, so asking for them is a start-up error).
+    pub fn parse(s: &str) -> Result<TlsVersion, String> {
+        match s {
+            "TLS1.2" => Ok(TlsVersion::Tls12),
+            "TLS1.3" => Ok(TlsVersion::Tls13),
+            "TLS1.0" | "TLS1.1" => Err(format!(
+                "{s} is not supported (keel's TLS library offers TLS1.2 and TLS1.3)"
+            )),
+            _ => Err(format!("unexpected TLS version {s:?} (TLS1.2 or TLS1.3)")),
+        }
+    }
+
+    fn protocol(self) -> &'static SupportedProtocolVersion {
+        match self {
+            TlsVersion::Tls12 => &rustls::version::TLS12,
+            TlsVersion::Tls13 => &rustls::version::TLS13,
+        }
+    }
+}
+
+/// What a TLS listener serves with: etcd's `--cert-file`, `--key-file`,
+/// `--trusted-ca-file`, `--client-cert-auth`, `--client-crl-file`,
+/// `--cipher-suites`, `--tls-min-version` and `--tls-max-version`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Require a client certificate signed by `trusted_ca_file`.
+    pub client_cert_auth: bool,
+    pub crl_file: Option<PathBuf>,
+    /// IANA names of the TLS 1.2 suites allowed; empty: rustls's defaults.
+    /// TLS 1.3 suites are not configurable, as in Go.
+    pub cipher_suites: Vec<String>,
+    pub min_version: TlsVersion,
+    pub max_version: TlsVersion,
+}
+
+impl TlsSettings {
+    /// Checks what can be checked without reading files: versions and
+    /// cipher suite names.
+    pub fn check(&self) -> Result<(), String> {
+        if self.min_version > self.max_version {
+            return Err("--tls-min-version must not be above --tls-max-version".into());
+        }
+        if !self.cipher_suites.is_empty() && self.min_version == TlsVersion::Tls13 {
+            return Err(
+                "--cipher-suites cannot be used with --tls-min-version TLS1.3 (TLS 1.3 suites are not configurable)"
+                    .into(),
+            );
+        }
+        self.provider().map(|_| ())
+    }
+
+    fn files(&self) -> Vec<&Path> {
+        let mut f = vec![self.cert_file.as_path(), self.key_file.as_path()];
+        f.extend(self.trusted_ca_file.as_deref());
+        f.extend(self.crl_file.as_deref());
+        f
+    }
+
+    /// ring's provider with only the suites asked for.
+    fn provider(&self) -> Result<CryptoProvider, String> {
+        let mut p = rustls::crypto::ring::default_provider();
+        if self.cipher_suites.is_empty() {
+            return Ok(p);
+        }
+        let mut chosen = Vec::new();
+        for name in &self.cipher_suites {
+            let found = p
+                .cipher_suites
+                .iter()
+                .find(|s| format!("{:?}", s.suite()) == *name)
+                .ok_or_else(|| format!("--cipher-suites: unexpected TLS cipher suite {name:?}"))?;
+            if found.version() == &rustls::version::TLS13 {
+                return Err(format!(
+                    "--cipher-suites: {name} is a TLS 1.3 suite; those are not configurable"
+                ));
+            }
+            chosen.push(*found);
+        }
+        chosen.extend(
+            p.cipher_suites
+                .iter()
+                .filter(|s| s.version() == &rustls::version::TLS13),
+        );
+        p.cipher_suites = chosen;
+        Ok(p)
+    }
+
+    /// Reads the files and builds a server configuration.
+    pub fn build(&self) -> Result<ServerConfig, String> {
+        let provider = Arc::new(self.provider()?);
+        let versions: Vec<&'static SupportedProtocolVersion> =
+            [TlsVersion::Tls12, TlsVersion::Tls13]
+                .into_iter()
+                .filter(|v| (self.min_version..=self.max_version).contains(v))
+                .map(TlsVersion::protocol)
+                .collect();
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&versions)
+            .map_err(|e| format!("TLS versions: {e}"))?;
+        let builder = if self.client_cert_auth {
+            let ca = self.trusted_ca_file.as_deref().ok_or(
+                "--client-cert-auth needs --trusted-ca-file (the CA that signs client certificates)",
+            )?;
+            let mut roots = RootCertStore::empty();
+            for cert in read_certs(ca)? {
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("{}: {e}", ca.display()))?;
+            }
+            let crls = match &self.crl_file {
+                Some(f) => read_crls(f)?,
+                None => Vec::new(),
+            };
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .with_crls(crls)
+                .build()
+                .map_err(|e| format!("client certificate verifier: {e}"))?;
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let mut cfg = builder
+            .with_single_cert(read_certs(&self.cert_file)?, read_key(&self.key_file)?)
+            .map_err(|e| {
+                format!(
+                    "{} and {}: {e}",
+                    self.cert_file.display(),
+                    self.key_file.display()
+                )
+            })?;
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(cfg)
+    }
+}
+
+fn read_pem(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = read_pem(path)?;
+    let certs = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no PEM certificate in it", path.display()));
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    let pem = read_pem(path)?;
+    rustls_pemfile::private_key(&mut pem.as_slice())
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .ok_or_else(|| format!("{}: no PEM private key in it", path.display()))
+}
+
+fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
+    let pem = read_pem(path)?;
+    let crls = rustls_pemfile::crls(&mut pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if crls.is_empty() {
+        // etcd accepts a DER file as well.
+        return Ok(vec![CertificateRevocationListDer::from(pem)]);
+    }
+    Ok(crls)
+}
+
+/// What identifies a file's contents cheaply: its inode, size and mtime.
+type Stamp = Option<(u64, u64, i64, i64)>;
+
+fn stamp(path: &Path) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
+}
+
+/// A listener's TLS configuration, rebuilt when its files change. Shared by
+/// the cores; the lock is held for a few `stat` calls per handshake.
+pub struct ServerTls {
+    settings: TlsSettings,
+    current: Mutex<(Vec<Stamp>, Arc<ServerConfig>)>,
+}
+
+impl ServerTls {
+    /// Builds the first configuration: a bad file is a start-up error.
+    pub fn new(settings: TlsSettings) -> Result<ServerTls, String> {
+        settings.check()?;
+        let stamps = settings.files().into_iter().map(stamp).collect();
+        let cfg = Arc::new(settings.build()?);
+        Ok(ServerTls {
+            settings,
+            current: Mutex::new((stamps, cfg)),
+        })
+    }
+
+    /// The configuration for the next handshake: rebuilt first if a file
+    /// changed since the last build.
+    pub fn config(&self) -> Arc<ServerConfig> {
+        let stamps: Vec<Stamp> = self.settings.files().into_iter().map(stamp).collect();
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if current.0 != stamps {
+            match self.settings.build() {
+                Ok(cfg) => {
+                    tracing::info!(cert = %self.settings.cert_file.display(), "TLS files changed; reloaded");
+                    *current = (stamps, Arc::new(cfg));
+                }
+                Err(e) => {
+                    // Tried again at the next handshake; until the files
+                    // make sense the old configuration serves.
+                    tracing::warn!(
+                        "TLS files changed but cannot be loaded, keeping the previous ones: {e}"
+                    );
+                }
+            }
+        }
+        current.1.clone()
+    }
+}
+
+/// etcd's `--auto-tls`: a self-signed certificate for `hosts`, written to
+/// `dir/cert.pem` and `dir/key.pem` (mode 0600) and reused while it is
+/// there, as etcd keeps it under `<data-dir>/fixtures/client`.
+pub fn self_signed(dir: &Path, hosts: &[String]) -> Result<(PathBuf, PathBuf), String> {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    if cert.exists() && key.exists() {
+        return Ok((cert, key));
+    }
+    keel_storage::create_dir_durably(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let generated = rcgen::generate_simple_self_signed(hosts.to_vec())
+        .map_err(|e| format!("generating a self-signed certificate: {e}"))?;
+    write_private(&key, generated.key_pair.serialize_pem().as_bytes())?;
+    write_private(&cert, generated.cert.pem().as_bytes())?;
+    Ok((cert, key))
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    };
+    write().map_err(|e| format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> TlsSettings {
+        TlsSettings {
+            cert_file: "c".into(),
+            key_file: "k".into(),
+            trusted_ca_file: None,
+            client_cert_auth: false,
+            crl_file: None,
+            cipher_suites: Vec::new(),
+            min_version: TlsVersion::Tls12,
+            max_version: TlsVersion::Tls13,
+        }
+    }
+
+    #[test]
+    fn versions_and_suites_are_checked_before_any_file_is_read() {
+        assert!(settings().check().is_ok());
+        let mut s = settings();
+        s.cipher_suites = vec!["TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256".into()];
+        assert!(s.check().is_ok());
+        assert_eq!(
+            s.provider()
+                .unwrap()
+                .cipher_suites
+                .iter()
+                .filter(|c| c.version() == &rustls::version::TLS12)
+                .count(),
+            1
+        );
+        s.cipher_suites = vec!["TLS_RSA_WITH_RC4_128_SHA".into()];
+        assert!(s
+            .check()
+            .unwrap_err()
+            .contains("unexpected TLS cipher suite"));
+        s.cipher_suites = vec!["TLS13_AES_128_GCM_SHA256".into()];
+        assert!(s.check().unwrap_err().contains("TLS 1.3"));
+        let mut s = settings();
+        s.min_version = TlsVersion::Tls13;
+        s.max_version = TlsVersion::Tls12;
+        assert!(s.check().is_err());
+        assert!(TlsVersion::parse("TLS1.1")
+            .unwrap_err()
+            .contains("not supported"));
+        assert_eq!(TlsVersion::parse("TLS1.3"), Ok(TlsVersion::Tls13));
+    }
+
+    #[test]
+    fn a_missing_file_is_named() {
+        let e = settings().build().unwrap_err();
+        assert!(e.starts_with("c: "), "{e}");
+    }
+
+    #[test]
+    fn a_self_signed_certificate_loads_and_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let fixtures = dir.path().join("fixtures/client");
+        let (cert, key) = self_signed(&fixtures, &["127.0.0.1".into()]).unwrap();
+        let first = std::fs::read(&cert).unwrap();
+        let mut s = settings();
+        (s.cert_file, s.key_file) = (cert.clone(), key);
+        let tls = ServerTls::new(s).unwrap();
+        assert_eq!(tls.config().alpn_protocols[0], b"h2");
+        self_signed(&fixtures, &["127.0.0.1".into()]).unwrap();
+        assert_eq!(std::fs::read(&cert).unwrap(), first);
+    }
+}
