@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use keel_actors::compactor::AutoCompaction;
-use keel_actors::node::{ActorPlacement, ClientListener, ClusterState, NodeConfig};
+use keel_actors::node::{ActorPlacement, ClusterState, ListenUrl, NodeConfig};
 use keel_actors::service::GrpcKeepalive;
 use keel_actors::tls::{TlsSettings, TlsVersion};
 
@@ -246,6 +246,46 @@ pub struct Flags {
     )]
     pub auto_tls: bool,
 
+    /// Path to the peer server TLS cert file.
+    #[arg(long, env = "ETCD_PEER_CERT_FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+
+    /// Path to the peer server TLS key file.
+    #[arg(long, env = "ETCD_PEER_KEY_FILE")]
+    pub peer_key_file: Option<PathBuf>,
+
+    /// Path to the peer server TLS trusted CA file.
+    #[arg(long, env = "ETCD_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+
+    /// Enable peer client cert authentication.
+    #[arg(
+        long,
+        env = "ETCD_PEER_CLIENT_CERT_AUTH",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub peer_client_cert_auth: bool,
+
+    /// Path to the peer certificate revocation list file.
+    #[arg(long, env = "ETCD_PEER_CRL_FILE")]
+    pub peer_crl_file: Option<PathBuf>,
+
+    /// Peer TLS using self-generated certificates if --peer-key-file and --peer-cert-file are not provided.
+    #[arg(
+        long,
+        env = "ETCD_PEER_AUTO_TLS",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub peer_auto_tls: bool,
+
     /// Comma-separated list of supported TLS cipher suites between client/server and peers
     /// (empty: the TLS library's defaults).
     #[arg(long, env = "ETCD_CIPHER_SUITES", default_value = "")]
@@ -350,7 +390,7 @@ fn parse_initial_cluster(ic: &str) -> Result<Vec<(String, Vec<String>)>, String>
         let Some((name, url)) = m.split_once('=') else {
             return Err(format!("--initial-cluster: {m}: expected name=peer-url"));
         };
-        if !url.starts_with("http://") {
+        if !url.starts_with("http://") && !url.starts_with("https://") {
             return Err(format!(
                 "--initial-cluster: {url}: expected a URL like http://127.0.0.1:2380"
             ));
@@ -473,7 +513,7 @@ impl Flags {
         let mut listen = Vec::new();
         for url in split(&self.listen_client_urls) {
             let (addrs, tls) = parse_listen_url(&url)?;
-            listen.extend(addrs.into_iter().map(|addr| ClientListener { addr, tls }));
+            listen.extend(addrs.into_iter().map(|addr| ListenUrl { addr, tls }));
         }
         if listen.is_empty() {
             return Err("--listen-client-urls is empty".into());
@@ -482,12 +522,7 @@ impl Flags {
         for url in split(&self.listen_peer_urls) {
             let (addrs, tls) =
                 parse_listen_url(&url).map_err(|e| format!("--listen-peer-urls: {e}"))?;
-            if tls {
-                return Err(format!(
-                    "--listen-peer-urls: {url}: peer TLS is not supported yet (use an http:// URL)"
-                ));
-            }
-            listen_peer.extend(addrs);
+            listen_peer.extend(addrs.into_iter().map(|addr| ListenUrl { addr, tls }));
         }
         let peer_urls = split(&self.initial_advertise_peer_urls);
         let initial_cluster = match &self.initial_cluster {
@@ -517,7 +552,10 @@ impl Flags {
             .data_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from(format!("{}.keel", self.name)));
-        let (client_tls, client_auto_tls_hosts) = self.client_tls(&data_dir)?;
+        let (client_tls, client_auto_tls_hosts) =
+            self.tls_settings(&self.client_tls_flags(), &data_dir)?;
+        let (peer_tls, peer_auto_tls_hosts) =
+            self.tls_settings(&self.peer_tls_flags(), &data_dir)?;
         let advertise = match &self.advertise_client_urls {
             Some(a) => split(a),
             None => split(&self.listen_client_urls),
@@ -530,6 +568,8 @@ impl Flags {
             client_auto_tls_hosts,
             advertise_client_urls: advertise,
             listen_peer,
+            peer_tls,
+            peer_auto_tls_hosts,
             initial_advertise_peer_urls: peer_urls,
             initial_cluster,
             initial_cluster_state: if self.initial_cluster_state == "existing" {
@@ -588,58 +628,137 @@ impl Flags {
     }
 }
 
+/// One side's TLS flags (clients' or peers'), as [`Flags::tls_settings`]
+/// reads them.
+struct TlsFlags<'a> {
+    /// "" or "peer-": how the flags are named.
+    prefix: &'static str,
+    /// "client" or "peer": in messages and the `--auto-tls` directory.
+    side: &'static str,
+    /// The URLs whose `https://` scheme asks for TLS: listened on, and (for
+    /// peers) dialed.
+    listen: Vec<String>,
+    dialed: Vec<String>,
+    cert: &'a Option<PathBuf>,
+    key: &'a Option<PathBuf>,
+    trusted_ca: &'a Option<PathBuf>,
+    cert_auth: bool,
+    crl: &'a Option<PathBuf>,
+    auto: bool,
+}
+
 impl Flags {
-    /// Client TLS as etcd decides it: https URLs need `--cert-file` and
-    /// `--key-file`, or `--auto-tls` (a self-signed certificate under
-    /// `<data-dir>/fixtures/client`); certificates given with only http
+    fn client_tls_flags(&self) -> TlsFlags<'_> {
+        TlsFlags {
+            prefix: "",
+            side: "client",
+            listen: split(&self.listen_client_urls),
+            dialed: Vec::new(),
+            cert: &self.cert_file,
+            key: &self.key_file,
+            trusted_ca: &self.trusted_ca_file,
+            cert_auth: self.client_cert_auth,
+            crl: &self.client_crl_file,
+            auto: self.auto_tls,
+        }
+    }
+
+    fn peer_tls_flags(&self) -> TlsFlags<'_> {
+        let mut dialed = split(&self.initial_advertise_peer_urls);
+        if let Some(ic) = &self.initial_cluster {
+            dialed.extend(
+                split(ic)
+                    .into_iter()
+                    .filter_map(|m| m.split_once('=').map(|(_, u)| u.to_string())),
+            );
+        }
+        TlsFlags {
+            prefix: "peer-",
+            side: "peer",
+            listen: split(&self.listen_peer_urls),
+            dialed,
+            cert: &self.peer_cert_file,
+            key: &self.peer_key_file,
+            trusted_ca: &self.peer_trusted_ca_file,
+            cert_auth: self.peer_client_cert_auth,
+            crl: &self.peer_crl_file,
+            auto: self.peer_auto_tls,
+        }
+    }
+
+    /// TLS as etcd decides it: https URLs need the cert and key files, or
+    /// auto TLS (a self-signed certificate under
+    /// `<data-dir>/fixtures/<side>`); certificates given with only http
     /// URLs are ignored with a warning.
-    fn client_tls(
+    fn tls_settings(
         &self,
+        f: &TlsFlags,
         data_dir: &std::path::Path,
     ) -> Result<(Option<TlsSettings>, Option<Vec<String>>), String> {
-        let urls = split(&self.listen_client_urls);
-        let https: Vec<&String> = urls.iter().filter(|u| u.starts_with("https://")).collect();
+        let p = f.prefix;
+        let https_listen: Vec<&String> = f
+            .listen
+            .iter()
+            .filter(|u| u.starts_with("https://"))
+            .collect();
+        let https_any = https_listen
+            .iter()
+            .copied()
+            .chain(f.dialed.iter().filter(|u| u.starts_with("https://")))
+            .next();
         let min_version = TlsVersion::parse(&self.tls_min_version)
             .map_err(|e| format!("--tls-min-version: {e}"))?;
         let max_version = match self.tls_max_version.as_str() {
             "" => TlsVersion::Tls13,
             v => TlsVersion::parse(v).map_err(|e| format!("--tls-max-version: {e}"))?,
         };
-        let files = match (&self.cert_file, &self.key_file) {
+        let files = match (f.cert, f.key) {
             (Some(c), Some(k)) => Some((c.clone(), k.clone())),
             (None, None) => None,
-            _ => return Err("--cert-file and --key-file must be given together".into()),
+            _ => {
+                return Err(format!(
+                    "--{p}cert-file and --{p}key-file must be given together"
+                ))
+            }
         };
-        let Some(first) = https.first() else {
+        let Some(first) = https_any else {
             if files.is_some() {
                 tracing::warn!(
-                    "--cert-file and --key-file are given but no --listen-client-urls is https://; ignoring them"
+                    "--{p}cert-file and --{p}key-file are given but no {} URL is https://; ignoring them",
+                    f.side
                 );
             }
             return Ok((None, None));
         };
         let ((cert_file, key_file), auto_hosts) = match files {
             Some(f) => (f, None),
-            None if self.auto_tls => {
-                let dir = data_dir.join("fixtures").join("client");
-                let hosts = https.iter().map(|u| url_host(u).to_string()).collect();
+            None if f.auto => {
+                let dir = data_dir.join("fixtures").join(f.side);
+                let mut hosts: Vec<String> = https_listen.iter().map(|u| url_host(u).to_string()).collect();
+                if hosts.is_empty() {
+                    hosts.push("localhost".into());
+                }
                 ((dir.join("cert.pem"), dir.join("key.pem")), Some(hosts))
             }
             None => {
                 return Err(format!(
-                    "TLS key/cert (--cert-file, --key-file) must be provided for client url {first} with HTTPS scheme"
+                    "TLS key/cert (--{p}cert-file, --{p}key-file) must be provided for {} url {first} with HTTPS scheme",
+                    f.side
                 ))
             }
         };
         let settings = TlsSettings {
+            flag_prefix: p,
             cert_file,
             key_file,
-            trusted_ca_file: self.trusted_ca_file.clone(),
-            client_cert_auth: self.client_cert_auth,
-            crl_file: self.client_crl_file.clone(),
+            trusted_ca_file: f.trusted_ca.clone(),
+            client_cert_auth: f.cert_auth,
+            crl_file: f.crl.clone(),
             cipher_suites: split(&self.cipher_suites),
             min_version,
             max_version,
+            // Self-signed peers have no CA to check each other against.
+            skip_server_verification: auto_hosts.is_some() && f.side == "peer",
         };
         settings.check()?;
         Ok((Some(settings), auto_hosts))

@@ -373,3 +373,154 @@ fn tls_misconfiguration_is_a_start_up_error_with_etcds_message() {
         assert!(!out.contains("panicked"), "{out}");
     }
 }
+
+/// Three members on `https://` peer URLs with `extra` flags each (given
+/// the member's index); waits until all serve.
+fn start_tls_cluster(extra: impl Fn(usize) -> Vec<String>) -> Vec<Server> {
+    let mut members: Vec<Server> = (0..3).map(|_| Server::new(Vec::new())).collect();
+    let initial: Vec<String> = members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| format!("m{i}=https://127.0.0.1:{}", m.peer_port))
+        .collect();
+    for (i, m) in members.iter_mut().enumerate() {
+        let url = format!("https://127.0.0.1:{}", m.peer_port);
+        let mut args: Vec<String> = vec![
+            "--name".into(),
+            format!("m{i}"),
+            "--initial-cluster".into(),
+            initial.join(","),
+            "--initial-cluster-token".into(),
+            "keel-tls".into(),
+            "--listen-peer-urls".into(),
+            url.clone(),
+            "--initial-advertise-peer-urls".into(),
+            url,
+        ];
+        args.extend(extra(i));
+        m.args = args;
+        m.spawn();
+    }
+    for m in &mut members {
+        m.wait_healthy();
+    }
+    members
+}
+
+/// A put through the first member is read, serializably, from the others.
+async fn replicated(members: &[Server]) {
+    let mut c0 = members[0].client().await;
+    c0.put("peer/k", "over tls", None).await.unwrap();
+    for m in &members[1..] {
+        let mut c = m.client().await;
+        let opts = || Some(etcd_client::GetOptions::new().with_serializable());
+        let mut seen = false;
+        for _ in 0..100 {
+            let got = c.get("peer/k", opts()).await.unwrap();
+            if got
+                .kvs()
+                .first()
+                .is_some_and(|kv| kv.value() == b"over tls")
+            {
+                seen = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(seen, "not replicated to {}:\n{}", m.endpoint(), m.logs());
+    }
+}
+
+/// Opens TLS to a peer port with `identity` (trusting `ca`), writes a
+/// byte and waits 2 s for an answer: Ok(()) if the server kept quiet
+/// (it waits for a greeting: it took the certificate), Err if it ended
+/// the session.
+fn peer_session(port: u16, ca: &Ca, identity: &Leaf) -> Result<(), String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.cert.der().clone()).unwrap();
+    let certs: Vec<_> = rustls_pemfile::certs(&mut identity.cert.as_bytes())
+        .map(|c| c.unwrap())
+        .collect();
+    let key = rustls_pemfile::private_key(&mut identity.key.as_bytes())
+        .unwrap()
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    tls.write_all(&[0]).map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 64];
+    match tls.read(&mut buf) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            Ok(())
+        }
+        Ok(0) => Err("closed".into()),
+        other => Err(format!("{other:?}")),
+    }
+}
+
+#[tokio::test]
+async fn members_replicate_over_mutual_tls_and_refuse_peers_of_another_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("keel peer CA");
+    let ca_file = write(dir.path(), "ca.crt", &ca.pem());
+    let d = dir.path().to_path_buf();
+    let leaves: Vec<Leaf> = (0..3).map(|i| ca.leaf(&format!("m{i}"), 10 + i)).collect();
+    for (i, leaf) in leaves.iter().enumerate() {
+        write(&d, &format!("m{i}.crt"), &leaf.cert);
+        write(&d, &format!("m{i}.key"), &leaf.key);
+    }
+    let members = start_tls_cluster(|i| {
+        vec![
+            "--peer-cert-file".into(),
+            d.join(format!("m{i}.crt")).display().to_string(),
+            "--peer-key-file".into(),
+            d.join(format!("m{i}.key")).display().to_string(),
+            "--peer-trusted-ca-file".into(),
+            ca_file.display().to_string(),
+            "--peer-client-cert-auth".into(),
+        ]
+    });
+    replicated(&members).await;
+
+    let port = members[0].peer_port;
+    peer_session(port, &ca, &ca.leaf("another member", 20))
+        .unwrap_or_else(|e| panic!("a certificate of the peers' CA was refused: {e}"));
+    assert!(
+        peer_session(port, &ca, &Ca::new("rogue CA").leaf("rogue", 21)).is_err(),
+        "a peer certificate of another CA was taken"
+    );
+    // A plain (non-TLS) peer greeting gets no peer frame back.
+    let mut plain = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    plain.write_all(&[0u8; 64]).unwrap();
+    let mut buf = [0u8; 16];
+    let n = plain.read(&mut buf).unwrap_or(0);
+    assert!(
+        n == 0 || buf[0] == 0x15,
+        "a plain greeting got {:?}",
+        &buf[..n]
+    );
+}
+
+#[tokio::test]
+async fn members_replicate_over_peer_auto_tls() {
+    let members = start_tls_cluster(|_| vec!["--peer-auto-tls".into()]);
+    replicated(&members).await;
+    assert!(members[0].dir.join("fixtures/peer/cert.pem").exists());
+}

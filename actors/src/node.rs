@@ -65,14 +65,19 @@ const JOIN_WARN_EVERY: Duration = Duration::from_secs(5);
 pub struct NodeConfig {
     pub name: String,
     pub data_dir: PathBuf,
-    pub listen_client: Vec<ClientListener>,
+    pub listen_client: Vec<ListenUrl>,
     /// What `https://` client listeners serve with.
     pub client_tls: Option<crate::tls::TlsSettings>,
     /// `--auto-tls` without certificate files: generate a self-signed one
     /// for these hosts at `client_tls`'s paths if it is not there yet.
     pub client_auto_tls_hosts: Option<Vec<String>>,
     pub advertise_client_urls: Vec<String>,
-    pub listen_peer: Vec<SocketAddr>,
+    pub listen_peer: Vec<ListenUrl>,
+    /// What `https://` peer listeners serve with and `https://` peer URLs
+    /// are dialed with (the same certificate both ways, as etcd).
+    pub peer_tls: Option<crate::tls::TlsSettings>,
+    /// `--peer-auto-tls` without certificate files: as `client_auto_tls_hosts`.
+    pub peer_auto_tls_hosts: Option<Vec<String>>,
     pub initial_advertise_peer_urls: Vec<String>,
     /// Members to bootstrap with (or, joining, to ask): name and peer URLs.
     pub initial_cluster: Vec<(String, Vec<String>)>,
@@ -110,15 +115,15 @@ pub struct NodeConfig {
     pub quota_backend_bytes: i64,
 }
 
-/// One address from `--listen-client-urls`.
+/// One address from `--listen-client-urls` or `--listen-peer-urls`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientListener {
+pub struct ListenUrl {
     pub addr: SocketAddr,
     /// An `https://` URL.
     pub tls: bool,
 }
 
-impl std::fmt::Display for ClientListener {
+impl std::fmt::Display for ListenUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let scheme = if self.tls { "https" } else { "http" };
         write!(f, "{scheme}://{}", self.addr)
@@ -250,14 +255,15 @@ fn same_urls(a: &[String], b: &[String]) -> bool {
 
 /// A joining member asks the running members for the cluster id and finds
 /// itself (added by `member add`) by its peer URLs.
-fn join_identity(cfg: &NodeConfig) -> Result<HeaderIds, StartError> {
+fn join_identity(cfg: &NodeConfig, peer_tls: Option<&PeerTls>) -> Result<HeaderIds, StartError> {
     let mut last = String::from("--initial-cluster names no other member");
     for (name, urls) in &cfg.initial_cluster {
         if *name == cfg.name {
             continue;
         }
         for url in urls {
-            match crate::peer::conn::ask_membership(url, Duration::from_secs(2)) {
+            let tls = peer_tls.map(|t| t.client.as_ref());
+            match crate::peer::conn::ask_membership(url, Duration::from_secs(2), tls) {
                 Ok((cluster_id, membership)) => {
                     let me = membership
                         .nodes()
@@ -283,7 +289,11 @@ fn join_identity(cfg: &NodeConfig) -> Result<HeaderIds, StartError> {
 }
 
 /// Loads the member's identity, or fixes it at first start.
-fn identity(member_dir: &Path, cfg: &NodeConfig) -> Result<HeaderIds, StartError> {
+fn identity(
+    member_dir: &Path,
+    cfg: &NodeConfig,
+    peer_tls: Option<&PeerTls>,
+) -> Result<HeaderIds, StartError> {
     let path = member_dir.join("identity");
     let err = |msg: String| StartError::DataDir {
         dir: member_dir.to_path_buf(),
@@ -320,7 +330,7 @@ fn identity(member_dir: &Path, cfg: &NodeConfig) -> Result<HeaderIds, StartError
                 cluster_id: cluster_id_of(&members, &cfg.initial_cluster_token),
             }
         }
-        ClusterState::Existing => join_identity(cfg)?,
+        ClusterState::Existing => join_identity(cfg, peer_tls)?,
     };
     let text = format!(
         "member_id={:x}\ncluster_id={:x}\nname={}\n",
@@ -663,8 +673,10 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
     let client_tls = client_tls(&cfg)?;
     let client_addrs: Vec<SocketAddr> = cfg.listen_client.iter().map(|l| l.addr).collect();
     let client_sockets = Arc::new(bind_listeners(&client_addrs, "clients", false)?);
-    let peer_sockets = Arc::new(bind_listeners(&cfg.listen_peer, "peers", true)?);
-    let ids = identity(&member_dir, &cfg)?;
+    let peer_tls = peer_tls(&cfg)?;
+    let peer_addrs: Vec<SocketAddr> = cfg.listen_peer.iter().map(|l| l.addr).collect();
+    let peer_sockets = Arc::new(bind_listeners(&peer_addrs, "peers", true)?);
+    let ids = identity(&member_dir, &cfg, peer_tls.as_ref())?;
     let wal_dir = member_dir.join("wal");
     let snap_dir = member_dir.join("snap");
 
@@ -770,7 +782,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
         let (raft_tx, mvcc_tx, mut ready_rx) = (raft_tx.clone(), mvcc_tx.clone(), ready_rx.clone());
         let (wal_dir, snap_dir) = (wal_dir.clone(), snap_dir.clone());
         let (client_sockets, peer_sockets) = (client_sockets.clone(), peer_sockets.clone());
-        let client_tls = client_tls.clone();
+        let (client_tls, peer_tls) = (client_tls.clone(), peer_tls.clone());
         let handle = LocalExecutorBuilder::new(CpuPlacement::Fixed(cpu))
             .name(&format!("keel-core{core}"))
             .io_memory(4 << 20)
@@ -789,9 +801,13 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
                 }
                 if let Some((raft_rx, recovered, loaded_meta, ready_tx)) = raft_parts {
                     let mut peer_listeners = Vec::new();
-                    for socket in peer_sockets.iter() {
+                    for (socket, how) in peer_sockets.iter().zip(&cfg.listen_peer) {
+                        let tls = match (&peer_tls, how.tls) {
+                            (Some(t), true) => Some(t.server.clone()),
+                            _ => None,
+                        };
                         match core_listener(socket) {
-                            Ok(l) => peer_listeners.push(l),
+                            Ok(l) => peer_listeners.push((l, tls)),
                             Err(e) => crate::fatal(&format!("cannot listen for peers: {e}")),
                         }
                     }
@@ -801,11 +817,11 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
                         let (raft, peers, quiet_start) = start_raft(
                             &cfg,
                             ids,
-                            recovered,
-                            loaded_meta,
+                            (recovered, loaded_meta),
                             wal_dir,
                             snap_dir.clone(),
                             mvcc_tx.clone(),
+                            peer_tls.map(|t| t.client),
                         )
                         .await;
                         let peer_ctx = Rc::new(PeerCtx {
@@ -817,9 +833,13 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
                             snap_dir,
                             quiet_start,
                         });
-                        for l in peer_listeners {
-                            glommio::spawn_local(crate::peer::server::serve(l, peer_ctx.clone()))
-                                .detach();
+                        for (l, tls) in peer_listeners {
+                            glommio::spawn_local(crate::peer::server::serve(
+                                l,
+                                tls,
+                                peer_ctx.clone(),
+                            ))
+                            .detach();
                         }
                         let handles = RaftHandles {
                             raft,
@@ -901,20 +921,50 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
     Ok(())
 }
 
+/// With `--auto-tls` or `--peer-auto-tls` and no certificate files: makes
+/// (once) the self-signed certificate `settings` names.
+fn self_signed_if_asked(
+    settings: &crate::tls::TlsSettings,
+    hosts: Option<&Vec<String>>,
+) -> Result<(), StartError> {
+    if let Some(hosts) = hosts {
+        let dir = settings.cert_file.parent().unwrap_or(Path::new("."));
+        crate::tls::self_signed(dir, hosts).map_err(StartError::Config)?;
+        tracing::info!(cert = %settings.cert_file.display(), "--{}auto-tls: using a self-signed certificate", settings.flag_prefix);
+    }
+    Ok(())
+}
+
 /// The `https://` client listeners' TLS, loaded (and with `--auto-tls`
 /// generated) once here so a bad certificate is a start-up error.
 fn client_tls(cfg: &NodeConfig) -> Result<Option<Arc<crate::tls::ServerTls>>, StartError> {
     let Some(settings) = &cfg.client_tls else {
         return Ok(None);
     };
-    if let Some(hosts) = &cfg.client_auto_tls_hosts {
-        let dir = settings.cert_file.parent().unwrap_or(Path::new("."));
-        crate::tls::self_signed(dir, hosts).map_err(StartError::Config)?;
-        tracing::info!(cert = %settings.cert_file.display(), "--auto-tls: serving clients with a self-signed certificate");
-    }
-    let tls = crate::tls::ServerTls::new(settings.clone())
+    self_signed_if_asked(settings, cfg.client_auto_tls_hosts.as_ref())?;
+    let tls = crate::tls::ServerTls::server(settings.clone())
         .map_err(|e| StartError::Config(format!("client TLS: {e}")))?;
     Ok(Some(Arc::new(tls)))
+}
+
+/// Peer TLS: what this member's https peer listeners serve with, and what
+/// it dials https peer URLs with.
+#[derive(Clone)]
+pub struct PeerTls {
+    pub server: Arc<crate::tls::ServerTls>,
+    pub client: Arc<crate::tls::ClientTls>,
+}
+
+fn peer_tls(cfg: &NodeConfig) -> Result<Option<PeerTls>, StartError> {
+    let Some(settings) = &cfg.peer_tls else {
+        return Ok(None);
+    };
+    self_signed_if_asked(settings, cfg.peer_auto_tls_hosts.as_ref())?;
+    let bad = |e: String| StartError::Config(format!("peer TLS: {e}"));
+    Ok(Some(PeerTls {
+        server: Arc::new(crate::tls::ServerTls::server(settings.clone()).map_err(bad)?),
+        client: Arc::new(crate::tls::ClientTls::client(settings.clone()).map_err(bad)?),
+    }))
 }
 
 /// Opens the WAL writer and starts openraft (bootstrapping a new cluster's
@@ -922,11 +972,14 @@ fn client_tls(cfg: &NodeConfig) -> Result<Option<Arc<crate::tls::ServerTls>>, St
 async fn start_raft(
     cfg: &NodeConfig,
     ids: HeaderIds,
-    mut recovered: keel_storage::wal::Recovered,
-    loaded_meta: Option<(SnapshotMeta, PathBuf)>,
+    (mut recovered, loaded_meta): (
+        keel_storage::wal::Recovered,
+        Option<(SnapshotMeta, PathBuf)>,
+    ),
     wal_dir: PathBuf,
     snap_dir: PathBuf,
     mvcc_tx: mpsc::Sender<crate::mvcc_actor::MvccMsg>,
+    peer_tls: Option<Arc<crate::tls::ClientTls>>,
 ) -> (Raft, Rc<PeerClients>, QuietStart) {
     let (wal_tx, wal_rx) = mpsc::channel(WAL_INBOX);
     let wal_cfg = WalConfig {
@@ -987,7 +1040,12 @@ async fn start_raft(
             crate::stop_after_removal();
         }
     });
-    let peers = Rc::new(PeerClients::new(ids.member_id, ids.cluster_id, on_rejected));
+    let peers = Rc::new(PeerClients::new(
+        ids.member_id,
+        ids.cluster_id,
+        on_rejected,
+        peer_tls,
+    ));
     let network = PeerNetwork {
         peers: peers.clone(),
     };

@@ -1,11 +1,14 @@
-//! TLS on client listeners, with rustls (ring as its crypto provider).
+//! TLS for client listeners and for the peer transport, with rustls (ring
+//! as its crypto provider).
 //!
 //! An `https://` listener hands every accepted connection to a handshake
-//! with the current server configuration. The configuration is rebuilt
-//! when its certificate, key, CA or CRL file changes (etcd reads them on
-//! every handshake), so rotated certificates take effect for the next
-//! connection without a restart; a rebuild that fails (a half-written file)
-//! is logged and the previous configuration stays in use.
+//! with the current server configuration; a member dialing an `https://`
+//! peer URL uses the current client configuration (its peer certificate as
+//! the client certificate, as etcd does). Both are rebuilt when a
+//! certificate, key, CA or CRL file changes (etcd reads them on every
+//! handshake), so rotated certificates take effect for the next connection
+//! without a restart; a rebuild that fails (a half-written file) is logged
+//! and the previous configuration stays in use.
 //!
 //! ALPN offers `h2` and `http/1.1`: gRPC and the HTTP endpoints share the
 //! port, as they do on a plain listener.
@@ -13,10 +16,16 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
+};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig, SupportedProtocolVersion};
+use rustls::{
+    ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme,
+    SupportedProtocolVersion,
+};
 
 /// A TLS protocol version as etcd's `--tls-min-version` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -49,9 +58,12 @@ impl TlsVersion {
 
 /// What a TLS listener serves with: etcd's `--cert-file`, `--key-file`,
 /// `--trusted-ca-file`, `--client-cert-auth`, `--client-crl-file`,
-/// `--cipher-suites`, `--tls-min-version` and `--tls-max-version`.
+/// `--cipher-suites`, `--tls-min-version` and `--tls-max-version`, or the
+/// `--peer-*` ones.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsSettings {
+    /// How the flags are named: "" for clients, "peer-" for peers.
+    pub flag_prefix: &'static str,
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
     pub trusted_ca_file: Option<PathBuf>,
@@ -63,6 +75,9 @@ pub struct TlsSettings {
     pub cipher_suites: Vec<String>,
     pub min_version: TlsVersion,
     pub max_version: TlsVersion,
+    /// Dialing: accept any server certificate (etcd's InsecureSkipVerify,
+    /// which `--peer-auto-tls` sets: self-signed certificates have no CA).
+    pub skip_server_verification: bool,
 }
 
 impl TlsSettings {
@@ -117,28 +132,37 @@ impl TlsSettings {
         Ok(p)
     }
 
+    fn versions(&self) -> Vec<&'static SupportedProtocolVersion> {
+        [TlsVersion::Tls12, TlsVersion::Tls13]
+            .into_iter()
+            .filter(|v| (self.min_version..=self.max_version).contains(v))
+            .map(TlsVersion::protocol)
+            .collect()
+    }
+
+    /// The CAs of `--trusted-ca-file`, which `needed_by` needs.
+    fn roots(&self, needed_by: &str) -> Result<RootCertStore, String> {
+        let p = self.flag_prefix;
+        let ca = self.trusted_ca_file.as_deref().ok_or_else(|| {
+            format!("{needed_by} needs --{p}trusted-ca-file (the CA that signs the certificates)")
+        })?;
+        let mut roots = RootCertStore::empty();
+        for cert in read_certs(ca)? {
+            roots
+                .add(cert)
+                .map_err(|e| format!("{}: {e}", ca.display()))?;
+        }
+        Ok(roots)
+    }
+
     /// Reads the files and builds a server configuration.
     pub fn build(&self) -> Result<ServerConfig, String> {
         let provider = Arc::new(self.provider()?);
-        let versions: Vec<&'static SupportedProtocolVersion> =
-            [TlsVersion::Tls12, TlsVersion::Tls13]
-                .into_iter()
-                .filter(|v| (self.min_version..=self.max_version).contains(v))
-                .map(TlsVersion::protocol)
-                .collect();
         let builder = ServerConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&versions)
+            .with_protocol_versions(&self.versions())
             .map_err(|e| format!("TLS versions: {e}"))?;
         let builder = if self.client_cert_auth {
-            let ca = self.trusted_ca_file.as_deref().ok_or(
-                "--client-cert-auth needs --trusted-ca-file (the CA that signs client certificates)",
-            )?;
-            let mut roots = RootCertStore::empty();
-            for cert in read_certs(ca)? {
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("{}: {e}", ca.display()))?;
-            }
+            let roots = self.roots(&format!("--{}client-cert-auth", self.flag_prefix))?;
             let crls = match &self.crl_file {
                 Some(f) => read_crls(f)?,
                 None => Vec::new(),
@@ -162,6 +186,84 @@ impl TlsSettings {
             })?;
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(cfg)
+    }
+
+    /// Reads the files and builds the configuration a member dials its
+    /// peers with: their certificates checked against the trusted CA (or
+    /// not at all, with `skip_server_verification`), ours presented.
+    pub fn build_client(&self) -> Result<ClientConfig, String> {
+        let provider = Arc::new(self.provider()?);
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&self.versions())
+            .map_err(|e| format!("TLS versions: {e}"))?;
+        let builder = if self.skip_server_verification {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyServerCertificate(provider)))
+        } else {
+            builder.with_root_certificates(self.roots("dialing https:// peer URLs")?)
+        };
+        builder
+            .with_client_auth_cert(read_certs(&self.cert_file)?, read_key(&self.key_file)?)
+            .map_err(|e| {
+                format!(
+                    "{} and {}: {e}",
+                    self.cert_file.display(),
+                    self.key_file.display()
+                )
+            })
+    }
+}
+
+/// Accepts any server certificate; only for `--peer-auto-tls`, whose
+/// self-signed certificates no CA vouches for (etcd does the same). The
+/// handshake signatures are still checked, so the session is encrypted to
+/// whoever holds the presented certificate's key.
+#[derive(Debug)]
+struct AnyServerCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyServerCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -208,32 +310,55 @@ fn stamp(path: &Path) -> Stamp {
     Some((m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
 }
 
-/// A listener's TLS configuration, rebuilt when its files change. Shared by
-/// the cores; the lock is held for a few `stat` calls per handshake.
-pub struct ServerTls {
+/// A rustls configuration built from a [`TlsSettings`]' files and rebuilt
+/// when they change. Shared by the cores; the lock is held for a few
+/// `stat` calls per handshake.
+pub struct Reloading<T> {
     settings: TlsSettings,
-    current: Mutex<(Vec<Stamp>, Arc<ServerConfig>)>,
+    build: fn(&TlsSettings) -> Result<T, String>,
+    current: Mutex<(Vec<Stamp>, Arc<T>)>,
 }
+
+/// What an `https://` listener serves with.
+pub type ServerTls = Reloading<ServerConfig>;
+/// What a member dials `https://` peer URLs with.
+pub type ClientTls = Reloading<ClientConfig>;
 
 impl ServerTls {
     /// Builds the first configuration: a bad file is a start-up error.
-    pub fn new(settings: TlsSettings) -> Result<ServerTls, String> {
+    pub fn server(settings: TlsSettings) -> Result<ServerTls, String> {
+        Reloading::new(settings, TlsSettings::build)
+    }
+}
+
+impl ClientTls {
+    pub fn client(settings: TlsSettings) -> Result<ClientTls, String> {
+        Reloading::new(settings, TlsSettings::build_client)
+    }
+}
+
+impl<T> Reloading<T> {
+    fn new(
+        settings: TlsSettings,
+        build: fn(&TlsSettings) -> Result<T, String>,
+    ) -> Result<Reloading<T>, String> {
         settings.check()?;
         let stamps = settings.files().into_iter().map(stamp).collect();
-        let cfg = Arc::new(settings.build()?);
-        Ok(ServerTls {
+        let cfg = Arc::new(build(&settings)?);
+        Ok(Reloading {
             settings,
+            build,
             current: Mutex::new((stamps, cfg)),
         })
     }
 
     /// The configuration for the next handshake: rebuilt first if a file
     /// changed since the last build.
-    pub fn config(&self) -> Arc<ServerConfig> {
+    pub fn config(&self) -> Arc<T> {
         let stamps: Vec<Stamp> = self.settings.files().into_iter().map(stamp).collect();
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
         if current.0 != stamps {
-            match self.settings.build() {
+            match (self.build)(&self.settings) {
                 Ok(cfg) => {
                     tracing::info!(cert = %self.settings.cert_file.display(), "TLS files changed; reloaded");
                     *current = (stamps, Arc::new(cfg));
@@ -289,6 +414,7 @@ mod tests {
 
     fn settings() -> TlsSettings {
         TlsSettings {
+            flag_prefix: "",
             cert_file: "c".into(),
             key_file: "k".into(),
             trusted_ca_file: None,
@@ -297,6 +423,7 @@ mod tests {
             cipher_suites: Vec::new(),
             min_version: TlsVersion::Tls12,
             max_version: TlsVersion::Tls13,
+            skip_server_verification: false,
         }
     }
 
@@ -346,9 +473,16 @@ mod tests {
         let first = std::fs::read(&cert).unwrap();
         let mut s = settings();
         (s.cert_file, s.key_file) = (cert.clone(), key);
-        let tls = ServerTls::new(s).unwrap();
+        let tls = ServerTls::server(s.clone()).unwrap();
         assert_eq!(tls.config().alpn_protocols[0], b"h2");
         self_signed(&fixtures, &["127.0.0.1".into()]).unwrap();
         assert_eq!(std::fs::read(&cert).unwrap(), first);
+        // A dialing member needs a CA to check its peers against, unless
+        // it skips the check (`--peer-auto-tls`).
+        s.flag_prefix = "peer-";
+        let e = ClientTls::client(s.clone()).err().unwrap();
+        assert!(e.contains("--peer-trusted-ca-file"), "{e}");
+        s.skip_server_verification = true;
+        assert!(ClientTls::client(s).is_ok());
     }
 }

@@ -143,13 +143,14 @@ impl Server {
             // etcd refuses --listen-client-urls without it; keel takes it too.
             c.arg("--advertise-client-urls").arg(self.endpoint());
         }
-        c.arg("--data-dir")
-            .arg(&self.dir)
-            .arg("--listen-peer-urls")
-            .arg(self.peer_url());
-        // A test may listen on more URLs (https ones); `port` stays one of them.
+        c.arg("--data-dir").arg(&self.dir);
+        // A test may give its own listen URLs (https ones); `port` and
+        // `peer_port` stay among them.
         if !self.args.iter().any(|a| a == "--listen-client-urls") {
             c.arg("--listen-client-urls").arg(self.endpoint());
+        }
+        if !self.args.iter().any(|a| a == "--listen-peer-urls") {
+            c.arg("--listen-peer-urls").arg(self.peer_url());
         }
         if !self
             .args

@@ -14,16 +14,19 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use rkyv::util::AlignedVec;
 
+use super::stream::PeerStream;
 use super::wire::{ArchivedPeerRequest, ArchivedPeerResponse, PeerRequest, PeerResponse};
 use crate::metrics::metrics;
 use crate::raft::codec::decode_membership;
 use crate::raft::types::{Membership, Node, NodeId};
+use crate::tls::ClientTls;
 
 pub const HEADER_BYTES: usize = 16;
 /// Largest frame accepted: a full AppendEntries batch or snapshot chunk with room to spare.
@@ -96,12 +99,15 @@ fn body_buffer(len: usize) -> AlignedVec<16> {
 }
 
 /// Reads one frame's body (16-byte aligned), checking its length and checksum.
-pub async fn read_frame(stream: &mut TcpStream) -> io::Result<AlignedVec<16>> {
+pub async fn read_frame<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<AlignedVec<16>> {
     read_frame_within(stream, FRAME_MAX).await
 }
 
 /// As [`read_frame`], refusing bodies longer than `max` before allocating.
-pub async fn read_frame_within(stream: &mut TcpStream, max: usize) -> io::Result<AlignedVec<16>> {
+pub async fn read_frame_within<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    max: usize,
+) -> io::Result<AlignedVec<16>> {
     let mut header = [0u8; HEADER_BYTES];
     stream.read_exact(&mut header).await?;
     let (len, crc) = parse_header(&header, max)?;
@@ -113,45 +119,26 @@ pub async fn read_frame_within(stream: &mut TcpStream, max: usize) -> io::Result
 
 /// Asks the member at `url` for the cluster's id and membership, with
 /// blocking I/O: a member joining an existing cluster does this at start-up,
-/// before its executors run.
-pub fn ask_membership(url: &str, timeout: Duration) -> io::Result<(u64, Membership)> {
-    use std::io::{Read, Write};
+/// before its executors run. `tls` is what `https://` URLs are dialed with.
+pub fn ask_membership(
+    url: &str,
+    timeout: Duration,
+    tls: Option<&ClientTls>,
+) -> io::Result<(u64, Membership)> {
     let mut last = io::Error::other(format!("{url}: resolves to no address"));
     for addr in resolve_peer_url(url)? {
         let attempt = (|| -> io::Result<(u64, Membership)> {
-            let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+            let s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
             s.set_read_timeout(Some(timeout))?;
             s.set_write_timeout(Some(timeout))?;
-            let mut exchange = |req: &PeerRequest| -> io::Result<PeerResponse> {
-                s.write_all(&request_frame(req))?;
-                let mut header = [0u8; HEADER_BYTES];
-                s.read_exact(&mut header)?;
-                let (len, crc) = parse_header(&header, FRAME_MAX)?;
-                let mut body = body_buffer(len);
-                s.read_exact(&mut body)?;
-                check_body(&body, crc)?;
-                decode_response(&body)
-            };
-            let hello = PeerRequest::Hello {
-                cluster_id: 0,
-                from: 0,
-                to: 0,
-            };
-            match exchange(&hello)? {
-                PeerResponse::Hello { .. } => {}
-                other => return Err(io::Error::other(format!("unexpected greeting {other:?}"))),
+            if !is_https(url) {
+                return ask_members(s);
             }
-            match exchange(&PeerRequest::Members)? {
-                PeerResponse::Members {
-                    cluster_id,
-                    membership,
-                    ..
-                } => Ok((
-                    cluster_id,
-                    decode_membership(&membership).map_err(io::Error::other)?,
-                )),
-                other => Err(io::Error::other(format!("unexpected answer {other:?}"))),
-            }
+            let tls = tls.ok_or_else(|| io::Error::other(NO_PEER_TLS))?;
+            let name = server_name(url)?;
+            let conn =
+                rustls::ClientConnection::new(tls.config(), name).map_err(io::Error::other)?;
+            ask_members(rustls::StreamOwned::new(conn, s))
         })();
         match attempt {
             Ok(r) => return Ok(r),
@@ -159,6 +146,41 @@ pub fn ask_membership(url: &str, timeout: Duration) -> io::Result<(u64, Membersh
         }
     }
     Err(last)
+}
+
+/// Hello, then Members, on a blocking connection.
+fn ask_members(mut s: impl std::io::Read + std::io::Write) -> io::Result<(u64, Membership)> {
+    let mut exchange = |req: &PeerRequest| -> io::Result<PeerResponse> {
+        s.write_all(&request_frame(req))?;
+        s.flush()?;
+        let mut header = [0u8; HEADER_BYTES];
+        s.read_exact(&mut header)?;
+        let (len, crc) = parse_header(&header, FRAME_MAX)?;
+        let mut body = body_buffer(len);
+        s.read_exact(&mut body)?;
+        check_body(&body, crc)?;
+        decode_response(&body)
+    };
+    let hello = PeerRequest::Hello {
+        cluster_id: 0,
+        from: 0,
+        to: 0,
+    };
+    match exchange(&hello)? {
+        PeerResponse::Hello { .. } => {}
+        other => return Err(io::Error::other(format!("unexpected greeting {other:?}"))),
+    }
+    match exchange(&PeerRequest::Members)? {
+        PeerResponse::Members {
+            cluster_id,
+            membership,
+            ..
+        } => Ok((
+            cluster_id,
+            decode_membership(&membership).map_err(io::Error::other)?,
+        )),
+        other => Err(io::Error::other(format!("unexpected answer {other:?}"))),
+    }
 }
 
 /// The greeting a connection opens with: (cluster id, from, to), or None
@@ -187,13 +209,38 @@ pub fn decode_response(body: &[u8]) -> io::Result<PeerResponse> {
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
 }
 
-/// `http://host:port` → socket addresses.
-pub fn resolve_peer_url(url: &str) -> io::Result<Vec<SocketAddr>> {
+/// Why an `https://` peer URL cannot be dialed.
+const NO_PEER_TLS: &str =
+    "an https:// peer URL, but no peer TLS is configured (--peer-cert-file and --peer-key-file, or --peer-auto-tls)";
+
+/// `http://host:port` or `https://host:port` → its `host:port`.
+fn peer_host_port(url: &str) -> io::Result<&str> {
     let rest = url
         .strip_prefix("http://")
-        .ok_or_else(|| io::Error::other(format!("peer URL {url}: only http:// is supported")))?;
-    let hostport = rest.trim_end_matches('/');
-    Ok(hostport.to_socket_addrs()?.collect())
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| io::Error::other(format!("peer URL {url}: expected http:// or https://")))?;
+    Ok(rest.trim_end_matches('/'))
+}
+
+pub fn is_https(url: &str) -> bool {
+    url.starts_with("https://")
+}
+
+/// The name a peer's certificate is checked against: the URL's host.
+fn server_name(url: &str) -> io::Result<rustls::pki_types::ServerName<'static>> {
+    let hostport = peer_host_port(url)?;
+    let host = hostport
+        .rsplit_once(':')
+        .map_or(hostport, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| io::Error::other(format!("peer URL {url}: {e}")))
+}
+
+/// A peer URL → socket addresses.
+pub fn resolve_peer_url(url: &str) -> io::Result<Vec<SocketAddr>> {
+    Ok(peer_host_port(url)?.to_socket_addrs()?.collect())
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -214,12 +261,14 @@ pub enum PeerError {
 pub struct PeerConn {
     target: NodeId,
     label: String,
-    stream: TcpStream,
+    stream: PeerStream,
 }
 
 impl PeerConn {
     pub async fn send(&mut self, frame: &[u8]) -> io::Result<()> {
         self.stream.write_all(frame).await?;
+        // TLS holds records until flushed.
+        self.stream.flush().await?;
         metrics()
             .peer_sent_bytes
             .with_label_values(&[&self.label])
@@ -270,10 +319,17 @@ pub struct PeerClients {
     /// When each peer last answered a call.
     answered: RefCell<HashMap<NodeId, Instant>>,
     on_rejected: OnRejected,
+    /// What `https://` peer URLs are dialed with.
+    tls: Option<Arc<ClientTls>>,
 }
 
 impl PeerClients {
-    pub fn new(me: NodeId, cluster_id: u64, on_rejected: OnRejected) -> Self {
+    pub fn new(
+        me: NodeId,
+        cluster_id: u64,
+        on_rejected: OnRejected,
+        tls: Option<Arc<ClientTls>>,
+    ) -> Self {
         PeerClients {
             me,
             cluster_id,
@@ -281,6 +337,7 @@ impl PeerClients {
             backoff: RefCell::default(),
             answered: RefCell::default(),
             on_rejected,
+            tls,
         }
     }
 
@@ -342,6 +399,13 @@ impl PeerClients {
                     Ok(stream) => {
                         let _ = stream.set_nodelay(true);
                         crate::tcp::keep_alive(&stream, crate::tcp::PEER);
+                        let stream = match self.secure(url, stream).await {
+                            Ok(s) => s,
+                            Err(e) => {
+                                last = format!("{addr}: {e}");
+                                continue;
+                            }
+                        };
                         let mut conn = PeerConn {
                             target,
                             label: format!("{target:x}"),
@@ -354,6 +418,21 @@ impl PeerClients {
             }
         }
         Err(unreachable(last))
+    }
+
+    /// A TLS handshake for an `https://` URL (the caller's deadline bounds
+    /// it); a plain stream otherwise.
+    async fn secure(&self, url: &str, stream: TcpStream) -> io::Result<PeerStream> {
+        if !is_https(url) {
+            return Ok(PeerStream::Plain(stream));
+        }
+        let tls = self
+            .tls
+            .as_ref()
+            .ok_or_else(|| io::Error::other(NO_PEER_TLS))?;
+        let connector = futures_rustls::TlsConnector::from(tls.config());
+        let stream = connector.connect(server_name(url)?, stream).await?;
+        Ok(PeerStream::Tls(Box::new(stream.into())))
     }
 
     async fn greet(&self, conn: &mut PeerConn) -> Result<(), PeerError> {

@@ -7,6 +7,8 @@
 
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
 
 use futures_lite::AsyncWriteExt;
 use glommio::io::{BufferedFile, StreamWriterBuilder};
@@ -20,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::conn::{
     decode_hello, read_frame, read_frame_within, response_frame, GREETING_MAX, HEADER_BYTES,
 };
+use super::stream::PeerStream;
 use super::wire::{
     append_to_wire, entry_from_archived, log_id_from_wire, log_id_to_wire, outcome_to_wire,
     vote_from_wire, vote_to_wire, ArchivedPeerRequest, MemberChange, PeerResponse, WireOutcome,
@@ -32,6 +35,7 @@ use crate::raft::codec::{decode_snapshot_meta, encode_membership};
 use crate::raft::log_store::aligned_bytes;
 use crate::raft::types::{NodeId, ProposeError, Raft, SnapshotFile, SnapshotMeta};
 use crate::raft::QuietStart;
+use crate::tls::ServerTls;
 
 pub struct PeerCtx {
     pub raft: Raft,
@@ -52,13 +56,21 @@ async fn is_removed(ctx: &PeerCtx, id: NodeId) -> bool {
     ctx.mvcc.send(ask).await.is_ok() && rx.await.unwrap_or(false)
 }
 
-/// Serves peer connections until the process ends.
-pub async fn serve(listener: TcpListener, ctx: Rc<PeerCtx>) {
+/// A peer has this long to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves peer connections (over TLS when `tls` is given) until the
+/// process ends.
+pub async fn serve(listener: TcpListener, tls: Option<Arc<ServerTls>>, ctx: Rc<PeerCtx>) {
     loop {
         match listener.accept().await {
             Ok(stream) => {
-                let ctx = ctx.clone();
+                let (ctx, tls) = (ctx.clone(), tls.clone());
                 glommio::spawn_local(async move {
+                    let stream = match secure(stream, tls).await {
+                        Ok(s) => s,
+                        Err(e) => return tracing::debug!("peer TLS handshake failed: {e}"),
+                    };
                     if let Err(e) = serve_connection(stream, &ctx).await {
                         tracing::debug!("peer connection ended: {e}");
                     }
@@ -73,9 +85,26 @@ pub async fn serve(listener: TcpListener, ctx: Rc<PeerCtx>) {
     }
 }
 
-async fn reply(stream: &mut TcpStream, label: &str, resp: &PeerResponse) -> std::io::Result<()> {
+/// Socket options, then the TLS handshake when the listener has TLS.
+async fn secure(stream: TcpStream, tls: Option<Arc<ServerTls>>) -> std::io::Result<PeerStream> {
+    let _ = stream.set_nodelay(true);
+    crate::tcp::keep_alive(&stream, crate::tcp::PEER);
+    let Some(tls) = tls else {
+        return Ok(PeerStream::Plain(stream));
+    };
+    let acceptor = futures_rustls::TlsAcceptor::from(tls.config());
+    let accepted = glommio::timer::timeout(HANDSHAKE_TIMEOUT, async {
+        Ok(acceptor.accept(stream).await)
+    })
+    .await
+    .map_err(|_| std::io::Error::other("TLS handshake timed out"))??;
+    Ok(PeerStream::Tls(Box::new(accepted.into())))
+}
+
+async fn reply(stream: &mut PeerStream, label: &str, resp: &PeerResponse) -> std::io::Result<()> {
     let frame = response_frame(resp);
     stream.write_all(&frame).await?;
+    stream.flush().await?;
     metrics()
         .peer_sent_bytes
         .with_label_values(&[label])
@@ -87,9 +116,7 @@ fn invalid(e: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
 }
 
-async fn serve_connection(mut stream: TcpStream, ctx: &PeerCtx) -> std::io::Result<()> {
-    let _ = stream.set_nodelay(true);
-    crate::tcp::keep_alive(&stream, crate::tcp::PEER);
+async fn serve_connection(mut stream: PeerStream, ctx: &PeerCtx) -> std::io::Result<()> {
     let hello = read_frame_within(&mut stream, GREETING_MAX).await?;
     let (cluster_id, from, to) =
         decode_hello(&hello).ok_or_else(|| invalid("peer connection did not start with Hello"))?;
@@ -387,7 +414,7 @@ async fn forward(
 /// Writes the `size` bytes of a snapshot's chunks to a new file at `path`
 /// and syncs it.
 async fn receive_snapshot_file(
-    stream: &mut TcpStream,
+    stream: &mut PeerStream,
     path: &std::path::Path,
     label: &str,
     size: u64,
@@ -419,7 +446,7 @@ async fn receive_snapshot_file(
 /// Reads a snapshot's chunks into a file of its own, then hands it to
 /// openraft.
 async fn receive_snapshot(
-    stream: &mut TcpStream,
+    stream: &mut PeerStream,
     ctx: &PeerCtx,
     label: &str,
     vote: crate::raft::types::Vote,
