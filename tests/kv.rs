@@ -729,3 +729,62 @@ async fn space_quota_raises_nospace_until_disarmed() {
     let (code, _) = common::http_get(s.port, "/health").unwrap();
     assert_eq!(code, 200);
 }
+
+/// Ranges of more keys than one step reads (4,096) are read in steps and
+/// their answers built and encoded off the raft core: the answer is the
+/// same as a small range's would be, sorted, limited and counted.
+#[tokio::test]
+async fn a_range_of_many_keys_is_whole_sorted_and_limited() {
+    let server = Server::start(&[]);
+    let mut c = server.client().await;
+    let n = 10_000usize;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
+        let ops: Vec<TxnOp> = chunk
+            .iter()
+            .map(|i| TxnOp::put(format!("many/{i:05}"), format!("{}", n - i), None))
+            .collect();
+        c.txn(Txn::new().and_then(ops)).await.unwrap();
+    }
+    let all = c
+        .get("many/", Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    assert_eq!(
+        (all.count(), all.kvs().len(), all.more()),
+        (n as i64, n, false)
+    );
+    assert!(all.kvs().windows(2).all(|w| w[0].key() < w[1].key()));
+    assert_eq!(
+        all.kvs()[n - 1].key(),
+        format!("many/{:05}", n - 1).as_bytes()
+    );
+    // Sorted by key, descending, limited: the whole range is sorted first.
+    let newest = c
+        .get(
+            "many/",
+            Some(
+                GetOptions::new()
+                    .with_prefix()
+                    .with_sort(SortTarget::Key, SortOrder::Descend)
+                    .with_limit(3),
+            ),
+        )
+        .await
+        .unwrap();
+    let keys: Vec<&str> = newest
+        .kvs()
+        .iter()
+        .map(|kv| kv.key_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["many/09999", "many/09998", "many/09997"]);
+    assert_eq!((newest.count(), newest.more()), (n as i64, true));
+    let keys_only = c
+        .get(
+            "many/",
+            Some(GetOptions::new().with_prefix().with_keys_only()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(keys_only.kvs().len(), n);
+    assert!(keys_only.kvs().iter().all(|kv| kv.value().is_empty()));
+}

@@ -619,12 +619,24 @@ impl MvccActor {
         }
     }
 
+    /// Answers a range that has been read. A large one (more than a step's
+    /// keys: millions take hundreds of milliseconds to sort and copy into
+    /// KeyValues) is finished on the executor's blocking thread, off the
+    /// core raft runs on.
     fn answer_range(&self, job: RangeJob) {
         let RangeJob { req, scan, reply } = job;
-        let newest = scan.newest();
-        let mut resp = self.store.finish_range(&RangeArgs::from(&req), scan);
-        resp.header = Some(self.header(newest));
-        let _ = reply.send(Ok(resp));
+        let header = self.header(scan.newest());
+        let large = scan.kept() > RANGE_STEP_KEYS;
+        let finish = move || {
+            let mut resp = KvStore::finish_range(&RangeArgs::from(&req), scan);
+            resp.header = Some(header);
+            let _ = reply.send(Ok(resp));
+        };
+        if large {
+            glommio::spawn_local(glommio::executor().spawn_blocking(finish)).detach();
+        } else {
+            finish();
+        }
     }
 
     /// Reads every range under way to its end (the store is about to be
@@ -943,54 +955,69 @@ mod tests {
 
     /// Story: a range over every key built its whole answer in one go,
     /// holding the core (and raft beside it) for as long as that took. A
-    /// large range is now read in steps with applies between them, and
-    /// answers as of the revision it started at.
+    /// large range is now read in steps with applies between them, answers
+    /// as of the revision it started at, and its answer (sorting, copying
+    /// into KeyValues) is built on the executor's blocking thread.
     #[test]
     fn a_large_range_lets_the_log_be_applied_meanwhile() {
-        let (mut actor, _raft_rx) = empty_actor();
-        let n = 3 * RANGE_STEP_KEYS;
-        let puts: Vec<Bytes> = (0..n).map(|i| put(&format!("k{i:06}"), "old")).collect();
-        let (reply, _applied) = oneshot::channel();
-        actor.handle(MvccMsg::Apply {
-            entries: vec![entry(1, &puts)],
-            reply,
+        let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(1 << 20)
+            .make()
+            .expect("executor");
+        ex.run(async {
+            let (mut actor, _raft_rx) = empty_actor();
+            let n = 3 * RANGE_STEP_KEYS;
+            let puts: Vec<Bytes> = (0..n).map(|i| put(&format!("k{i:06}"), "old")).collect();
+            let (reply, _applied) = oneshot::channel();
+            actor.handle(MvccMsg::Apply {
+                entries: vec![entry(1, &puts)],
+                reply,
+            });
+            let (reply, mut answer) = oneshot::channel();
+            actor.handle(MvccMsg::Range {
+                req: pb::RangeRequest {
+                    key: Bytes::from_static(b"k"),
+                    range_end: Bytes::from_static(b"l"),
+                    ..Default::default()
+                },
+                min_applied: 0,
+                reply,
+            });
+            assert!(answer.try_recv().is_err(), "answered in one step");
+            let compact = Bytes::from_owner(
+                Command::Compact(CompactCmd {
+                    revision: 3,
+                    physical: false,
+                })
+                .to_bytes(),
+            );
+            let last = format!("k{:06}", n - 1);
+            let (reply, mut applied) = oneshot::channel();
+            actor.handle(MvccMsg::Apply {
+                entries: vec![entry(2, &[put(&last, "new"), compact])],
+                reply,
+            });
+            assert!(applied.try_recv().is_ok(), "the apply waited for the range");
+            let mut steps = 0;
+            while actor.has_background_work() {
+                actor.background_step();
+                steps += 1;
+            }
+            assert!(steps > 2, "{steps} steps");
+            assert!(
+                answer.try_recv().is_err(),
+                "a large range's answer was built on the actor's core"
+            );
+            let resp = glommio::timer::timeout(Duration::from_secs(10), async { Ok(answer.await) })
+                .await
+                .expect("the answer within 10 s")
+                .unwrap()
+                .unwrap();
+            assert_eq!(resp.count, n as i64);
+            assert_eq!(resp.kvs.len(), n);
+            assert_eq!(resp.kvs[n - 1].value, "old".as_bytes());
+            assert_eq!(resp.header.unwrap().revision, n as i64 + 1);
         });
-        let (reply, mut answer) = oneshot::channel();
-        actor.handle(MvccMsg::Range {
-            req: pb::RangeRequest {
-                key: Bytes::from_static(b"k"),
-                range_end: Bytes::from_static(b"l"),
-                ..Default::default()
-            },
-            min_applied: 0,
-            reply,
-        });
-        assert!(answer.try_recv().is_err(), "answered in one step");
-        let compact = Bytes::from_owner(
-            Command::Compact(CompactCmd {
-                revision: 3,
-                physical: false,
-            })
-            .to_bytes(),
-        );
-        let last = format!("k{:06}", n - 1);
-        let (reply, mut applied) = oneshot::channel();
-        actor.handle(MvccMsg::Apply {
-            entries: vec![entry(2, &[put(&last, "new"), compact])],
-            reply,
-        });
-        assert!(applied.try_recv().is_ok(), "the apply waited for the range");
-        let mut steps = 0;
-        while actor.has_background_work() {
-            actor.background_step();
-            steps += 1;
-        }
-        assert!(steps > 2, "{steps} steps");
-        let resp = answer.try_recv().unwrap().unwrap();
-        assert_eq!(resp.count, n as i64);
-        assert_eq!(resp.kvs.len(), n);
-        assert_eq!(resp.kvs[n - 1].value, "old".as_bytes());
-        assert_eq!(resp.header.unwrap().revision, n as i64 + 1);
     }
 
     /// Story: values were kept as slices of their command when they were

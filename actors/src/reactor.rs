@@ -264,6 +264,16 @@ where
     Resp: prost::Message,
     Fut: Future<Output = Result<Resp, Status>>,
 {
+    let (req, len) = read_request::<Req>(body, ctx).await?;
+    let resp = f(ctx.clone(), req, len).await?;
+    Ok(frame::encode(&resp))
+}
+
+/// Reads and decodes a unary request; returns it with its encoded size.
+async fn read_request<Req: prost::Message + Default>(
+    body: Incoming,
+    ctx: &Rc<ServerCtx>,
+) -> Result<(Req, usize), Status> {
     // A client that stops sending its request holds nothing for long.
     let read = frame::read_unary(body, ctx.cfg.max_recv_bytes());
     let message = glommio::timer::timeout(ctx.cfg.request_timeout, async { Ok(read.await) })
@@ -275,9 +285,21 @@ where
             )
         })??;
     let len = message.len();
-    let req = frame::decode::<Req>(message)?;
-    let resp = f(ctx.clone(), req, len).await?;
-    Ok(frame::encode(&resp))
+    Ok((frame::decode::<Req>(message)?, len))
+}
+
+/// Range, whose answer can hold millions of keys: encoding those takes
+/// hundreds of milliseconds, so a large one is encoded on the executor's
+/// blocking thread and the core (raft's, for core 0) goes on meanwhile.
+async fn range(body: Incoming, ctx: &Rc<ServerCtx>) -> Result<Bytes, Status> {
+    let (req, _) = read_request(body, ctx).await?;
+    let resp = kv::range(ctx, req).await?;
+    if resp.kvs.len() <= crate::mvcc_actor::RANGE_STEP_KEYS {
+        return Ok(frame::encode(&resp));
+    }
+    Ok(glommio::executor()
+        .spawn_blocking(move || frame::encode(&resp))
+        .await)
 }
 
 /// `unary!(body, ctx, handler)` serves a unary method with a handler taking
@@ -303,7 +325,7 @@ async fn dispatch(method: Method, body: Incoming, ctx: &Rc<ServerCtx>) -> Result
         return Err(Status::learner_unsupported());
     }
     match method {
-        Method::Range => unary!(body, ctx, kv::range),
+        Method::Range => range(body, ctx).await,
         Method::Put => unary!(body, ctx, kv::put, sized),
         Method::DeleteRange => unary!(body, ctx, kv::delete_range, sized),
         Method::Txn => unary!(body, ctx, kv::txn, sized),

@@ -109,6 +109,11 @@ impl RangeScan {
     pub fn newest(&self) -> i64 {
         self.newest
     }
+
+    /// Key-values kept so far (what the response will be built from).
+    pub fn kept(&self) -> usize {
+        self.kvs.len()
+    }
 }
 
 impl KvStore {
@@ -117,7 +122,7 @@ impl KvStore {
     pub fn range(&self, args: &RangeArgs<'_>, newest: i64) -> Result<pb::RangeResponse, MvccError> {
         let mut scan = self.start_range(args, newest)?;
         while !self.range_step(args, &mut scan, usize::MAX) {}
-        Ok(self.finish_range(args, scan))
+        Ok(KvStore::finish_range(args, scan))
     }
 
     /// Starts a range read (checks its revision); [`KvStore::range_step`]
@@ -187,7 +192,10 @@ impl KvStore {
     }
 
     /// The response to a range read every key of which was looked at.
-    pub fn finish_range(&self, args: &RangeArgs<'_>, scan: RangeScan) -> pb::RangeResponse {
+    /// Builds the response (filter, sort, limit, copy into KeyValues). It
+    /// needs nothing of the store, so a large one can be built on another
+    /// thread.
+    pub fn finish_range(args: &RangeArgs<'_>, scan: RangeScan) -> pb::RangeResponse {
         use pb::range_request::{SortOrder, SortTarget};
 
         debug_assert!(scan.done, "a range answered before it was read");
@@ -337,7 +345,7 @@ mod tests {
                 s.compact(s.current_rev()).unwrap();
                 i += 1;
             }
-            assert_eq!(s.finish_range(&args, scan), want, "{args:?}");
+            assert_eq!(KvStore::finish_range(&args, scan), want, "{args:?}");
         }
     }
 
