@@ -41,6 +41,11 @@ pub struct Flags {
     #[arg(long, env = "ETCD_ADVERTISE_CLIENT_URLS")]
     pub advertise_client_urls: Option<String>,
 
+    /// Comma-separated URLs to listen on for the /metrics and /health endpoints
+    /// (https ones use the client TLS flags).
+    #[arg(long, env = "ETCD_LISTEN_METRICS_URLS", default_value = "")]
+    pub listen_metrics_urls: String,
+
     /// Comma-separated URLs to listen on for peer traffic.
     #[arg(
         long,
@@ -286,6 +291,18 @@ pub struct Flags {
     )]
     pub peer_auto_tls: bool,
 
+    /// Allowed TLS hostname for client cert authentication.
+    #[arg(long, env = "ETCD_CLIENT_CERT_ALLOWED_HOSTNAME")]
+    pub client_cert_allowed_hostname: Option<String>,
+
+    /// Required CN for client certs connecting to the peer endpoint.
+    #[arg(long, env = "ETCD_PEER_CERT_ALLOWED_CN")]
+    pub peer_cert_allowed_cn: Option<String>,
+
+    /// Allowed TLS hostname for inter peer authentication.
+    #[arg(long, env = "ETCD_PEER_CERT_ALLOWED_HOSTNAME")]
+    pub peer_cert_allowed_hostname: Option<String>,
+
     /// Comma-separated list of supported TLS cipher suites between client/server and peers
     /// (empty: the TLS library's defaults).
     #[arg(long, env = "ETCD_CIPHER_SUITES", default_value = "")]
@@ -518,6 +535,12 @@ impl Flags {
         if listen.is_empty() {
             return Err("--listen-client-urls is empty".into());
         }
+        let mut listen_metrics = Vec::new();
+        for url in split(&self.listen_metrics_urls) {
+            let (addrs, tls) =
+                parse_listen_url(&url).map_err(|e| format!("--listen-metrics-urls: {e}"))?;
+            listen_metrics.extend(addrs.into_iter().map(|addr| ListenUrl { addr, tls }));
+        }
         let mut listen_peer = Vec::new();
         for url in split(&self.listen_peer_urls) {
             let (addrs, tls) =
@@ -564,6 +587,7 @@ impl Flags {
             name: self.name,
             data_dir,
             listen_client: listen,
+            listen_metrics,
             client_tls,
             client_auto_tls_hosts,
             advertise_client_urls: advertise,
@@ -645,14 +669,18 @@ struct TlsFlags<'a> {
     cert_auth: bool,
     crl: &'a Option<PathBuf>,
     auto: bool,
+    allowed_cn: Option<String>,
+    allowed_hostname: Option<String>,
 }
 
 impl Flags {
     fn client_tls_flags(&self) -> TlsFlags<'_> {
+        let mut listen = split(&self.listen_client_urls);
+        listen.extend(split(&self.listen_metrics_urls));
         TlsFlags {
             prefix: "",
             side: "client",
-            listen: split(&self.listen_client_urls),
+            listen,
             dialed: Vec::new(),
             cert: &self.cert_file,
             key: &self.key_file,
@@ -660,6 +688,8 @@ impl Flags {
             cert_auth: self.client_cert_auth,
             crl: &self.client_crl_file,
             auto: self.auto_tls,
+            allowed_cn: None,
+            allowed_hostname: self.client_cert_allowed_hostname.clone(),
         }
     }
 
@@ -683,6 +713,8 @@ impl Flags {
             cert_auth: self.peer_client_cert_auth,
             crl: &self.peer_crl_file,
             auto: self.peer_auto_tls,
+            allowed_cn: self.peer_cert_allowed_cn.clone(),
+            allowed_hostname: self.peer_cert_allowed_hostname.clone(),
         }
     }
 
@@ -759,7 +791,24 @@ impl Flags {
             max_version,
             // Self-signed peers have no CA to check each other against.
             skip_server_verification: auto_hosts.is_some() && f.side == "peer",
+            allowed_cn: f.allowed_cn.clone(),
+            allowed_hostname: f.allowed_hostname.clone(),
         };
+        if (settings.allowed_cn.is_some() || settings.allowed_hostname.is_some())
+            && !settings.client_cert_auth
+        {
+            let (flags, auth) = if p.is_empty() {
+                ("--client-cert-allowed-hostname needs", "--client-cert-auth")
+            } else {
+                (
+                    "--peer-cert-allowed-cn and --peer-cert-allowed-hostname need",
+                    "--peer-client-cert-auth",
+                )
+            };
+            return Err(format!(
+                "{flags} {auth} (they narrow which client certificates are taken)"
+            ));
+        }
         settings.check()?;
         Ok((Some(settings), auto_hosts))
     }

@@ -86,7 +86,7 @@ fn bad_flags_are_clear_startup_errors() {
         ),
         (
             &["--listen-client-urls", "https://127.0.0.1:1"],
-            "TLS is not supported yet",
+            "TLS key/cert (--cert-file, --key-file) must be provided for client url https://127.0.0.1:1 with HTTPS scheme",
         ),
         (
             &["--listen-client-urls", "127.0.0.1:1"],
@@ -566,4 +566,34 @@ fn an_unknown_etcd_variable_is_warned_about() {
         "{}",
         server.logs()
     );
+}
+
+/// `--listen-metrics-urls` (kubeadm's etcd manifest passes one, and keel
+/// refused to start on it): /metrics and the health endpoints are served
+/// there, and nothing else: no gRPC, no /version.
+#[tokio::test]
+async fn a_metrics_listener_serves_metrics_and_health_only() {
+    let port = common::free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let _server = Server::start(&["--listen-metrics-urls", &url]);
+    let (code, body) = common::http_get(port, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    assert!(body.contains("etcd_server_has_leader 1"), "{body}");
+    let (code, body) = common::http_get(port, "/health").unwrap();
+    assert_eq!((code, body.as_str()), (200, r#"{"health":"true"}"#));
+    for path in ["/livez", "/readyz"] {
+        assert_eq!(common::http_get(port, path).unwrap().0, 200, "{path}");
+    }
+    for path in ["/version", "/v3/kv/range"] {
+        assert_eq!(common::http_get(port, path).unwrap().0, 404, "{path}");
+    }
+    let grpc = etcd_client::Client::connect(
+        [url],
+        Some(etcd_client::ConnectOptions::new().with_timeout(Duration::from_secs(3))),
+    )
+    .await
+    .unwrap()
+    .status()
+    .await;
+    assert!(grpc.is_err(), "gRPC answered on the metrics port: {grpc:?}");
 }

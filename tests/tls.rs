@@ -52,8 +52,13 @@ impl Ca {
     /// A certificate for 127.0.0.1 and localhost, good for a server and a
     /// client, with common name `cn` and serial number `serial`.
     fn leaf(&self, cn: &str, serial: u64) -> Leaf {
-        let mut p =
-            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+        self.leaf_for(cn, serial, &["127.0.0.1", "localhost"])
+    }
+
+    /// As `leaf`, valid for the names `sans`.
+    fn leaf_for(&self, cn: &str, serial: u64, sans: &[&str]) -> Leaf {
+        let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
+        let mut p = CertificateParams::new(sans).unwrap();
         p.distinguished_name.push(DnType::CommonName, cn);
         p.serial_number = Some(SerialNumber::from(serial));
         p.extended_key_usages = vec![
@@ -189,7 +194,14 @@ async fn clients_reach_one_member_over_https_and_http_alike() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new("keel test CA");
     install_server_cert(dir.path(), &ca.leaf("server", 1));
-    let (server, tls_port) = start_tls_server(dir.path(), &[]);
+    let metrics_port = free_port();
+    let (server, tls_port) = start_tls_server(
+        dir.path(),
+        &[
+            "--listen-metrics-urls".into(),
+            format!("https://127.0.0.1:{metrics_port}"),
+        ],
+    );
 
     let mut secure = tls_client(tls_port, &ca.pem(), None).await.unwrap();
     secure.put("tls/k", "over tls", None).await.unwrap();
@@ -200,6 +212,10 @@ async fn clients_reach_one_member_over_https_and_http_alike() {
     let health = https_get(tls_port, &ca.pem(), "/health");
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     assert!(health.contains("\"health\":\"true\""), "{health}");
+    // An https metrics URL uses the client certificate, as etcd.
+    let scraped = https_get(metrics_port, &ca.pem(), "/metrics");
+    assert!(scraped.starts_with("HTTP/1.1 200"), "{scraped}");
+    assert!(scraped.contains("etcd_server_has_leader"), "{scraped}");
     // A client that does not trust the server's CA is refused.
     let stranger = Ca::new("another CA");
     assert!(tls_client(tls_port, &stranger.pem(), None).await.is_err());
@@ -523,4 +539,59 @@ async fn members_replicate_over_peer_auto_tls() {
     let members = start_tls_cluster(|_| vec!["--peer-auto-tls".into()]);
     replicated(&members).await;
     assert!(members[0].dir.join("fixtures/peer/cert.pem").exists());
+}
+
+#[tokio::test]
+async fn allowed_cn_and_hostname_narrow_the_certificates_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("keel test CA");
+    install_server_cert(dir.path(), &ca.leaf("server", 1));
+    let ca_file = write(dir.path(), "ca.crt", &ca.pem()).display().to_string();
+    let (cert, key) = (
+        dir.path().join("server.crt").display().to_string(),
+        dir.path().join("server.key").display().to_string(),
+    );
+    let peer_port = free_port();
+    let peer_url = format!("https://127.0.0.1:{peer_port}");
+    let (server, tls_port) = start_tls_server(
+        dir.path(),
+        &[
+            "--client-cert-auth".into(),
+            "--trusted-ca-file".into(),
+            ca_file.clone(),
+            "--client-cert-allowed-hostname".into(),
+            "localhost".into(),
+            "--listen-peer-urls".into(),
+            peer_url.clone(),
+            "--initial-advertise-peer-urls".into(),
+            peer_url,
+            "--peer-cert-file".into(),
+            cert,
+            "--peer-key-file".into(),
+            key,
+            "--peer-trusted-ca-file".into(),
+            ca_file,
+            "--peer-client-cert-auth".into(),
+            "--peer-cert-allowed-cn".into(),
+            "member".into(),
+        ],
+    );
+    let for_localhost = ca.leaf_for("anyone", 30, &["localhost"]);
+    let mut c = tls_client(tls_port, &ca.pem(), Some(&for_localhost))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", server.logs()));
+    c.put("allowed/k", "v", None).await.unwrap();
+    let elsewhere = ca.leaf_for("anyone", 31, &["other.example"]);
+    assert!(
+        tls_client(tls_port, &ca.pem(), Some(&elsewhere))
+            .await
+            .is_err(),
+        "a client certificate for another host name was taken"
+    );
+    peer_session(peer_port, &ca, &ca.leaf("member", 32))
+        .unwrap_or_else(|e| panic!("the allowed CN was refused: {e}"));
+    assert!(
+        peer_session(peer_port, &ca, &ca.leaf("intruder", 33)).is_err(),
+        "a peer certificate with another CN was taken"
+    );
 }

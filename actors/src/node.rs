@@ -41,6 +41,7 @@ use crate::raft::network::PeerNetwork;
 use crate::raft::state_machine::{snapshot_id, DurableSnapshot, StateMachine};
 use crate::raft::types::{Node, NodeId, Raft, SnapshotMeta};
 use crate::raft::QuietStart;
+use crate::reactor::Surface;
 use crate::service::{ServeConfig, ServerCtx};
 use crate::wal_writer::{WalConfig, WalWriter};
 
@@ -66,6 +67,9 @@ pub struct NodeConfig {
     pub name: String,
     pub data_dir: PathBuf,
     pub listen_client: Vec<ListenUrl>,
+    /// `--listen-metrics-urls`: /metrics and the health endpoints only
+    /// (https ones with the client TLS settings, as etcd).
+    pub listen_metrics: Vec<ListenUrl>,
     /// What `https://` client listeners serve with.
     pub client_tls: Option<crate::tls::TlsSettings>,
     /// `--auto-tls` without certificate files: generate a self-signed one
@@ -671,7 +675,12 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
     let member_dir = std::fs::canonicalize(cfg.data_dir.join("member")).map_err(data_dir_err)?;
     let _lock = lock_data_dir(&member_dir)?;
     let client_tls = client_tls(&cfg)?;
-    let client_addrs: Vec<SocketAddr> = cfg.listen_client.iter().map(|l| l.addr).collect();
+    // Client listeners, then metrics ones: what each serves.
+    let surfaces: Vec<(ListenUrl, Surface)> =
+        (cfg.listen_client.iter().map(|l| (*l, Surface::Clients)))
+            .chain(cfg.listen_metrics.iter().map(|l| (*l, Surface::Metrics)))
+            .collect();
+    let client_addrs: Vec<SocketAddr> = surfaces.iter().map(|(l, _)| l.addr).collect();
     let client_sockets = Arc::new(bind_listeners(&client_addrs, "clients", false)?);
     let peer_tls = peer_tls(&cfg)?;
     let peer_addrs: Vec<SocketAddr> = cfg.listen_peer.iter().map(|l| l.addr).collect();
@@ -783,6 +792,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
         let (wal_dir, snap_dir) = (wal_dir.clone(), snap_dir.clone());
         let (client_sockets, peer_sockets) = (client_sockets.clone(), peer_sockets.clone());
         let (client_tls, peer_tls) = (client_tls.clone(), peer_tls.clone());
+        let surfaces = surfaces.clone();
         let handle = LocalExecutorBuilder::new(CpuPlacement::Fixed(cpu))
             .name(&format!("keel-core{core}"))
             .io_memory(4 << 20)
@@ -872,7 +882,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
                     .detach();
                 }
                 let mut listeners = Vec::new();
-                for (socket, how) in client_sockets.iter().zip(&cfg.listen_client) {
+                for (socket, (how, surface)) in client_sockets.iter().zip(&surfaces) {
                     // TLS handshakes cost milliseconds of CPU each; with a
                     // core to spare they stay off the one raft runs on.
                     if how.tls && core == placement.raft_core && placement.cores > 1 {
@@ -880,7 +890,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
                     }
                     let tls = if how.tls { client_tls.clone() } else { None };
                     match core_listener(socket) {
-                        Ok(l) => listeners.push((l, tls)),
+                        Ok(l) => listeners.push((l, tls, *surface)),
                         Err(e) => crate::fatal(&format!("cannot listen for clients: {e}")),
                     }
                 }
@@ -902,8 +912,8 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
                 }
                 let tasks: Vec<_> = listeners
                     .into_iter()
-                    .map(|(l, tls)| {
-                        glommio::spawn_local(crate::reactor::serve(l, tls, ctx.clone()))
+                    .map(|(l, tls, surface)| {
+                        glommio::spawn_local(crate::reactor::serve(l, tls, surface, ctx.clone()))
                     })
                     .collect();
                 for t in tasks {

@@ -31,8 +31,22 @@ use crate::service::{
 };
 use crate::tls::ServerTls;
 
+/// What a client-side listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// `--listen-client-urls`: gRPC and every HTTP endpoint.
+    Clients,
+    /// `--listen-metrics-urls`: `/metrics` and the health endpoints only.
+    Metrics,
+}
+
 /// Serves `listener` (over TLS when `tls` is given) until the process ends.
-pub async fn serve(listener: TcpListener, tls: Option<Arc<ServerTls>>, ctx: Rc<ServerCtx>) {
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<Arc<ServerTls>>,
+    surface: Surface,
+    ctx: Rc<ServerCtx>,
+) {
     let open = Rc::new(Cell::new(0usize));
     loop {
         let stream = match listener.accept().await {
@@ -54,7 +68,7 @@ pub async fn serve(listener: TcpListener, tls: Option<Arc<ServerTls>>, ctx: Rc<S
         open.set(open.get() + 1);
         let (ctx, open, tls) = (ctx.clone(), open.clone(), tls.clone());
         glommio::spawn_local(async move {
-            serve_connection(stream, tls, ctx).await;
+            serve_connection(stream, tls, surface, ctx).await;
             open.set(open.get() - 1);
         })
         .detach();
@@ -69,11 +83,16 @@ const KEEPALIVE_TIMEOUT_NEVER: Duration = Duration::from_secs(10 * 365 * 24 * 36
 /// listener, to finish its handshake).
 pub const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn serve_connection(stream: TcpStream, tls: Option<Arc<ServerTls>>, ctx: Rc<ServerCtx>) {
+async fn serve_connection(
+    stream: TcpStream,
+    tls: Option<Arc<ServerTls>>,
+    surface: Surface,
+    ctx: Rc<ServerCtx>,
+) {
     let _ = stream.set_nodelay(true);
     crate::tcp::keep_alive(&stream, crate::tcp::CLIENT);
     let Some(tls) = tls else {
-        return serve_stream(stream, ctx).await;
+        return serve_stream(stream, surface, ctx).await;
     };
     let acceptor = futures_rustls::TlsAcceptor::from(tls.config());
     let handshake = glommio::timer::timeout(FIRST_BYTES_TIMEOUT, async {
@@ -81,14 +100,14 @@ async fn serve_connection(stream: TcpStream, tls: Option<Arc<ServerTls>>, ctx: R
     })
     .await;
     match handshake {
-        Ok(Ok(stream)) => serve_stream(stream, ctx).await,
+        Ok(Ok(stream)) => serve_stream(stream, surface, ctx).await,
         Ok(Err(e)) => tracing::debug!("TLS handshake failed: {e}"),
         Err(_) => tracing::debug!("TLS handshake did not finish in {FIRST_BYTES_TIMEOUT:?}"),
     }
 }
 
 /// Serves one connection's HTTP/2 or HTTP/1.1, whichever it starts with.
-async fn serve_stream<S>(mut stream: S, ctx: Rc<ServerCtx>)
+async fn serve_stream<S>(mut stream: S, surface: Surface, ctx: Rc<ServerCtx>)
 where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
@@ -106,7 +125,12 @@ where
         let svc_ctx = ctx.clone();
         let svc = service_fn(move |req| {
             let ctx = svc_ctx.clone();
-            async move { Ok::<_, Infallible>(handle_http2(req, ctx).await) }
+            async move {
+                Ok::<_, Infallible>(match surface {
+                    Surface::Clients => handle_http2(req, ctx).await,
+                    Surface::Metrics => http_service::handle_metrics(req, &ctx).await,
+                })
+            }
         });
         let mut http2 = hyper::server::conn::http2::Builder::new(LocalExec);
         http2.max_concurrent_streams(ctx.cfg.max_concurrent_streams);
@@ -126,7 +150,12 @@ where
     } else {
         let svc = service_fn(move |req| {
             let ctx = ctx.clone();
-            async move { Ok::<_, Infallible>(http_service::handle(req, &ctx).await) }
+            async move {
+                Ok::<_, Infallible>(match surface {
+                    Surface::Clients => http_service::handle(req, &ctx).await,
+                    Surface::Metrics => http_service::handle_metrics(req, &ctx).await,
+                })
+            }
         });
         if let Err(e) = hyper::server::conn::http1::Builder::new()
             .serve_connection(io, svc)

@@ -21,10 +21,11 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{
     CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
 };
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{
-    ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme,
-    SupportedProtocolVersion,
+    ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
+    SignatureScheme, SupportedProtocolVersion,
 };
 
 /// A TLS protocol version as etcd's `--tls-min-version` names it.
@@ -78,6 +79,13 @@ pub struct TlsSettings {
     /// Dialing: accept any server certificate (etcd's InsecureSkipVerify,
     /// which `--peer-auto-tls` sets: self-signed certificates have no CA).
     pub skip_server_verification: bool,
+    /// With `client_cert_auth`: the common name a client certificate must
+    /// carry (`--peer-cert-allowed-cn`).
+    pub allowed_cn: Option<String>,
+    /// With `client_cert_auth`: the host name a client certificate must be
+    /// valid for (`--client-cert-allowed-hostname`,
+    /// `--peer-cert-allowed-hostname`).
+    pub allowed_hostname: Option<String>,
 }
 
 impl TlsSettings {
@@ -171,7 +179,15 @@ impl TlsSettings {
                 .with_crls(crls)
                 .build()
                 .map_err(|e| format!("client certificate verifier: {e}"))?;
-            builder.with_client_cert_verifier(verifier)
+            if self.allowed_cn.is_none() && self.allowed_hostname.is_none() {
+                builder.with_client_cert_verifier(verifier)
+            } else {
+                builder.with_client_cert_verifier(Arc::new(RestrictedClientCerts {
+                    inner: verifier,
+                    allowed_cn: self.allowed_cn.clone(),
+                    allowed_hostname: self.allowed_hostname.clone(),
+                }))
+            }
         } else {
             builder.with_no_client_auth()
         };
@@ -213,6 +229,124 @@ impl TlsSettings {
                 )
             })
     }
+}
+
+/// A CA-checked client certificate that must also carry a given common
+/// name or be valid for a given host name (etcd's `--peer-cert-allowed-cn`
+/// and `--*-cert-allowed-hostname`); refused in the handshake otherwise.
+#[derive(Debug)]
+struct RestrictedClientCerts {
+    inner: Arc<dyn ClientCertVerifier>,
+    allowed_cn: Option<String>,
+    allowed_hostname: Option<String>,
+}
+
+impl ClientCertVerifier for RestrictedClientCerts {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        if let Some(cn) = &self.allowed_cn {
+            if common_name(end_entity).as_deref() != Some(cn.as_str()) {
+                return Err(rustls::Error::General(format!(
+                    "the client certificate's CN is not the allowed {cn:?}"
+                )));
+            }
+        }
+        if let Some(host) = &self.allowed_hostname {
+            let refused = || {
+                rustls::Error::General(format!(
+                    "the client certificate is not valid for the allowed host name {host:?}"
+                ))
+            };
+            let cert = webpki::EndEntityCert::try_from(end_entity).map_err(|_| refused())?;
+            let name = ServerName::try_from(host.as_str()).map_err(|_| refused())?;
+            cert.verify_is_valid_for_subject_name(&name)
+                .map_err(|_| refused())?;
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// One DER element: (tag, contents, what follows it).
+fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+/// The first common name (OID 2.5.4.3) in a DER certificate's subject.
+fn common_name(cert: &[u8]) -> Option<String> {
+    const CN_OID: [u8; 3] = [0x55, 0x04, 0x03];
+    let (_, certificate, _) = der_element(cert)?;
+    let (_, mut tbs, _) = der_element(certificate)?;
+    // version [0] (optional), serial, signature, issuer, validity, subject
+    let mut fields = Vec::new();
+    while fields.len() < 6 && !tbs.is_empty() {
+        let (tag, contents, rest) = der_element(tbs)?;
+        if !(fields.is_empty() && tag == 0xa0) {
+            fields.push(contents);
+        }
+        tbs = rest;
+    }
+    let mut subject = *fields.get(4)?;
+    while !subject.is_empty() {
+        let (_, mut set, rest) = der_element(subject)?;
+        subject = rest;
+        while !set.is_empty() {
+            let (_, attribute, rest) = der_element(set)?;
+            set = rest;
+            let (_, oid, value) = der_element(attribute)?;
+            if oid == CN_OID {
+                let (_, name, _) = der_element(value)?;
+                return String::from_utf8(name.to_vec()).ok();
+            }
+        }
+    }
+    None
 }
 
 /// Accepts any server certificate; only for `--peer-auto-tls`, whose
@@ -424,7 +558,29 @@ mod tests {
             min_version: TlsVersion::Tls12,
             max_version: TlsVersion::Tls13,
             skip_server_verification: false,
+            allowed_cn: None,
+            allowed_hostname: None,
         }
+    }
+
+    #[test]
+    fn the_common_name_is_read_from_the_subject() {
+        let mut p = rcgen::CertificateParams::new(vec!["m1.example".to_string()]).unwrap();
+        p.distinguished_name
+            .push(rcgen::DnType::OrganizationName, "keel");
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "member-1");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = p.self_signed(&key).unwrap();
+        assert_eq!(common_name(cert.der()).as_deref(), Some("member-1"));
+        let none = rcgen::CertificateParams::new(vec!["x".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        // rcgen's default subject is "rcgen self signed cert".
+        assert_ne!(common_name(none.der()).as_deref(), Some("member-1"));
+        assert_eq!(common_name(b"\x30\x85garbage"), None);
+        assert_eq!(common_name(&[]), None);
     }
 
     #[test]

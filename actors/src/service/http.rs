@@ -1,5 +1,6 @@
 //! HTTP/1.1 (and non-gRPC HTTP/2) on the client port: `/metrics`,
-//! `/health`, `/livez`, `/readyz`, `/version`.
+//! `/health`, `/livez`, `/readyz`, `/version`; on a metrics port
+//! (`--listen-metrics-urls`) only the first four.
 
 use std::time::Duration;
 
@@ -41,6 +42,18 @@ async fn healthy(ctx: &ServerCtx) -> bool {
         .is_ok_and(|r| r.is_ok())
 }
 
+/// A `--listen-metrics-urls` request: metrics and health, nothing else.
+pub async fn handle_metrics<B>(req: http::Request<B>, ctx: &ServerCtx) -> Response<ResponseBody> {
+    match req.uri().path() {
+        "/metrics" | "/health" | "/livez" | "/readyz" => handle(req, ctx).await,
+        _ => not_found(),
+    }
+}
+
+fn not_found() -> Response<ResponseBody> {
+    reply(StatusCode::NOT_FOUND, "text/plain", "404 page not found\n")
+}
+
 pub async fn handle<B>(req: http::Request<B>, ctx: &ServerCtx) -> Response<ResponseBody> {
     match req.uri().path() {
         "/metrics" => reply(
@@ -74,6 +87,6 @@ pub async fn handle<B>(req: http::Request<B>, ctx: &ServerCtx) -> Response<Respo
                 v = crate::API_VERSION
             ),
         ),
-        _ => reply(StatusCode::NOT_FOUND, "text/plain", "404 page not found\n"),
+        _ => not_found(),
     }
 }
