@@ -169,6 +169,26 @@ pub struct Flags {
     #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info", value_parser = ["debug", "info", "warn", "error", "panic", "fatal"])]
     pub log_level: String,
 
+    /// Specify 'zap' for structured (JSON) logging or 'capnslog' (text).
+    #[arg(long, env = "ETCD_LOGGER", default_value = "capnslog", value_parser = ["capnslog", "zap"])]
+    pub logger: String,
+
+    /// Comma-separated log targets: 'default' or 'stderr', 'stdout', or file paths.
+    #[arg(long, env = "ETCD_LOG_OUTPUTS", default_value = "default")]
+    pub log_outputs: String,
+
+    /// Enable debug-level logging (as --log-level=debug).
+    #[arg(
+        long,
+        env = "ETCD_DEBUG",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub debug: bool,
+
     /// Number of cores to run on (one executor each) [default: all available].
     #[arg(long, env = "KEEL_CORES")]
     pub cores: Option<usize>,

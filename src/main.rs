@@ -1,18 +1,23 @@
 //! The keel server binary: parses etcd's flags, then runs a member.
 
 mod config;
+mod logging;
 
 use clap::Parser;
 
 fn main() {
     let flags = config::Flags::parse();
-    let level = flags.log_level.clone();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(config::log_filter(&level)));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let level = if flags.debug {
+        "debug"
+    } else {
+        flags.log_level.as_str()
+    };
+    if let Err(e) = logging::parse_outputs(&flags.log_outputs)
+        .and_then(|outputs| logging::init(&flags.logger, &outputs, &config::log_filter(level)))
+    {
+        eprintln!("keel: {e}");
+        std::process::exit(1);
+    }
     let env = std::env::vars_os().map(|(k, v)| {
         (
             k.to_string_lossy().into_owned(),

@@ -597,3 +597,48 @@ async fn a_metrics_listener_serves_metrics_and_health_only() {
     .await;
     assert!(grpc.is_err(), "gRPC answered on the metrics port: {grpc:?}");
 }
+
+/// Story: logs were ANSI-coloured text wherever they went, with no JSON
+/// option. `--logger zap` writes one JSON object per line with zap's keys
+/// (as etcd), `--log-outputs` sends them to files as well, and text written
+/// to a file carries no colour codes.
+#[test]
+fn logs_go_to_files_as_json_or_plain_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let json_log = dir.path().join("keel.json");
+    let mut server = Server::new(vec![
+        "--logger".into(),
+        "zap".into(),
+        "--log-outputs".into(),
+        format!("stderr,{}", json_log.display()),
+    ]);
+    server.spawn();
+    server.wait_healthy();
+    let text = std::fs::read_to_string(&json_log).unwrap();
+    let mut ready = false;
+    for line in text.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        for key in ["level", "ts", "caller", "msg"] {
+            assert!(v.get(key).is_some(), "no {key} in {line}");
+        }
+        ready |= v["msg"] == "ready to serve client requests" && v["level"] == "info";
+    }
+    assert!(ready, "{text}");
+    // The same lines went to stderr.
+    assert!(server
+        .logs()
+        .contains("\"msg\":\"ready to serve client requests\""));
+    drop(server);
+
+    let text_log = dir.path().join("keel.log");
+    let mut server = Server::new(vec!["--log-outputs".into(), text_log.display().to_string()]);
+    server.spawn();
+    server.wait_healthy();
+    let text = std::fs::read_to_string(&text_log).unwrap();
+    assert!(text.contains("ready to serve client requests"), "{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "colour codes in a log file:\n{text}"
+    );
+}
