@@ -67,6 +67,7 @@ echo "ok: empty key refused"
 
 expect "endpoint health" "$("${E[@]}" endpoint health 2>&1 | grep -c 'is healthy')" "1"
 expect "endpoint status version" "$("${E[@]}" endpoint status -w json | json 'd[0]["Status"]["version"]')" "3.6.0"
+expect "endpoint hashkv (revision, compaction)" "$("${E[@]}" endpoint hashkv -w json | json '(d[0]["HashKV"]["header"]["revision"], d[0]["HashKV"]["compact_revision"], d[0]["HashKV"]["hash"] > 0)')" "(11, 8, True)"
 expect "member list" "$("${E[@]}" member list | grep -c default)" "1"
 expect "/metrics" "$(curl -sf --max-time 5 "http://127.0.0.1:$PORT/metrics" | grep -c '^etcd_disk_wal_fsync_duration_seconds_count')" "1"
 

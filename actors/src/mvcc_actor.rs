@@ -70,6 +70,7 @@ pub enum ReadError {
 }
 
 pub type RangeReply = oneshot::Sender<Result<pb::RangeResponse, ReadError>>;
+pub type HashKvReply = oneshot::Sender<Result<pb::HashKvResponse, ReadError>>;
 
 /// A consistent picture of the store for a snapshot.
 pub struct SnapshotView {
@@ -123,6 +124,12 @@ pub enum MvccMsg {
     Apply {
         entries: Vec<ApplyEntry>,
         reply: oneshot::Sender<Result<Vec<AppliedResult>, String>>,
+    },
+    /// etcd's HashKV at `revision` (0: the current one), once no
+    /// compaction is running.
+    HashKv {
+        revision: i64,
+        reply: HashKvReply,
     },
     /// Serve `req` once entries up to `min_applied` are applied.
     Range {
@@ -258,6 +265,9 @@ pub struct MvccActor {
     stopping: bool,
     /// Physical compactions waiting for the running one to finish.
     compaction_waiters: Vec<oneshot::Sender<()>>,
+    /// HashKV requests waiting for the running compaction to finish (the
+    /// hash reads the revision log as it is once compaction is done).
+    hash_waiters: Vec<(i64, HashKvReply)>,
     /// Ranges being read in steps, taking turns. No compaction step runs
     /// while one is: it could remove versions they read.
     ranges: VecDeque<RangeJob>,
@@ -299,6 +309,7 @@ impl MvccActor {
             leading_term: None,
             stopping: false,
             compaction_waiters: Vec::new(),
+            hash_waiters: Vec::new(),
             ranges: VecDeque::new(),
         };
         a.update_gauges();
@@ -371,6 +382,40 @@ impl MvccActor {
             for w in self.compaction_waiters.drain(..) {
                 let _ = w.send(());
             }
+            for (revision, reply) in std::mem::take(&mut self.hash_waiters) {
+                self.hash_kv(revision, reply);
+            }
+        }
+    }
+
+    /// etcd's HashKV: its revision checks, then the hash of the revision
+    /// log on the executor's blocking thread (it reads every version).
+    fn hash_kv(&mut self, revision: i64, reply: HashKvReply) {
+        let (compacted, current) = (self.store.compact_rev(), self.store.current_rev());
+        if revision > 0 && revision <= compacted {
+            let _ = reply.send(Err(ReadError::Mvcc(MvccError::Compacted)));
+        } else if revision > current {
+            let _ = reply.send(Err(ReadError::Mvcc(MvccError::FutureRev)));
+        } else if self.store.compacting() {
+            if self.hash_waiters.len() < WAITING_READS_MAX {
+                self.hash_waiters.push((revision, reply));
+            } else {
+                let _ = reply.send(Err(ReadError::Busy));
+            }
+        } else {
+            let rev = if revision == 0 { current } else { revision };
+            let (view, header) = (self.store.view(), self.header(current));
+            let hash = move || {
+                let hash = keel_storage::mvcc::hash::hash_kv(&view, rev, compacted);
+                let _ = reply.send(Ok(pb::HashKvResponse {
+                    header: Some(header),
+                    hash,
+                    compact_revision: compacted,
+                    // etcd 3.5's field (3.4 has none): the revision hashed.
+                    hash_revision: rev,
+                }));
+            };
+            glommio::spawn_local(glommio::executor().spawn_blocking(hash)).detach();
         }
     }
 
@@ -534,6 +579,7 @@ impl MvccActor {
                 }
                 // else: dropping the reply tells the waiter it cannot wait here.
             }
+            MvccMsg::HashKv { revision, reply } => self.hash_kv(revision, reply),
             MvccMsg::CompactionDone { reply } => {
                 if !self.store.compacting() {
                     let _ = reply.send(());

@@ -360,6 +360,7 @@ async fn dispatch(method: Method, body: Incoming, ctx: &Rc<ServerCtx>) -> Result
         Method::Txn => unary!(body, ctx, kv::txn, sized),
         Method::Compact => unary!(body, ctx, kv::compact, sized),
         Method::Status => unary!(body, ctx, maintenance::status),
+        Method::HashKv => unary!(body, ctx, maintenance::hash_kv),
         Method::Alarm => unary!(body, ctx, maintenance::alarm),
         Method::MemberList => unary!(body, ctx, maintenance::member_list),
         Method::MemberAdd => unary!(body, ctx, cluster::member_add),

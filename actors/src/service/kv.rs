@@ -245,7 +245,7 @@ pub async fn propose(
     }
 }
 
-fn read_error(e: ReadError) -> Status {
+pub(crate) fn read_error(e: ReadError) -> Status {
     match e {
         ReadError::Mvcc(m) => m.into(),
         ReadError::Busy => Status::too_many_requests(),

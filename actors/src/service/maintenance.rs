@@ -49,6 +49,20 @@ pub fn header(ctx: &ServerCtx, raft: &RaftStatus, mvcc: &MvccStatus) -> Option<p
     })
 }
 
+/// etcd's HashKV (see `keel_storage::mvcc::hash`): equal on members with
+/// the same history, and equal to etcd 3.4's for the same history.
+pub async fn hash_kv(
+    ctx: &ServerCtx,
+    req: pb::HashKvRequest,
+) -> Result<pb::HashKvResponse, Status> {
+    ask_mvcc_for(ctx, |reply| MvccMsg::HashKv {
+        revision: req.revision,
+        reply,
+    })
+    .await?
+    .map_err(super::kv::read_error)
+}
+
 pub async fn status(
     ctx: &ServerCtx,
     _req: pb::StatusRequest,

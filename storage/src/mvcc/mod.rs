@@ -12,6 +12,7 @@
 //! ([`store_range`] for reads, [`store_txn`] for applying commands).
 //! [`snapshot`] defines the snapshot file format.
 
+pub mod hash;
 pub mod key_index;
 pub mod lease;
 pub mod revision_log;
