@@ -336,6 +336,26 @@ pub struct Flags {
     #[arg(long, env = "ETCD_TLS_MAX_VERSION", default_value = "")]
     pub tls_max_version: String,
 
+    /// Check data corruption (HashKV compared with the peers') before serving client traffic.
+    #[arg(
+        long,
+        env = "ETCD_EXPERIMENTAL_INITIAL_CORRUPT_CHECK",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub experimental_initial_corrupt_check: bool,
+
+    /// Duration of time between cluster corruption check passes (0: none).
+    #[arg(
+        long,
+        env = "ETCD_EXPERIMENTAL_CORRUPT_CHECK_TIME",
+        default_value = "0s"
+    )]
+    pub experimental_corrupt_check_time: String,
+
     /// Raise alarms when backend size exceeds the given quota (0 defaults to low space quota).
     #[arg(
         long,
@@ -668,6 +688,15 @@ impl Flags {
             max_concurrent_streams: self.max_concurrent_streams,
             connections_max: self.max_connections.map(|n| n as usize),
             quota_backend_bytes: self.quota_backend_bytes,
+            initial_corrupt_check: self.experimental_initial_corrupt_check,
+            corrupt_check_every: parse_duration(&self.experimental_corrupt_check_time)
+                .ok_or_else(|| {
+                    format!(
+                        "--experimental-corrupt-check-time={}: expected a duration like 5m or 30s",
+                        self.experimental_corrupt_check_time
+                    )
+                })
+                .map(|d| (!d.is_zero()).then_some(d))?,
         })
     }
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{status_of, Server};
+use common::{alarms, status_of, Server};
 use etcd_client::{
     Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
     TxnOpResponse,
@@ -627,22 +627,6 @@ async fn request_too_large() {
         e.1
     );
     c.put("small", vec![b'x'; 5_000], None).await.unwrap();
-}
-
-/// The store's members and alarm types, as `alarm list` shows them.
-async fn alarms(c: &mut etcd_client::Client) -> Vec<(u64, etcd_client::AlarmType)> {
-    let r = c
-        .alarm(
-            etcd_client::AlarmAction::Get,
-            etcd_client::AlarmType::None,
-            None,
-        )
-        .await
-        .unwrap();
-    r.alarms()
-        .iter()
-        .map(|a| (a.member_id(), a.alarm()))
-        .collect()
 }
 
 /// etcd's space quota, as etcd 3.4.23 answers (checked side by side): a

@@ -1,11 +1,15 @@
 //! The Maintenance service's hashes: HashKV as etcd 3.4 defines it, equal
-//! to etcd's own for the same history and equal across members.
+//! to etcd's own for the same history and equal across members; and the
+//! corruption checks built on it.
 
 mod common;
 
-use common::{status_of, Cluster, Server};
+use std::time::{Duration, Instant};
+
+use common::{alarms, status_of, Cluster, Server};
 use etcd_client::{
-    CompactionOptions, Compare, CompareOp, LeaseGrantOptions, PutOptions, Txn, TxnOp,
+    AlarmAction, AlarmOptions, AlarmType, CompactionOptions, Compare, CompareOp, LeaseGrantOptions,
+    PutOptions, Txn, TxnOp,
 };
 
 /// The history whose hashes etcd 3.4.23 gave (`etcdctl endpoint hashkv
@@ -106,7 +110,7 @@ async fn hash_kv_is_equal_on_every_member_and_after_a_restart() {
                 applied = true;
                 break;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert!(applied, "{} did not apply revision 7", m.endpoint());
         assert_eq!(mc.hash_kv(7).await.unwrap().hash(), 4_121_474_603);
@@ -114,4 +118,79 @@ async fn hash_kv_is_equal_on_every_member_and_after_a_restart() {
     cluster.members[1].restart();
     let mut mc = cluster.members[1].client().await;
     assert_eq!(mc.hash_kv(7).await.unwrap().hash(), 4_121_474_603);
+}
+
+/// The test mode that makes a member report a damaged history (its HashKV
+/// off by one bit).
+fn corrupt_hash(m: &mut Server) {
+    m.env.push(("KEEL_TEST_CORRUPT_HASH".into(), "1".into()));
+}
+
+/// `--experimental-corrupt-check-time`: the leader compares its HashKV
+/// with its followers' and raises CORRUPT for one whose history differs;
+/// writes then fail with etcd's "etcdserver: corrupt cluster" on every
+/// member while reads go on, until the alarm is disarmed.
+#[tokio::test]
+async fn the_leader_raises_corrupt_for_a_member_whose_history_differs() {
+    let mut cluster = Cluster::start(3, &["--experimental-corrupt-check-time", "1s"]);
+    let leader = cluster.leader().await;
+    let victim = (leader + 1) % 3;
+    corrupt_hash(&mut cluster.members[victim]);
+    cluster.members[victim].restart();
+    let mut v = cluster.members[victim].client().await;
+    let victim_id = v.status().await.unwrap().header().unwrap().member_id();
+    let mut c = cluster.members[leader].client().await;
+    c.put("k", "v", None).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !alarms(&mut c)
+        .await
+        .contains(&(victim_id, AlarmType::Corrupt))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no CORRUPT alarm for {victim_id:x}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for m in &cluster.members {
+        let mut mc = m.client().await;
+        assert_eq!(
+            status_of(mc.put("k", "w", None).await.unwrap_err()),
+            (tonic::Code::DataLoss, "etcdserver: corrupt cluster".into()),
+            "{}",
+            m.endpoint()
+        );
+    }
+    assert_eq!(c.get("k", None).await.unwrap().kvs()[0].value(), b"v");
+    // With the damaged member gone, the alarm can be disarmed for good.
+    cluster.members[victim].kill9();
+    let mut opts = AlarmOptions::new();
+    opts.with_member(victim_id);
+    c.alarm(AlarmAction::Deactivate, AlarmType::Corrupt, Some(opts))
+        .await
+        .unwrap();
+    c.put("k", "w", None).await.unwrap();
+}
+
+/// `--experimental-initial-corrupt-check` (kubeadm's etcd manifest passes
+/// it, and keel refused to start on it): a member whose history matches
+/// its peers' starts after checking; one whose history differs refuses to
+/// start, with etcd's message.
+#[tokio::test]
+async fn the_initial_corrupt_check_stops_a_member_whose_history_differs() {
+    let mut cluster = Cluster::start(3, &["--experimental-initial-corrupt-check"]);
+    let mut c = cluster.members[0].client().await;
+    c.put("k", "v", None).await.unwrap();
+    cluster.members[2].restart();
+    assert!(
+        cluster.members[2]
+            .logs()
+            .contains("initial corruption checking passed"),
+        "{}",
+        cluster.members[2].logs()
+    );
+    corrupt_hash(&mut cluster.members[1]);
+    let (code, out) = cluster.members[1].start_expect_exit();
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("found data inconsistency with peers"), "{out}");
 }

@@ -3,6 +3,7 @@
 //! start-up code that places them on cores ([`node`]).
 
 pub mod compactor;
+pub mod corrupt;
 pub mod grpc;
 pub mod lease;
 pub mod metrics;

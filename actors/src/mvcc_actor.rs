@@ -72,6 +72,14 @@ pub enum ReadError {
 pub type RangeReply = oneshot::Sender<Result<pb::RangeResponse, ReadError>>;
 pub type HashKvReply = oneshot::Sender<Result<pb::HashKvResponse, ReadError>>;
 
+/// Test mode (`KEEL_TEST_CORRUPT_HASH=1`): this member's HashKV is off by
+/// one bit, as a member whose stored history was damaged would report it.
+/// The corruption checks' tests start one member so.
+fn test_corrupt_hash() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("KEEL_TEST_CORRUPT_HASH").is_some_and(|v| v == "1"))
+}
+
 /// A consistent picture of the store for a snapshot.
 pub struct SnapshotView {
     pub view: LogView,
@@ -109,6 +117,7 @@ impl SpaceGauge {
 
 /// etcd's alarm types (`pb::AlarmType` wire values).
 pub const ALARM_NOSPACE: i32 = pb::AlarmType::Nospace as i32;
+pub const ALARM_CORRUPT: i32 = pb::AlarmType::Corrupt as i32;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MvccStatus {
@@ -406,7 +415,8 @@ impl MvccActor {
             let rev = if revision == 0 { current } else { revision };
             let (view, header) = (self.store.view(), self.header(current));
             let hash = move || {
-                let hash = keel_storage::mvcc::hash::hash_kv(&view, rev, compacted);
+                let hash = keel_storage::mvcc::hash::hash_kv(&view, rev, compacted)
+                    ^ u32::from(test_corrupt_hash());
                 let _ = reply.send(Ok(pb::HashKvResponse {
                     header: Some(header),
                     hash,
@@ -777,6 +787,10 @@ impl MvccActor {
                                 a.member_id.to_native(),
                                 a.alarm.to_native(),
                             ))
+                        } else if self.corrupt() {
+                            // As etcd's corrupt applier: no write applies
+                            // until the alarm is disarmed.
+                            Err(MvccError::Corrupt)
                         } else if cmd.needs_space() && self.nospace() {
                             Err(MvccError::NoSpace)
                         } else {
@@ -806,6 +820,10 @@ impl MvccActor {
 
     fn nospace(&self) -> bool {
         self.app.alarms.iter().any(|(_, a)| *a == ALARM_NOSPACE)
+    }
+
+    fn corrupt(&self) -> bool {
+        self.app.alarms.iter().any(|(_, a)| *a == ALARM_CORRUPT)
     }
 
     /// etcd's alarm store: raising an alarm answers it (also when it was

@@ -115,6 +115,12 @@ pub struct NodeConfig {
     /// `--max-connections`, if given.
     pub connections_max: Option<usize>,
     pub grpc_keepalive: crate::service::GrpcKeepalive,
+    /// `--experimental-initial-corrupt-check`: compare HashKV with the
+    /// peers' before serving, and refuse to start on a difference.
+    pub initial_corrupt_check: bool,
+    /// `--experimental-corrupt-check-time`: how often the leader compares
+    /// HashKV with its followers' (None: never).
+    pub corrupt_check_every: Option<Duration>,
     /// etcd's `--quota-backend-bytes`: 0 for the default, negative for none.
     pub quota_backend_bytes: i64,
 }
@@ -823,6 +829,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
                     }
                     let (raft_tx, mvcc_tx, cfg) = (raft_tx.clone(), mvcc_tx.clone(), cfg.clone());
                     let ready_sockets = client_sockets.clone();
+                    let (check_cfg, check_space) = (serve_cfg.clone(), space.clone());
                     glommio::spawn_local(async move {
                         let (raft, peers, quiet_start) = start_raft(
                             &cfg,
@@ -851,6 +858,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
                             ))
                             .detach();
                         }
+                        let (check_raft, check_peers) = (raft.clone(), peers.clone());
                         let handles = RaftHandles {
                             raft,
                             mvcc: mvcc_tx.clone(),
@@ -876,6 +884,35 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
                             .detach();
                         }
                         join_cluster(&cfg, ids, &raft_tx, &mvcc_tx).await;
+                        let me = ids.member_id;
+                        if cfg.initial_corrupt_check {
+                            let checked = crate::corrupt::initial_check(
+                                &mvcc_tx,
+                                &check_peers,
+                                &check_raft,
+                                me,
+                            )
+                            .await;
+                            if let Err(e) = checked {
+                                crate::fatal(&e);
+                            }
+                        }
+                        if let Some(every) = cfg.corrupt_check_every {
+                            let ctx = Rc::new(ServerCtx {
+                                raft: raft_tx.clone(),
+                                mvcc: mvcc_tx.clone(),
+                                cfg: check_cfg,
+                                space: check_space,
+                            });
+                            glommio::spawn_local(crate::corrupt::monitor(
+                                every,
+                                ctx,
+                                check_peers,
+                                check_raft,
+                                me,
+                            ))
+                            .detach();
+                        }
                         listen(&ready_sockets, "clients");
                         let _ = ready_tx.send(true);
                     })

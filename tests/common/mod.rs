@@ -388,6 +388,22 @@ pub fn segments(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
+/// The alarms raised (member id, type), as `etcdctl alarm list` shows them.
+pub async fn alarms(c: &mut etcd_client::Client) -> Vec<(u64, etcd_client::AlarmType)> {
+    let r = c
+        .alarm(
+            etcd_client::AlarmAction::Get,
+            etcd_client::AlarmType::None,
+            None,
+        )
+        .await
+        .unwrap();
+    r.alarms()
+        .iter()
+        .map(|a| (a.member_id(), a.alarm()))
+        .collect()
+}
+
 /// The gRPC status code and message of an etcd-client error.
 pub fn status_of(e: etcd_client::Error) -> (tonic::Code, String) {
     match e {

@@ -190,6 +190,7 @@ impl From<MvccError> for Status {
             MvccError::LeaseNotFound => Status::lease_not_found(),
             MvccError::LeaseExists => Status::lease_exists(),
             MvccError::NoSpace => Status::no_space(),
+            MvccError::Corrupt => Status::new(Code::DataLoss, "etcdserver: corrupt cluster"),
         }
     }
 }

@@ -326,6 +326,24 @@ async fn handle(req: &ArchivedPeerRequest, ctx: &PeerCtx) -> Result<PeerResponse
             )
             .await
         }
+        ArchivedPeerRequest::HashKv { revision } => {
+            let (reply, answer) = oneshot::channel();
+            let revision = revision.to_native();
+            let asked = ctx.mvcc.send(MvccMsg::HashKv { revision, reply }).await;
+            match (asked, answer.await) {
+                (Ok(()), Ok(Ok(resp))) => PeerResponse::HashKv {
+                    revision: resp.header.map_or(0, |h| h.revision),
+                    compact_revision: resp.compact_revision,
+                    hash: resp.hash,
+                },
+                (Ok(()), Ok(Err(e))) => PeerResponse::Failed {
+                    reason: crate::service::kv::read_error(e).message,
+                },
+                _ => PeerResponse::Failed {
+                    reason: "the MVCC actor stopped".into(),
+                },
+            }
+        }
         ArchivedPeerRequest::TimeoutNow => {
             tracing::info!("the leader hands over leadership: campaigning");
             match ctx.raft.trigger().elect().await {

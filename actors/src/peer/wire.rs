@@ -127,6 +127,10 @@ pub enum PeerRequest {
         id: i64,
         keys: bool,
     },
+    /// The member's HashKV at `revision` (corruption checks).
+    HashKv {
+        revision: i64,
+    },
 }
 
 /// How a forwarded command ended.
@@ -205,6 +209,12 @@ pub enum PeerResponse {
         keys: Vec<Vec<u8>>,
     },
     LeaseNotFound,
+    /// HashKV: the member's revision (its header's), compaction and hash.
+    HashKv {
+        revision: i64,
+        compact_revision: i64,
+        hash: u32,
+    },
     /// The request failed on the remote side (raft stopped, I/O error).
     Failed {
         reason: String,
@@ -224,6 +234,7 @@ impl PeerRequest {
                 | PeerRequest::ReadIndex
                 | PeerRequest::Members
                 | PeerRequest::LeaseTimeToLive { .. }
+                | PeerRequest::HashKv { .. }
         )
     }
 }
@@ -325,13 +336,14 @@ const KIND_LEASE_CHECKPOINT: u8 = 6;
 const KIND_ALARM: u8 = 7;
 
 /// MVCC errors on the wire: the index is the code.
-const MVCC_ERRORS: [MvccError; 6] = [
+const MVCC_ERRORS: [MvccError; 7] = [
     MvccError::Compacted,
     MvccError::FutureRev,
     MvccError::KeyNotFound,
     MvccError::LeaseNotFound,
     MvccError::LeaseExists,
     MvccError::NoSpace,
+    MvccError::Corrupt,
 ];
 
 fn mvcc_error_code(e: MvccError) -> u8 {
@@ -451,7 +463,8 @@ mod tests {
                 | MvccError::KeyNotFound
                 | MvccError::LeaseNotFound
                 | MvccError::LeaseExists
-                | MvccError::NoSpace => {}
+                | MvccError::NoSpace
+                | MvccError::Corrupt => {}
             }
             assert_eq!(failed_from_wire(mvcc_error_code(e)), Ok(e));
         }

@@ -54,4 +54,7 @@ pub enum MvccError {
     /// A NOSPACE alarm is raised: writes that need space are refused.
     #[error("mvcc: database space exceeded")]
     NoSpace,
+    /// A CORRUPT alarm is raised: every write is refused.
+    #[error("corrupt cluster")]
+    Corrupt,
 }
