@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# Interop over TLS with real etcdctl (v3.4) and curl: a keel member with an
-# https listener and --client-cert-auth, certificates made here with
-# openssl. Usage: interop-tls.sh path/to/keel
+# Interop over TLS with real etcdctl (v3.4) and curl: a keel member started
+# with the flags of kubeadm's etcd manifest (https client and peer URLs,
+# mutual TLS, a metrics URL, the initial corruption check), certificates
+# made here with openssl. Usage: interop-tls.sh path/to/keel
 set -euo pipefail
 KEEL=$(realpath "$1")
 WORK=$(mktemp -d)
 source "$(dirname "$0")/lib.sh"
 PORT=$(free_port)
 TLS_PORT=$(free_port)
-PEER="http://127.0.0.1:$(free_port)"
 export ETCDCTL_API=3
 PID=""
 
@@ -35,13 +35,24 @@ sign server server
 sign client client
 cd - >/dev/null
 
-"$KEEL" --data-dir "$WORK/data" \
-  --listen-client-urls "http://127.0.0.1:$PORT,https://127.0.0.1:$TLS_PORT" \
-  --listen-peer-urls "$PEER" --initial-advertise-peer-urls "$PEER" \
-  --cert-file "$WORK/server.crt" --key-file "$WORK/server.key" \
-  --trusted-ca-file "$WORK/ca.crt" --client-cert-auth >>"$WORK/keel.log" 2>&1 &
+# The flags of kubeadm's etcd manifest (static pod), written as kubeadm
+# writes them, plus a plain client URL for the health wait.
+PEER="https://127.0.0.1:$(free_port)"
+METRICS_PORT=$(free_port)
+"$KEEL" --advertise-client-urls="https://127.0.0.1:$TLS_PORT" \
+  --cert-file="$WORK/server.crt" --client-cert-auth=true --data-dir="$WORK/data" \
+  --experimental-initial-corrupt-check=true --experimental-watch-progress-notify-interval=5s \
+  --initial-advertise-peer-urls="$PEER" --initial-cluster="node1=$PEER" \
+  --key-file="$WORK/server.key" \
+  --listen-client-urls="http://127.0.0.1:$PORT,https://127.0.0.1:$TLS_PORT" \
+  --listen-metrics-urls="http://127.0.0.1:$METRICS_PORT" --listen-peer-urls="$PEER" --name=node1 \
+  --peer-cert-file="$WORK/server.crt" --peer-client-cert-auth=true --peer-key-file="$WORK/server.key" \
+  --peer-trusted-ca-file="$WORK/ca.crt" --snapshot-count=10000 --trusted-ca-file="$WORK/ca.crt" \
+  >>"$WORK/keel.log" 2>&1 &
 PID=$!
 wait_healthy keel "http://127.0.0.1:$PORT" "$PID" 20
+expect "metrics URL (kubeadm's liveness probe: /health)" \
+  "$(curl -sf --max-time 5 "http://127.0.0.1:$METRICS_PORT/health" | json 'd["health"]')" "true"
 
 S=(etcdctl --endpoints="https://127.0.0.1:$TLS_PORT" --command-timeout=5s --dial-timeout=3s
    --cacert "$WORK/ca.crt" --cert "$WORK/client.crt" --key "$WORK/client.key")
