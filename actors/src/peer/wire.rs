@@ -468,7 +468,7 @@ mod tests {
             }
             assert_eq!(failed_from_wire(mvcc_error_code(e)), Ok(e));
         }
-        assert_eq!(MVCC_ERRORS.len(), 6);
+        assert_eq!(MVCC_ERRORS.len(), 7);
     }
 
     #[test]
