@@ -72,6 +72,11 @@ pub enum ReadError {
 pub type RangeReply = oneshot::Sender<Result<pb::RangeResponse, ReadError>>;
 pub type HashKvReply = oneshot::Sender<Result<pb::HashKvResponse, ReadError>>;
 
+/// Jobs the actor may have queued on the executor's blocking thread at
+/// once: beyond it a hash is refused (`too many requests`) and a large
+/// range's answer is built on the core.
+const BLOCKING_JOBS_MAX: usize = 16;
+
 /// Test mode (`KEEL_TEST_CORRUPT_HASH=1`): this member's HashKV is off by
 /// one bit, as a member whose stored history was damaged would report it.
 /// The corruption checks' tests start one member so.
@@ -277,6 +282,9 @@ pub struct MvccActor {
     /// HashKV requests waiting for the running compaction to finish (the
     /// hash reads the revision log as it is once compaction is done).
     hash_waiters: Vec<(i64, HashKvReply)>,
+    /// Jobs handed to the executor's blocking thread and not yet run (large
+    /// range answers, hashes): at most [`BLOCKING_JOBS_MAX`].
+    blocking_jobs: std::rc::Rc<std::cell::Cell<usize>>,
     /// Ranges being read in steps, taking turns. No compaction step runs
     /// while one is: it could remove versions they read.
     ranges: VecDeque<RangeJob>,
@@ -319,6 +327,7 @@ impl MvccActor {
             stopping: false,
             compaction_waiters: Vec::new(),
             hash_waiters: Vec::new(),
+            blocking_jobs: std::rc::Rc::default(),
             ranges: VecDeque::new(),
         };
         a.update_gauges();
@@ -405,6 +414,8 @@ impl MvccActor {
             let _ = reply.send(Err(ReadError::Mvcc(MvccError::Compacted)));
         } else if revision > current {
             let _ = reply.send(Err(ReadError::Mvcc(MvccError::FutureRev)));
+        } else if self.blocking_jobs.get() >= BLOCKING_JOBS_MAX {
+            let _ = reply.send(Err(ReadError::Busy));
         } else if self.store.compacting() {
             if self.hash_waiters.len() < WAITING_READS_MAX {
                 self.hash_waiters.push((revision, reply));
@@ -425,8 +436,20 @@ impl MvccActor {
                     hash_revision: rev,
                 }));
             };
-            glommio::spawn_local(glommio::executor().spawn_blocking(hash)).detach();
+            self.run_blocking(hash);
         }
+    }
+
+    /// Runs `job` on the executor's blocking thread, counted in
+    /// `blocking_jobs` until it has run.
+    fn run_blocking(&self, job: impl FnOnce() + Send + 'static) {
+        let jobs = self.blocking_jobs.clone();
+        jobs.set(jobs.get() + 1);
+        glommio::spawn_local(async move {
+            glommio::executor().spawn_blocking(job).await;
+            jobs.set(jobs.get() - 1);
+        })
+        .detach();
     }
 
     /// Sends [`MvccMsg::Tick`] every [`WATCH_TICK`] until the actor is gone.
@@ -688,8 +711,10 @@ impl MvccActor {
             resp.header = Some(header);
             let _ = reply.send(Ok(resp));
         };
-        if large {
-            glommio::spawn_local(glommio::executor().spawn_blocking(finish)).detach();
+        // Past the bound the answer is built here, as before: a range is
+        // never refused for it.
+        if large && self.blocking_jobs.get() < BLOCKING_JOBS_MAX {
+            self.run_blocking(finish);
         } else {
             finish();
         }
@@ -1081,6 +1106,31 @@ mod tests {
             assert_eq!(resp.kvs.len(), n);
             assert_eq!(resp.kvs[n - 1].value, "old".as_bytes());
             assert_eq!(resp.header.unwrap().revision, n as i64 + 1);
+        });
+    }
+
+    /// Review finding: every HashKV and every large range answer went to
+    /// the blocking thread with no bound. Past `BLOCKING_JOBS_MAX` queued
+    /// jobs a hash is refused as busy.
+    #[test]
+    fn hashes_queued_off_the_core_are_bounded() {
+        let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(1 << 20)
+            .make()
+            .expect("executor");
+        ex.run(async {
+            let (mut actor, _raft_rx) = empty_actor();
+            actor.blocking_jobs.set(BLOCKING_JOBS_MAX);
+            let (reply, mut answer) = oneshot::channel();
+            actor.handle(MvccMsg::HashKv { revision: 0, reply });
+            assert!(matches!(answer.try_recv(), Ok(Err(ReadError::Busy))));
+            actor.blocking_jobs.set(0);
+            let (reply, answer) = oneshot::channel();
+            actor.handle(MvccMsg::HashKv { revision: 0, reply });
+            assert_eq!(actor.blocking_jobs.get(), 1);
+            let resp = answer.await.unwrap().unwrap();
+            assert_eq!(resp.hash, 1_084_519_789, "the empty store's hash");
+            glommio::yield_if_needed().await;
         });
     }
 
