@@ -7,7 +7,7 @@ WORK=$(mktemp -d)
 export ETCDCTL_API=3
 source "$(dirname "$0")/lib.sh"
 CLIENT=() PEER=() PIDS=()
-for i in 0 1 2; do CLIENT+=("http://127.0.0.1:$(free_port)"); PEER+=("http://127.0.0.1:$(free_port)"); done
+for i in 0 1 2; do port c; port p; CLIENT+=("http://127.0.0.1:$c"); PEER+=("http://127.0.0.1:$p"); done
 INITIAL="m0=${PEER[0]},m1=${PEER[1]},m2=${PEER[2]}"
 ALL="${CLIENT[0]},${CLIENT[1]},${CLIENT[2]}"
 e() { local ep=$1; shift; etcdctl --endpoints="$ep" --command-timeout=10s --dial-timeout=3s "$@"; }

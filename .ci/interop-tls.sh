@@ -7,8 +7,7 @@ set -euo pipefail
 KEEL=$(realpath "$1")
 WORK=$(mktemp -d)
 source "$(dirname "$0")/lib.sh"
-PORT=$(free_port)
-TLS_PORT=$(free_port)
+port PORT; port TLS_PORT
 export ETCDCTL_API=3
 PID=""
 
@@ -37,8 +36,8 @@ cd - >/dev/null
 
 # The flags of kubeadm's etcd manifest (static pod), written as kubeadm
 # writes them, plus a plain client URL for the health wait.
-PEER="https://127.0.0.1:$(free_port)"
-METRICS_PORT=$(free_port)
+port peer_port; PEER="https://127.0.0.1:$peer_port"
+port METRICS_PORT
 "$KEEL" --advertise-client-urls="https://127.0.0.1:$TLS_PORT" \
   --cert-file="$WORK/server.crt" --client-cert-auth=true --data-dir="$WORK/data" \
   --experimental-initial-corrupt-check=true --experimental-watch-progress-notify-interval=5s \

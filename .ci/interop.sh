@@ -5,8 +5,8 @@ set -euo pipefail
 KEEL=$(realpath "$1")
 WORK=$(mktemp -d)
 source "$(dirname "$0")/lib.sh"
-PORT=$(free_port)
-PEER="http://127.0.0.1:$(free_port)"
+port PORT; port peer_port
+PEER="http://127.0.0.1:$peer_port"
 export ETCDCTL_API=3
 E=(etcdctl --endpoints="127.0.0.1:$PORT" --command-timeout=5s --dial-timeout=3s)
 PID=""

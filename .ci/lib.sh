@@ -1,6 +1,21 @@
 # Helpers shared by the interop scripts (sourced; each script defines fail).
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# port VAR: sets VAR to a port nothing is bound to now and that this shell
+# never handed out before (the kernel can give two bind(0) calls in a row
+# the same port, and two members given one port fight over it).
+PORTS_GIVEN=" "
+port() {
+  local given
+  for _ in $(seq 1 100); do
+    given=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    if [[ "$PORTS_GIVEN" != *" $given "* ]]; then
+      PORTS_GIVEN+="$given "
+      printf -v "$1" %s "$given"
+      return 0
+    fi
+  done
+  echo "no unused port in 100 tries" >&2; return 1
+}
 # expect NAME ACTUAL WANTED
 expect() { [ "$2" == "$3" ] || fail "$1: got [$2], want [$3]"; echo "ok: $1"; }
 json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }

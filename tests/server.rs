@@ -241,6 +241,63 @@ async fn a_port_in_use_is_refused_not_shared() {
     s.client().await.put("still", "mine", None).await.unwrap();
 }
 
+/// A member that does not serve yet (its peers are not up) holds its client
+/// port all the same: another socket cannot take it (std's bind sets
+/// SO_REUSEADDR, which could join a bound socket that did not listen yet,
+/// and the member then died on "cannot listen for clients"). Meanwhile a
+/// client's connection is reset at once, not left waiting, and the member
+/// serves once a quorum is up.
+#[test]
+fn a_member_not_serving_yet_holds_its_port_and_resets_clients() {
+    let peer_ports: Vec<u16> = (0..3).map(|_| common::free_port()).collect();
+    let cluster: Vec<String> = (0..3)
+        .map(|i| format!("m{i}=http://127.0.0.1:{}", peer_ports[i]))
+        .collect();
+    let member = |i: usize| {
+        let mut s = Server::new(
+            [
+                "--name",
+                &format!("m{i}"),
+                "--initial-cluster",
+                &cluster.join(","),
+                "--cores",
+                "1",
+            ]
+            .map(String::from)
+            .to_vec(),
+        );
+        s.peer_port = peer_ports[i];
+        s
+    };
+    let mut m0 = member(0);
+    m0.spawn();
+    // Bound and listening at start-up, well before it serves.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let stolen = loop {
+        match std::net::TcpListener::bind(("127.0.0.1", m0.port)) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => break None,
+            Ok(l) if Instant::now() > deadline => break Some(l),
+            Ok(l) => drop(l),
+            Err(e) => panic!("binding: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(stolen.is_none(), "another socket took the client port");
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", m0.port)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 1];
+    let read = std::io::Read::read(&mut conn, &mut buf);
+    assert!(
+        matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "{read:?}"
+    );
+    assert!(m0.is_running(), "{}", m0.logs());
+    let mut m1 = member(1);
+    m1.spawn();
+    m0.wait_healthy();
+    m1.wait_healthy();
+}
+
 #[tokio::test]
 async fn periodic_auto_compaction() {
     // Retention 2 s: revisions are sampled every 200 ms and history older

@@ -472,15 +472,9 @@ const BIND_RETRY_EVERY: Duration = Duration::from_millis(50);
 /// process listens on is refused (after [`BIND_RETRY_FOR`]) instead of
 /// silently shared. SO_REUSEADDR lets a restarted member bind while its
 /// predecessor's connections linger. Every core accepts on a duplicate of
-/// the same socket ([`core_listener`]). Peer sockets listen at once; client
-/// sockets only when the member serves ([`listen`]), so until then a client
-/// is refused and tries another member, instead of waiting in the kernel's
-/// queue through recovery and the election.
-fn bind_listeners(
-    addrs: &[SocketAddr],
-    what: &str,
-    listen_now: bool,
-) -> Result<Vec<socket2::Socket>, StartError> {
+/// the same socket ([`core_listener`]). All listen at once; until the
+/// member serves, client connections are reset (`reactor::serve`).
+fn bind_listeners(addrs: &[SocketAddr], what: &str) -> Result<Vec<socket2::Socket>, StartError> {
     use socket2::{Domain, Protocol, Socket, Type};
     let mut out = Vec::new();
     for addr in addrs {
@@ -500,9 +494,7 @@ fn bind_listeners(
                 // loser blocks its whole executor in accept(2).
                 s.set_nonblocking(true)?;
                 s.bind(&(*addr).into())?;
-                if listen_now {
-                    s.listen(LISTEN_BACKLOG)?;
-                }
+                s.listen(LISTEN_BACKLOG)?;
                 Ok(s)
             })();
             match attempt {
@@ -576,15 +568,6 @@ fn stop_on_signals(raft: mpsc::Sender<RaftRequest>, limit: Duration) -> Result<(
 
 /// Pending connections a listening socket queues.
 const LISTEN_BACKLOG: i32 = 1024;
-
-/// Starts listening on sockets bound by [`bind_listeners`] without it.
-fn listen(sockets: &[socket2::Socket], what: &str) {
-    for s in sockets {
-        if let Err(e) = s.listen(LISTEN_BACKLOG) {
-            crate::fatal(&format!("cannot listen for {what}: {e}"));
-        }
-    }
-}
 
 /// This executor's handle on a shared listening socket.
 fn core_listener(socket: &socket2::Socket) -> std::io::Result<glommio::net::TcpListener> {
@@ -687,10 +670,10 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
             .chain(cfg.listen_metrics.iter().map(|l| (*l, Surface::Metrics)))
             .collect();
     let client_addrs: Vec<SocketAddr> = surfaces.iter().map(|(l, _)| l.addr).collect();
-    let client_sockets = Arc::new(bind_listeners(&client_addrs, "clients", false)?);
+    let client_sockets = Arc::new(bind_listeners(&client_addrs, "clients")?);
     let peer_tls = peer_tls(&cfg)?;
     let peer_addrs: Vec<SocketAddr> = cfg.listen_peer.iter().map(|l| l.addr).collect();
-    let peer_sockets = Arc::new(bind_listeners(&peer_addrs, "peers", true)?);
+    let peer_sockets = Arc::new(bind_listeners(&peer_addrs, "peers")?);
     let ids = identity(&member_dir, &cfg, peer_tls.as_ref())?;
     let wal_dir = member_dir.join("wal");
     let snap_dir = member_dir.join("snap");
@@ -828,7 +811,6 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
                         }
                     }
                     let (raft_tx, mvcc_tx, cfg) = (raft_tx.clone(), mvcc_tx.clone(), cfg.clone());
-                    let ready_sockets = client_sockets.clone();
                     let (check_cfg, check_space) = (serve_cfg.clone(), space.clone());
                     glommio::spawn_local(async move {
                         let (raft, peers, quiet_start) = start_raft(
@@ -913,7 +895,6 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
                             ))
                             .detach();
                         }
-                        listen(&ready_sockets, "clients");
                         let _ = ready_tx.send(true);
                     })
                     .detach();
@@ -931,28 +912,30 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
                         Err(e) => crate::fatal(&format!("cannot listen for clients: {e}")),
                     }
                 }
-                while !*ready_rx.borrow_and_update() {
-                    if ready_rx.changed().await.is_err() {
-                        return;
-                    }
-                }
                 let ctx = Rc::new(ServerCtx {
                     raft: raft_tx,
                     mvcc: mvcc_tx,
                     cfg: serve_cfg,
                     space,
                 });
+                let tasks: Vec<_> = listeners
+                    .into_iter()
+                    .map(|(l, tls, surface)| {
+                        let serve =
+                            crate::reactor::serve(l, tls, surface, ctx.clone(), ready_rx.clone());
+                        glommio::spawn_local(serve)
+                    })
+                    .collect();
+                while !*ready_rx.borrow_and_update() {
+                    if ready_rx.changed().await.is_err() {
+                        return;
+                    }
+                }
                 if core == 0 {
                     let urls: Vec<String> =
                         cfg.listen_client.iter().map(ToString::to_string).collect();
                     tracing::info!(urls = %urls.join(","), "ready to serve client requests");
                 }
-                let tasks: Vec<_> = listeners
-                    .into_iter()
-                    .map(|(l, tls, surface)| {
-                        glommio::spawn_local(crate::reactor::serve(l, tls, surface, ctx.clone()))
-                    })
-                    .collect();
                 for t in tasks {
                     t.await;
                 }
@@ -1273,8 +1256,7 @@ mod tests {
 
     #[test]
     fn listening_sockets_are_non_blocking() {
-        let sockets =
-            super::bind_listeners(&["127.0.0.1:0".parse().unwrap()], "clients", true).unwrap();
+        let sockets = super::bind_listeners(&["127.0.0.1:0".parse().unwrap()], "clients").unwrap();
         // SAFETY: F_GETFL on an open descriptor.
         let flags = unsafe { libc::fcntl(sockets[0].as_raw_fd(), libc::F_GETFL) };
         assert_ne!(flags & libc::O_NONBLOCK, 0, "flags {flags:#x}");

@@ -41,11 +41,18 @@ pub enum Surface {
 }
 
 /// Serves `listener` (over TLS when `tls` is given) until the process ends.
+///
+/// Until `ready` turns true (the member recovered, joined its cluster and
+/// caught up) every connection is reset as soon as it is accepted (SO_LINGER
+/// 0), so the client tries another member instead of waiting through the
+/// election. The accept itself is never abandoned: a cancelled io_uring
+/// accept can complete anyway and leave a connection nobody serves.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<ServerTls>>,
     surface: Surface,
     ctx: Rc<ServerCtx>,
+    ready: tokio::sync::watch::Receiver<bool>,
 ) {
     let open = Rc::new(Cell::new(0usize));
     loop {
@@ -57,6 +64,13 @@ pub async fn serve(
                 continue;
             }
         };
+        if !*ready.borrow() {
+            use std::os::fd::{AsRawFd, BorrowedFd};
+            // SAFETY: the descriptor belongs to `stream`, alive here.
+            let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+            let _ = socket2::SockRef::from(&fd).set_linger(Some(Duration::ZERO));
+            continue;
+        }
         if open.get() >= ctx.cfg.connections_max {
             tracing::warn!(
                 limit = ctx.cfg.connections_max,

@@ -5,14 +5,14 @@
 # PIN_MEMBERS=1 runs member i on CPU i mod nproc alone (taskset), as members
 # sharing a host should run: keel pins one executor per usable CPU, so
 # three unpinned members put all three raft cores on the first CPU.
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source "$(dirname "${BASH_SOURCE[0]}")/../../.ci/lib.sh"
 
 # usage: start_cluster keel|etcd "member args"
 start_cluster() {
-  local kind=$1 sargs=$2 i
+  local kind=$1 sargs=$2 i c p
   D=$(mktemp -d "${TMPDIR:-/tmp}/keel-cluster-bench.XXXX")
   C=() P=() PIDS=()
-  for i in 0 1 2; do C+=("http://127.0.0.1:$(free_port)"); P+=("http://127.0.0.1:$(free_port)"); done
+  for i in 0 1 2; do port c; port p; C+=("http://127.0.0.1:$c"); P+=("http://127.0.0.1:$p"); done
   local initial="m0=${P[0]},m1=${P[1]},m2=${P[2]}"
   for i in 0 1 2; do
     local pin=()

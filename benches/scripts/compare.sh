@@ -8,8 +8,8 @@
 set -u
 kind=$1; sargs=$2; shift 2
 BIN=${KEEL_TARGET:-target/release}
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-PORT=$(free_port); PPORT=$(free_port)
+source "$(dirname "${BASH_SOURCE[0]}")/../../.ci/lib.sh"
+port PORT; port PPORT
 D=$(mktemp -d "${TMPDIR:-/tmp}/keel-bench.XXXX")
 if [ "$kind" = keel ]; then
   $BIN/keel --data-dir "$D/data" --listen-client-urls "http://127.0.0.1:$PORT" $sargs > "$D/log" 2>&1 &
