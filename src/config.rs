@@ -364,6 +364,18 @@ pub struct Flags {
         allow_negative_numbers = true
     )]
     pub quota_backend_bytes: i64,
+
+    /// Specify auth token specific options.
+    #[arg(long, env = "ETCD_AUTH_TOKEN", default_value = "simple")]
+    pub auth_token: String,
+
+    /// The lifetime in seconds of the auth token.
+    #[arg(long, env = "ETCD_AUTH_TOKEN_TTL", default_value_t = 300)]
+    pub auth_token_ttl: u64,
+
+    /// Specify bcrypt algorithm cost factor for auth password hashing.
+    #[arg(long, env = "ETCD_BCRYPT_COST", default_value_t = 10)]
+    pub bcrypt_cost: u32,
 }
 
 /// `ETCD_*` variables in `env` that name no flag, as `NAME=value`: etcd
@@ -623,6 +635,26 @@ impl Flags {
             Some(a) => split(a),
             None => split(&self.listen_client_urls),
         };
+        if self.auth_token != "simple" {
+            let kind = self.auth_token.split(',').next().unwrap_or_default();
+            return Err(if kind == "jwt" {
+                "--auth-token: jwt tokens are not supported yet; use simple".to_string()
+            } else {
+                format!(
+                    "--auth-token: unknown token type {kind:?} (etcd: auth: invalid auth options)"
+                )
+            });
+        }
+        // etcd takes bcrypt's limits and falls back to its default cost.
+        let bcrypt_cost = if (4..=31).contains(&self.bcrypt_cost) {
+            self.bcrypt_cost
+        } else {
+            tracing::warn!(
+                "use default bcrypt cost 10 instead of the invalid given cost {}",
+                self.bcrypt_cost
+            );
+            10
+        };
         Ok(NodeConfig {
             name: self.name,
             data_dir,
@@ -688,6 +720,8 @@ impl Flags {
             max_concurrent_streams: self.max_concurrent_streams,
             connections_max: self.max_connections.map(|n| n as usize),
             quota_backend_bytes: self.quota_backend_bytes,
+            auth_token_ttl: Duration::from_secs(self.auth_token_ttl.max(1)),
+            bcrypt_cost,
             initial_corrupt_check: self.experimental_initial_corrupt_check,
             corrupt_check_every: parse_duration(&self.experimental_corrupt_check_time)
                 .ok_or_else(|| {

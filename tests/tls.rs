@@ -273,6 +273,70 @@ async fn client_cert_auth_admits_only_certificates_of_the_trusted_ca_not_revoked
     );
 }
 
+/// etcd's CN auth: with `--client-cert-auth` and auth on, a request without
+/// a token runs as the user its certificate's common name names; a token
+/// wins over the certificate.
+#[tokio::test]
+async fn a_client_certificates_common_name_is_the_user_without_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("keel test CA");
+    install_server_cert(dir.path(), &ca.leaf("server", 1));
+    let ca_file = write(dir.path(), "ca.crt", &ca.pem());
+    let (server, tls_port) = start_tls_server(
+        dir.path(),
+        &[
+            "--client-cert-auth".into(),
+            "--trusted-ca-file".into(),
+            ca_file.display().to_string(),
+        ],
+    );
+    // Set up through the plain listener, before auth is on.
+    let mut setup = server.client().await;
+    let no_pwd = Some(etcd_client::UserAddOptions::new().with_no_pwd());
+    setup.user_add("root", "rootpw", None).await.unwrap();
+    setup.user_grant_role("root", "root").await.unwrap();
+    setup.user_add("alice", "", no_pwd).await.unwrap();
+    setup.role_add("app").await.unwrap();
+    let perm = etcd_client::Permission::read_write("app/").with_prefix();
+    setup.role_grant_permission("app", perm).await.unwrap();
+    setup.user_grant_role("alice", "app").await.unwrap();
+    setup.auth_enable().await.unwrap();
+
+    let mut alice = tls_client(tls_port, &ca.pem(), Some(&ca.leaf("alice", 2)))
+        .await
+        .unwrap();
+    alice.put("app/1", "v", None).await.unwrap();
+    assert_eq!(alice.get("app/1", None).await.unwrap().count(), 1);
+    let e = alice.put("other", "v", None).await.unwrap_err();
+    assert_eq!(
+        common::status_of(e),
+        (
+            tonic::Code::PermissionDenied,
+            "etcdserver: permission denied".into()
+        )
+    );
+    assert!(alice.user_list().await.is_err());
+    // A certificate naming no user: refused like an unknown user.
+    let mut nobody = tls_client(tls_port, &ca.pem(), Some(&ca.leaf("nobody", 3)))
+        .await
+        .unwrap();
+    let e = nobody.get("app/1", None).await.unwrap_err();
+    assert_eq!(common::status_of(e).0, tonic::Code::PermissionDenied);
+    let mut root = tls_client(tls_port, &ca.pem(), Some(&ca.leaf("root", 4)))
+        .await
+        .unwrap();
+    assert_eq!(root.user_list().await.unwrap().users(), ["alice", "root"]);
+    // The plain listener has no certificate: no user.
+    let e = setup.get("app/1", None).await.unwrap_err();
+    assert_eq!(
+        common::status_of(e),
+        (
+            tonic::Code::InvalidArgument,
+            "etcdserver: user name is empty".into()
+        )
+    );
+}
+
 #[tokio::test]
 async fn rotated_certificates_serve_the_next_connection_without_a_restart() {
     let dir = tempfile::tempdir().unwrap();

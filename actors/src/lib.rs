@@ -2,6 +2,7 @@
 //! raft actor (openraft), the WAL writer and the MVCC apply actor, and the
 //! start-up code that places them on cores ([`node`]).
 
+pub mod auth;
 pub mod compactor;
 pub mod corrupt;
 pub mod grpc;

@@ -13,12 +13,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use keel_proto::command::{ArchivedCommand, Command, LeaseCheckpointInTermCmd, LeaseExpireCmd};
+use keel_proto::command::{
+    ArchivedAuthCmd, ArchivedCommand, Command, LeaseCheckpointInTermCmd, LeaseExpireCmd,
+};
 use keel_proto::etcdserverpb as pb;
+use keel_storage::mvcc::snapshot::StoreImage;
 use keel_storage::mvcc::store_range::RangeScan;
-use keel_storage::mvcc::{CommandResponse, KvStore, LeaseRecord, LogView, MvccError, RangeArgs};
+use keel_storage::mvcc::{
+    ApplyOutcome, AuthAnswer, CommandResponse, KvStore, MvccError, RangeArgs,
+};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::auth::AuthShared;
 use crate::lease::{LeaseClock, LeaseError, CHECKPOINTS_PER_ENTRY};
 use crate::metrics::metrics;
 use crate::raft::actor::RaftRequest;
@@ -87,10 +93,7 @@ fn test_corrupt_hash() -> bool {
 
 /// A consistent picture of the store for a snapshot.
 pub struct SnapshotView {
-    pub view: LogView,
-    pub leases: Vec<LeaseRecord>,
-    pub current_rev: i64,
-    pub compact_rev: i64,
+    pub image: StoreImage,
     /// What the snapshot covers, and the state kept beside the store.
     pub app: SnapshotApp,
 }
@@ -169,7 +172,7 @@ pub enum MvccMsg {
     },
     /// Replace the store (a snapshot was installed).
     Install {
-        restored: Restored,
+        restored: Box<Restored>,
         reply: oneshot::Sender<()>,
     },
     Status {
@@ -271,6 +274,8 @@ pub struct MvccActor {
     timing: MvccTiming,
     lease_clock: LeaseClock,
     space: Arc<SpaceGauge>,
+    /// The auth store as every core checks it, and this member's tokens.
+    auth: Arc<AuthShared>,
     /// For proposing lease revokes and checkpoints (as the leader).
     raft: mpsc::Sender<RaftRequest>,
     /// The term this member leads, if it does: stamped on what it decides.
@@ -306,8 +311,10 @@ impl MvccActor {
         timing: MvccTiming,
         raft: mpsc::Sender<RaftRequest>,
         space: Arc<SpaceGauge>,
+        auth: Arc<AuthShared>,
     ) -> MvccActor {
         let Restored { store, app } = restored;
+        auth.publish(store.auth());
         let term = app.applied.map_or(0, |l| l.leader_id.term);
         let unnotified_rev = store.current_rev() + 1;
         let a = MvccActor {
@@ -322,6 +329,7 @@ impl MvccActor {
             timing,
             lease_clock: LeaseClock::default(),
             space,
+            auth,
             raft,
             leading_term: None,
             stopping: false,
@@ -626,17 +634,15 @@ impl MvccActor {
             }
             MvccMsg::SnapshotView { reply } => {
                 let _ = reply.send(SnapshotView {
-                    view: self.store.view(),
-                    leases: self.store.leases().records(),
-                    current_rev: self.store.current_rev(),
-                    compact_rev: self.store.compact_rev(),
+                    image: self.store.image(),
                     app: self.app.clone(),
                 });
             }
             MvccMsg::Install { restored, reply } => {
                 self.finish_ranges();
-                let Restored { store, app } = restored;
+                let Restored { store, app } = *restored;
                 self.store = store;
+                self.auth.publish(self.store.auth());
                 self.unnotified_rev = self.store.current_rev() + 1;
                 self.watches.resync_all();
                 self.term = app.applied.map_or(self.term, |l| l.leader_id.term);
@@ -796,17 +802,18 @@ impl MvccActor {
                         // A deposed leader's decision, committed by a
                         // successor, changes nothing: the lease may have
                         // been kept alive through the successor.
+                        let (cmd, inner) = (cmd, cmd.inner());
                         let superseded = cmd
                             .decided_in_term()
                             .is_some_and(|term| term != e.log_id.leader_id.term);
-                        if matches!(cmd, ArchivedCommand::Compact(_)) {
+                        if matches!(inner, ArchivedCommand::Compact(_)) {
                             // Watchers get the revisions of this call so far
                             // before the compaction can remove them.
                             self.notify_watchers();
                         }
                         let mut outcome = if superseded {
                             self.store.unchanged()
-                        } else if let ArchivedCommand::Alarm(a) = cmd {
+                        } else if let ArchivedCommand::Alarm(a) = inner {
                             Ok(self.apply_alarm(
                                 a.activate,
                                 a.member_id.to_native(),
@@ -823,7 +830,10 @@ impl MvccActor {
                             // they are most of it (a small key kept alive
                             // must not pin a whole batch).
                             let outcome = self.store.apply(cmd, &batch);
-                            self.track_leases(cmd, &outcome);
+                            self.track_leases(inner, &outcome);
+                            if let ArchivedCommand::Auth(a) = inner {
+                                self.auth_applied(a, &outcome, e.log_id.index);
+                            }
                             outcome
                         };
                         if let Ok(resp) = &mut outcome {
@@ -841,6 +851,32 @@ impl MvccActor {
         }
         metrics().proposals_applied.set(self.applied_index() as i64);
         Ok(out)
+    }
+
+    /// What an applied auth request changes beyond the store: the copy
+    /// every core checks against, and this member's tokens.
+    fn auth_applied(&mut self, cmd: &ArchivedAuthCmd, outcome: &ApplyOutcome, index: u64) {
+        let Ok(CommandResponse::Auth { answer, .. }) = outcome else {
+            return;
+        };
+        match (cmd, answer) {
+            (_, AuthAnswer::Authenticated { name, token_prefix }) => {
+                self.auth
+                    .assign(format!("{token_prefix}.{index}"), name.clone());
+                return;
+            }
+            (ArchivedAuthCmd::UserDelete { name }, _)
+            | (ArchivedAuthCmd::UserChangePassword { name, .. }, _) => {
+                self.auth.invalidate_user(name);
+            }
+            _ => {}
+        }
+        let published = self.auth.store();
+        if published.revision() != self.store.auth().revision()
+            || published.enabled() != self.store.auth().enabled()
+        {
+            self.auth.publish(self.store.auth());
+        }
     }
 
     fn nospace(&self) -> bool {
@@ -932,6 +968,7 @@ fn header_of(r: &mut CommandResponse) -> &mut Option<pb::ResponseHeader> {
         CommandResponse::LeaseRevoke(r) => &mut r.header,
         CommandResponse::LeaseCheckpoint(r) => &mut r.header,
         CommandResponse::Alarm(r) => &mut r.header,
+        CommandResponse::Auth { header, .. } => header,
     }
 }
 
@@ -958,7 +995,8 @@ fn count_ops(r: &CommandResponse) {
         CommandResponse::Txn(t) => txn(t),
         CommandResponse::Compact(_)
         | CommandResponse::LeaseCheckpoint(_)
-        | CommandResponse::Alarm(_) => {}
+        | CommandResponse::Alarm(_)
+        | CommandResponse::Auth { .. } => {}
         CommandResponse::LeaseGrant(_) => metrics().lease_granted.inc(),
         CommandResponse::LeaseRevoke(_) => metrics().lease_revoked.inc(),
     }
@@ -993,7 +1031,8 @@ mod tests {
             app: SnapshotApp::default(),
         };
         let space = Arc::new(SpaceGauge::default());
-        let actor = MvccActor::new(restored, HeaderIds::default(), timing, raft, space);
+        let auth = Arc::new(AuthShared::new(crate::auth::TOKEN_TTL_DEFAULT));
+        let actor = MvccActor::new(restored, HeaderIds::default(), timing, raft, space, auth);
         (actor, raft_rx)
     }
 

@@ -123,6 +123,10 @@ pub struct NodeConfig {
     pub corrupt_check_every: Option<Duration>,
     /// etcd's `--quota-backend-bytes`: 0 for the default, negative for none.
     pub quota_backend_bytes: i64,
+    /// `--auth-token-ttl`: a simple token lives this long after its last use.
+    pub auth_token_ttl: Duration,
+    /// `--bcrypt-cost` for password hashes.
+    pub bcrypt_cost: u32,
 }
 
 /// One address from `--listen-client-urls` or `--listen-peer-urls`.
@@ -751,8 +755,10 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
         connections_max: connections_max(&cfg, fd_limit),
         quota_bytes: quota_bytes(cfg.quota_backend_bytes),
         keepalive: cfg.grpc_keepalive,
+        bcrypt_cost: cfg.bcrypt_cost,
     });
     let space = Arc::new(SpaceGauge::default());
+    let auth = Arc::new(crate::auth::AuthShared::new(cfg.auth_token_ttl));
     let (raft_tx, raft_rx) = mpsc::channel(RAFT_INBOX);
     let (mvcc_tx, mvcc_rx) = mpsc::channel(MVCC_INBOX);
     let (ready_tx, ready_rx) = watch::channel(false);
@@ -776,7 +782,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
             None
         };
         let cfg = cfg.clone();
-        let (serve_cfg, space) = (serve_cfg.clone(), space.clone());
+        let (serve_cfg, space, auth) = (serve_cfg.clone(), space.clone(), auth.clone());
         let (raft_tx, mvcc_tx, mut ready_rx) = (raft_tx.clone(), mvcc_tx.clone(), ready_rx.clone());
         let (wal_dir, snap_dir) = (wal_dir.clone(), snap_dir.clone());
         let (client_sockets, peer_sockets) = (client_sockets.clone(), peer_sockets.clone());
@@ -793,8 +799,14 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
                         progress_every: cfg.watch_progress_notify_interval,
                         lease_checkpoint_every: cfg.lease_checkpoint_interval,
                     };
-                    let actor =
-                        MvccActor::new(restored, ids, timing, raft_tx.clone(), space.clone());
+                    let actor = MvccActor::new(
+                        restored,
+                        ids,
+                        timing,
+                        raft_tx.clone(),
+                        space.clone(),
+                        auth.clone(),
+                    );
                     glommio::spawn_local(actor.run(mvcc_rx)).detach();
                     glommio::spawn_local(MvccActor::tick(mvcc_tx.clone())).detach();
                 }
@@ -811,7 +823,8 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
                         }
                     }
                     let (raft_tx, mvcc_tx, cfg) = (raft_tx.clone(), mvcc_tx.clone(), cfg.clone());
-                    let (check_cfg, check_space) = (serve_cfg.clone(), space.clone());
+                    let (check_cfg, check_space, check_auth) =
+                        (serve_cfg.clone(), space.clone(), auth.clone());
                     glommio::spawn_local(async move {
                         let (raft, peers, quiet_start) = start_raft(
                             &cfg,
@@ -885,6 +898,9 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
                                 mvcc: mvcc_tx.clone(),
                                 cfg: check_cfg,
                                 space: check_space,
+                                auth: check_auth,
+                                caller: None,
+                                cert_user: None,
                             });
                             glommio::spawn_local(crate::corrupt::monitor(
                                 every,
@@ -917,6 +933,9 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
                     mvcc: mvcc_tx,
                     cfg: serve_cfg,
                     space,
+                    auth,
+                    caller: None,
+                    cert_user: None,
                 });
                 let tasks: Vec<_> = listeners
                     .into_iter()

@@ -27,7 +27,7 @@ use crate::grpc::io::{HyperIo, LocalExec};
 use crate::grpc::status::{Code, Status};
 use crate::metrics::metrics;
 use crate::service::{
-    cluster, election, http as http_service, kv, lease, maintenance, watch, ServerCtx,
+    auth, cluster, election, http as http_service, kv, lease, maintenance, watch, ServerCtx,
 };
 use crate::tls::ServerTls;
 
@@ -114,7 +114,25 @@ async fn serve_connection(
     })
     .await;
     match handshake {
-        Ok(Ok(stream)) => serve_stream(stream, surface, ctx).await,
+        Ok(Ok(stream)) => {
+            // With --client-cert-auth the certificate was verified; its
+            // common name is the user of requests without a token (etcd's
+            // CN auth).
+            let cert_user = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|cert| crate::tls::common_name(cert));
+            let ctx = match cert_user {
+                Some(user) => Rc::new(ServerCtx {
+                    cert_user: Some(user),
+                    ..(*ctx).clone()
+                }),
+                None => ctx,
+            };
+            serve_stream(stream, surface, ctx).await
+        }
         Ok(Err(e)) => tracing::debug!("TLS handshake failed: {e}"),
         Err(_) => tracing::debug!("TLS handshake did not finish in {FIRST_BYTES_TIMEOUT:?}"),
     }
@@ -260,6 +278,16 @@ async fn handle_http2(req: http::Request<Incoming>, ctx: Rc<ServerCtx>) -> Respo
     };
     let labels = [grpc_type, method.service(), method.name()];
     metrics().grpc_started.with_label_values(&labels).inc();
+    // A request with credentials is served with a context naming its
+    // caller (proposals carry it; reads and administration check it).
+    let ctx = match auth::caller(&ctx, req.headers()).await {
+        Ok(None) => ctx,
+        Ok(Some(caller)) => Rc::new(ServerCtx {
+            caller: Some(caller),
+            ..(*ctx).clone()
+        }),
+        Err(s) => return error_response(&s),
+    };
     if matches!(
         method,
         Method::Watch | Method::LeaseKeepAlive | Method::Observe
@@ -393,6 +421,23 @@ async fn dispatch(method: Method, body: Incoming, ctx: &Rc<ServerCtx>) -> Result
         Method::Leader => unary!(body, ctx, election::leader),
         Method::Resign => unary!(body, ctx, election::resign),
         Method::HealthCheck => unary!(body, ctx, maintenance::health_check),
+        Method::AuthEnable => unary!(body, ctx, auth::auth_enable),
+        Method::AuthDisable => unary!(body, ctx, auth::auth_disable),
+        Method::AuthStatus => unary!(body, ctx, auth::auth_status),
+        Method::Authenticate => unary!(body, ctx, auth::authenticate),
+        Method::UserAdd => unary!(body, ctx, auth::user_add),
+        Method::UserGet => unary!(body, ctx, auth::user_get),
+        Method::UserList => unary!(body, ctx, auth::user_list),
+        Method::UserDelete => unary!(body, ctx, auth::user_delete),
+        Method::UserChangePassword => unary!(body, ctx, auth::user_change_password),
+        Method::UserGrantRole => unary!(body, ctx, auth::user_grant_role),
+        Method::UserRevokeRole => unary!(body, ctx, auth::user_revoke_role),
+        Method::RoleAdd => unary!(body, ctx, auth::role_add),
+        Method::RoleGet => unary!(body, ctx, auth::role_get),
+        Method::RoleList => unary!(body, ctx, auth::role_list),
+        Method::RoleDelete => unary!(body, ctx, auth::role_delete),
+        Method::RoleGrantPermission => unary!(body, ctx, auth::role_grant_permission),
+        Method::RoleRevokePermission => unary!(body, ctx, auth::role_revoke_permission),
         other => Err(Status::new(
             Code::Unimplemented,
             format!(

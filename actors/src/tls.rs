@@ -319,7 +319,7 @@ fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
 }
 
 /// The first common name (OID 2.5.4.3) in a DER certificate's subject.
-fn common_name(cert: &[u8]) -> Option<String> {
+pub fn common_name(cert: &[u8]) -> Option<String> {
     const CN_OID: [u8; 3] = [0x55, 0x04, 0x03];
     let (_, certificate, _) = der_element(cert)?;
     let (_, mut tbs, _) = der_element(certificate)?;

@@ -30,6 +30,86 @@ pub enum Command {
     LeaseCheckpointInTerm(LeaseCheckpointInTermCmd),
     /// Raises or clears an alarm (etcd's AlarmRequest ACTIVATE/DEACTIVATE).
     Alarm(AlarmCmd),
+    /// A change to the auth store, or a read of it (etcd serializes every
+    /// auth request through raft).
+    Auth(AuthCmd),
+    /// A client's command with the credentials it was sent with (etcd's
+    /// RequestHeader username and auth revision), checked when applied. A
+    /// client command without credentials is not wrapped.
+    Authed(AuthedCmd),
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(serialize_bounds(
+    __S: rkyv::ser::Writer + rkyv::ser::Allocator,
+    __S::Error: rkyv::rancor::Source,
+))]
+#[rkyv(deserialize_bounds(__D::Error: rkyv::rancor::Source))]
+#[rkyv(bytecheck(bounds(__C: rkyv::validation::ArchiveContext, __C::Error: rkyv::rancor::Source)))]
+pub struct AuthedCmd {
+    pub user: String,
+    pub auth_revision: u64,
+    #[rkyv(omit_bounds)]
+    pub command: Box<Command>,
+}
+
+/// etcd's auth requests. Passwords travel hashed (bcrypt), never in clear.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum AuthCmd {
+    Enable,
+    Disable,
+    /// Gives `name` (whose password was checked) the simple token
+    /// `<token_prefix>.<raft index>` on every member.
+    Authenticate {
+        name: String,
+        token_prefix: String,
+    },
+    UserAdd {
+        name: String,
+        /// None: a user without a password (certificate auth only).
+        password_hash: Option<String>,
+    },
+    UserGet {
+        name: String,
+    },
+    UserList,
+    UserDelete {
+        name: String,
+    },
+    UserChangePassword {
+        name: String,
+        password_hash: String,
+    },
+    UserGrantRole {
+        user: String,
+        role: String,
+    },
+    UserRevokeRole {
+        name: String,
+        role: String,
+    },
+    RoleAdd {
+        name: String,
+    },
+    RoleGet {
+        role: String,
+    },
+    RoleList,
+    RoleDelete {
+        role: String,
+    },
+    RoleGrantPermission {
+        name: String,
+        /// `authpb.Permission.Type` as its wire value.
+        perm_type: i32,
+        key: Vec<u8>,
+        range_end: Vec<u8>,
+    },
+    RoleRevokePermission {
+        role: String,
+        key: Vec<u8>,
+        range_end: Vec<u8>,
+    },
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
@@ -178,10 +258,18 @@ pub struct AlarmCmd {
 }
 
 impl ArchivedCommand {
+    /// The command itself, without the credentials it may carry.
+    pub fn inner(&self) -> &ArchivedCommand {
+        match self {
+            ArchivedCommand::Authed(a) => a.command.inner(),
+            other => other,
+        }
+    }
+
     /// Whether a NOSPACE alarm refuses this command, as etcd's capped
     /// applier does: puts, lease grants, and txns that do more than read.
     pub fn needs_space(&self) -> bool {
-        match self {
+        match self.inner() {
             ArchivedCommand::Put(_) | ArchivedCommand::LeaseGrant(_) => true,
             ArchivedCommand::Txn(t) => t
                 .success
@@ -196,7 +284,7 @@ impl ArchivedCommand {
     /// decides by its own clock: such a command takes effect only when its
     /// entry belongs to that term.
     pub fn decided_in_term(&self) -> Option<u64> {
-        match self {
+        match self.inner() {
             ArchivedCommand::LeaseExpire(c) => Some(c.term.to_native()),
             ArchivedCommand::LeaseCheckpointInTerm(c) => Some(c.term.to_native()),
             _ => None,

@@ -10,6 +10,7 @@
 //! buffers, log indexes and revisions. The WAL *writer* (io_uring, O_DIRECT,
 //! group commit) lives in `keel-actors` and uses the encoders here.
 
+pub mod auth;
 pub mod mvcc;
 pub mod power_loss;
 pub mod wal;

@@ -268,15 +268,7 @@ fn random_operations_match_the_model() {
             if step % 97 == 96 {
                 // Restart from a snapshot: the restored store answers the same.
                 let mut buf = Vec::new();
-                write_snapshot(
-                    &mut buf,
-                    b"",
-                    store.current_rev(),
-                    store.compact_rev(),
-                    &store.view(),
-                    &store.leases().records(),
-                )
-                .unwrap();
+                write_snapshot(&mut buf, b"", &store.image()).unwrap();
                 store = read_snapshot(&mut &buf[..], std::path::Path::new("mem"))
                     .unwrap()
                     .1;

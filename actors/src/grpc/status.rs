@@ -1,6 +1,7 @@
 //! gRPC status codes and the exact error strings etcd sends. Clients match
 //! on these strings, so they are copied byte for byte.
 
+use keel_storage::auth::AuthError;
 use keel_storage::mvcc::MvccError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,7 +192,44 @@ impl From<MvccError> for Status {
             MvccError::LeaseExists => Status::lease_exists(),
             MvccError::NoSpace => Status::no_space(),
             MvccError::Corrupt => Status::new(Code::DataLoss, "etcdserver: corrupt cluster"),
+            MvccError::Auth(a) => a.into(),
         }
+    }
+}
+
+/// etcd's gRPC errors for auth (rpctypes); an auth error etcd has no gRPC
+/// error for goes as Unknown with its own text, as etcd's togRPCError does.
+impl From<AuthError> for Status {
+    fn from(e: AuthError) -> Status {
+        use Code::{FailedPrecondition, InvalidArgument};
+        let (code, message) = match e {
+            AuthError::RootUserNotExist => (FailedPrecondition, "root user does not exist"),
+            AuthError::RootRoleNotExist => {
+                (FailedPrecondition, "root user does not have root role")
+            }
+            AuthError::UserAlreadyExist => (FailedPrecondition, "user name already exists"),
+            AuthError::UserEmpty => (InvalidArgument, "user name is empty"),
+            AuthError::UserNotFound => (FailedPrecondition, "user name not found"),
+            AuthError::RoleAlreadyExist => (FailedPrecondition, "role name already exists"),
+            AuthError::RoleNotFound => (FailedPrecondition, "role name not found"),
+            AuthError::RoleEmpty => (InvalidArgument, "role name is empty"),
+            AuthError::AuthFailed => (
+                InvalidArgument,
+                "authentication failed, invalid user ID or password",
+            ),
+            AuthError::PermissionDenied => (Code::PermissionDenied, "permission denied"),
+            AuthError::RoleNotGranted => (FailedPrecondition, "role is not granted to the user"),
+            AuthError::PermissionNotGranted => {
+                (FailedPrecondition, "permission is not granted to the role")
+            }
+            AuthError::AuthNotEnabled => (FailedPrecondition, "authentication is not enabled"),
+            AuthError::InvalidAuthToken => (Code::Unauthenticated, "invalid auth token"),
+            AuthError::InvalidAuthMgmt => (InvalidArgument, "invalid auth management"),
+            AuthError::AuthOldRevision => (InvalidArgument, "revision of auth store is old"),
+            AuthError::PermissionNotGiven => (InvalidArgument, "permission not given"),
+            AuthError::NoPasswordUser => return Status::new(Code::Unknown, e.to_string()),
+        };
+        Status::new(code, format!("etcdserver: {message}"))
     }
 }
 

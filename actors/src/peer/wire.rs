@@ -11,7 +11,8 @@
 
 use bytes::Bytes;
 use keel_proto::etcdserverpb as pb;
-use keel_storage::mvcc::{ApplyOutcome, CommandResponse, MvccError};
+use keel_storage::auth::AuthError;
+use keel_storage::mvcc::{ApplyOutcome, AuthAnswer, CommandResponse, MvccError};
 use openraft::raft::AppendEntriesResponse;
 use openraft::EntryPayload;
 use prost::Message;
@@ -334,6 +335,17 @@ const KIND_LEASE_GRANT: u8 = 4;
 const KIND_LEASE_REVOKE: u8 = 5;
 const KIND_LEASE_CHECKPOINT: u8 = 6;
 const KIND_ALARM: u8 = 7;
+/// Auth answers: `AuthAnswer::Done` (an AuthEnableResponse carries the
+/// header), `Authenticated` (an AuthUserGetResponse whose roles are the
+/// name and the token prefix), `Names` (an AuthUserListResponse), `Perms`
+/// (an AuthRoleGetResponse).
+const KIND_AUTH_DONE: u8 = 8;
+const KIND_AUTH_AUTHENTICATED: u8 = 9;
+const KIND_AUTH_NAMES: u8 = 10;
+const KIND_AUTH_PERMS: u8 = 11;
+
+/// Auth errors on the wire: this plus their place in `AuthError::ALL`.
+const AUTH_ERROR_BASE: u8 = 64;
 
 /// MVCC errors on the wire: the index is the code.
 const MVCC_ERRORS: [MvccError; 7] = [
@@ -347,6 +359,10 @@ const MVCC_ERRORS: [MvccError; 7] = [
 ];
 
 fn mvcc_error_code(e: MvccError) -> u8 {
+    if let MvccError::Auth(a) = e {
+        let at = AuthError::ALL.iter().position(|x| *x == a);
+        return AUTH_ERROR_BASE + at.expect("every AuthError is in the table") as u8;
+    }
     MVCC_ERRORS
         .iter()
         .position(|x| *x == e)
@@ -365,6 +381,7 @@ pub fn outcome_to_wire(index: u64, o: &ApplyOutcome) -> WireOutcome {
                 CommandResponse::LeaseRevoke(r) => (KIND_LEASE_REVOKE, r.encode_to_vec()),
                 CommandResponse::LeaseCheckpoint(r) => (KIND_LEASE_CHECKPOINT, r.encode_to_vec()),
                 CommandResponse::Alarm(r) => (KIND_ALARM, r.encode_to_vec()),
+                CommandResponse::Auth { header, answer } => auth_to_wire(header, answer),
             };
             WireOutcome::Applied { index, kind, body }
         }
@@ -398,11 +415,75 @@ pub fn outcome_from_wire(kind: u8, body: &[u8]) -> Result<CommandResponse, Strin
             pb::LeaseCheckpointResponse::decode(body).map_err(bad)?,
         ),
         KIND_ALARM => CommandResponse::Alarm(pb::AlarmResponse::decode(body).map_err(bad)?),
+        KIND_AUTH_DONE => {
+            let r = pb::AuthEnableResponse::decode(body).map_err(bad)?;
+            auth_response(r.header, AuthAnswer::Done)
+        }
+        KIND_AUTH_AUTHENTICATED => {
+            let r = pb::AuthUserGetResponse::decode(body).map_err(bad)?;
+            let [name, token_prefix]: [String; 2] = r
+                .roles
+                .try_into()
+                .map_err(|_| "malformed Authenticate answer".to_string())?;
+            auth_response(r.header, AuthAnswer::Authenticated { name, token_prefix })
+        }
+        KIND_AUTH_NAMES => {
+            let r = pb::AuthUserListResponse::decode(body).map_err(bad)?;
+            auth_response(r.header, AuthAnswer::Names(r.users))
+        }
+        KIND_AUTH_PERMS => {
+            let r = pb::AuthRoleGetResponse::decode(body).map_err(bad)?;
+            auth_response(r.header, AuthAnswer::Perms(r.perm))
+        }
         k => return Err(format!("unknown response kind {k}")),
     })
 }
 
+fn auth_response(header: Option<pb::ResponseHeader>, answer: AuthAnswer) -> CommandResponse {
+    CommandResponse::Auth { header, answer }
+}
+
+fn auth_to_wire(header: &Option<pb::ResponseHeader>, answer: &AuthAnswer) -> (u8, Vec<u8>) {
+    let header = *header;
+    match answer {
+        AuthAnswer::Done => (
+            KIND_AUTH_DONE,
+            pb::AuthEnableResponse { header }.encode_to_vec(),
+        ),
+        AuthAnswer::Authenticated { name, token_prefix } => (
+            KIND_AUTH_AUTHENTICATED,
+            pb::AuthUserGetResponse {
+                header,
+                roles: vec![name.clone(), token_prefix.clone()],
+            }
+            .encode_to_vec(),
+        ),
+        AuthAnswer::Names(users) => (
+            KIND_AUTH_NAMES,
+            pb::AuthUserListResponse {
+                header,
+                users: users.clone(),
+            }
+            .encode_to_vec(),
+        ),
+        AuthAnswer::Perms(perm) => (
+            KIND_AUTH_PERMS,
+            pb::AuthRoleGetResponse {
+                header,
+                perm: perm.clone(),
+            }
+            .encode_to_vec(),
+        ),
+    }
+}
+
 pub fn failed_from_wire(error: u8) -> Result<MvccError, String> {
+    if let Some(at) = error.checked_sub(AUTH_ERROR_BASE) {
+        return AuthError::ALL
+            .get(at as usize)
+            .map(|a| MvccError::Auth(*a))
+            .ok_or_else(|| format!("unknown auth error code {error}"));
+    }
     MVCC_ERRORS
         .get(error as usize)
         .copied()
@@ -465,10 +546,17 @@ mod tests {
                 | MvccError::LeaseExists
                 | MvccError::NoSpace
                 | MvccError::Corrupt => {}
+                // Sent by their place in AuthError::ALL.
+                MvccError::Auth(_) => {}
             }
             assert_eq!(failed_from_wire(mvcc_error_code(e)), Ok(e));
         }
         assert_eq!(MVCC_ERRORS.len(), 7);
+        for a in AuthError::ALL {
+            let e = MvccError::Auth(a);
+            assert_eq!(failed_from_wire(mvcc_error_code(e)), Ok(e));
+        }
+        assert!(failed_from_wire(AUTH_ERROR_BASE + AuthError::ALL.len() as u8).is_err());
     }
 
     #[test]
@@ -492,5 +580,28 @@ mod tests {
         };
         assert_eq!(failed_from_wire(error).unwrap(), MvccError::Compacted);
         assert!(outcome_from_wire(99, &[]).is_err());
+        let header = Some(pb::ResponseHeader {
+            revision: 9,
+            ..Default::default()
+        });
+        for answer in [
+            AuthAnswer::Done,
+            AuthAnswer::Authenticated {
+                name: "alice".into(),
+                token_prefix: "abcdef".into(),
+            },
+            AuthAnswer::Names(vec!["a".into(), "b".into()]),
+            AuthAnswer::Perms(vec![keel_proto::authpb::Permission {
+                perm_type: 2,
+                key: Bytes::from_static(b"k"),
+                range_end: Bytes::from_static(b"l"),
+            }]),
+        ] {
+            let r = CommandResponse::Auth { header, answer };
+            let WireOutcome::Applied { kind, body, .. } = outcome_to_wire(5, &Ok(r.clone())) else {
+                panic!("not applied");
+            };
+            assert_eq!(outcome_from_wire(kind, &body).unwrap(), r);
+        }
     }
 }

@@ -132,22 +132,14 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .send(MvccMsg::SnapshotView { reply: tx })
             .await
             .map_err(|_| sm_err("MVCC actor stopped"))?;
-        let SnapshotView {
-            view,
-            leases,
-            current_rev,
-            compact_rev,
-            app,
-        } = rx.await.map_err(|_| sm_err("MVCC actor stopped"))?;
+        let SnapshotView { image, app } = rx.await.map_err(|_| sm_err("MVCC actor stopped"))?;
         let (applied, membership) = (app.applied, app.membership.clone());
         let app = encode_snapshot_app(&app);
         let dir = self.snap_dir.clone();
         let index = applied.map_or(0, |l| l.index);
         let started = Instant::now();
         let (path, size) = glommio::executor()
-            .spawn_blocking(move || {
-                save_snapshot_file(&dir, index, &app, current_rev, compact_rev, &view, &leases)
-            })
+            .spawn_blocking(move || save_snapshot_file(&dir, index, &app, &image))
             .await
             .map_err(|e| StorageError::from(StorageIOError::write_snapshot(None, &e)))?;
         metrics()
@@ -243,7 +235,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // WAL forget what it covers.
         self.current.set(meta.clone(), path);
         self.ask(|reply| MvccMsg::Install {
-            restored: Restored { store, app },
+            restored: Box::new(Restored { store, app }),
             reply,
         })
         .await?;

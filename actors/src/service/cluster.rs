@@ -130,6 +130,7 @@ pub async fn member_add(
     ctx: &ServerCtx,
     req: pb::MemberAddRequest,
 ) -> Result<pb::MemberAddResponse, Status> {
+    ctx.check_admin()?;
     check_urls(&req.peer_ur_ls)?;
     let id = new_member_id(ctx, &req.peer_ur_ls);
     let added = Node {
@@ -151,6 +152,7 @@ pub async fn member_remove(
     ctx: &ServerCtx,
     req: pb::MemberRemoveRequest,
 ) -> Result<pb::MemberRemoveResponse, Status> {
+    ctx.check_admin()?;
     let done = change(ctx, MemberChange::Remove { id: req.id }).await?;
     Ok(pb::MemberRemoveResponse {
         header: done.header,
@@ -162,6 +164,7 @@ pub async fn member_update(
     ctx: &ServerCtx,
     req: pb::MemberUpdateRequest,
 ) -> Result<pb::MemberUpdateResponse, Status> {
+    ctx.check_admin()?;
     check_urls(&req.peer_ur_ls)?;
     let (id, peer_urls) = (req.id, req.peer_ur_ls);
     let done = change(ctx, MemberChange::UpdatePeers { id, peer_urls }).await?;
@@ -175,6 +178,7 @@ pub async fn member_promote(
     ctx: &ServerCtx,
     req: pb::MemberPromoteRequest,
 ) -> Result<pb::MemberPromoteResponse, Status> {
+    ctx.check_admin()?;
     let done = change(ctx, MemberChange::Promote { id: req.id }).await?;
     Ok(pb::MemberPromoteResponse {
         header: done.header,

@@ -8,8 +8,11 @@ use std::collections::HashSet;
 use std::future::Future;
 
 use bytes::Bytes;
-use keel_proto::command::{AlarmCmd, Command, CompactCmd, DeleteRangeCmd, PutCmd, TxnCmd};
+use keel_proto::command::{
+    AlarmCmd, AuthedCmd, Command, CompactCmd, DeleteRangeCmd, PutCmd, TxnCmd,
+};
 use keel_proto::etcdserverpb as pb;
+use keel_storage::auth::AuthError;
 use keel_storage::mvcc::CommandResponse;
 use tokio::sync::oneshot;
 
@@ -17,7 +20,7 @@ use super::ServerCtx;
 use crate::grpc::status::Status;
 use crate::mvcc_actor::{MvccMsg, ReadError, ALARM_NOSPACE};
 use crate::raft::actor::{Origin, RaftRequest};
-use crate::raft::types::{ProposeError, WriteReply};
+use crate::raft::types::{Applied, ProposeError, WriteReply};
 
 pub fn check_range(r: &pb::RangeRequest) -> Result<(), Status> {
     if r.key.is_empty() {
@@ -223,9 +226,27 @@ pub async fn propose(
     cmd: Command,
     request_bytes: usize,
 ) -> Result<CommandResponse, Status> {
+    Ok(propose_applied(ctx, cmd, request_bytes).await?.outcome?)
+}
+
+/// Proposes a command (with the caller's credentials, if it has any) and
+/// waits until it is applied; answers the outcome and the entry's index.
+pub async fn propose_applied(
+    ctx: &ServerCtx,
+    cmd: Command,
+    request_bytes: usize,
+) -> Result<Applied, Status> {
     if request_bytes > ctx.cfg.max_request_bytes {
         return Err(Status::request_too_large());
     }
+    let cmd = match &ctx.caller {
+        Some(c) => Command::Authed(AuthedCmd {
+            user: c.user.clone(),
+            auth_revision: c.revision,
+            command: Box::new(cmd),
+        }),
+        None => cmd,
+    };
     let command = Bytes::from_owner(cmd.to_bytes());
     let (tx, rx) = oneshot::channel::<WriteReply>();
     ctx.raft
@@ -241,7 +262,7 @@ pub async fn propose(
         Ok(Err(ProposeError::NotLeader { .. })) => Err(Status::no_leader()),
         Ok(Err(ProposeError::LeaderChanged)) => Err(Status::leader_changed()),
         Ok(Err(ProposeError::Stopped)) => Err(Status::stopped()),
-        Ok(Ok(applied)) => applied.outcome.map_err(Status::from),
+        Ok(Ok(applied)) => Ok(applied),
     }
 }
 
@@ -253,8 +274,27 @@ pub(crate) fn read_error(e: ReadError) -> Status {
     }
 }
 
-/// Serves a range: serializable ones locally, others after a read-index round.
+/// Serves a range: serializable ones locally, others after a read-index
+/// round. With auth on, the caller must be allowed to read the whole range,
+/// and an auth change while it was read refuses it (etcd's doSerialize).
 pub async fn read(ctx: &ServerCtx, req: pb::RangeRequest) -> Result<pb::RangeResponse, Status> {
+    if !ctx.auth.enabled() {
+        return read_unchecked(ctx, req).await;
+    }
+    let caller = ctx.caller.as_ref();
+    ctx.auth.check_read(caller, &req.key, &req.range_end)?;
+    let resp = read_unchecked(ctx, req).await?;
+    if caller.is_some_and(|c| c.revision != ctx.auth.store().revision()) {
+        return Err(AuthError::AuthOldRevision.into());
+    }
+    Ok(resp)
+}
+
+/// [`read`] without auth: for the member's own reads (its health check).
+pub async fn read_unchecked(
+    ctx: &ServerCtx,
+    req: pb::RangeRequest,
+) -> Result<pb::RangeResponse, Status> {
     let (tx, rx) = oneshot::channel();
     if req.serializable {
         ctx.mvcc

@@ -104,13 +104,19 @@ pub async fn time_to_live(
             remaining,
             granted,
             keys,
-        }) => Ok(pb::LeaseTimeToLiveResponse {
-            header: current_header(ctx).await?,
-            id: req.id,
-            ttl: remaining,
-            granted_ttl: granted,
-            keys,
-        }),
+        }) => {
+            // With auth on, the keys are shown only to who may read them all.
+            for k in &keys {
+                ctx.auth.check_read(ctx.caller.as_ref(), k, b"")?;
+            }
+            Ok(pb::LeaseTimeToLiveResponse {
+                header: current_header(ctx).await?,
+                id: req.id,
+                ttl: remaining,
+                granted_ttl: granted,
+                keys,
+            })
+        }
         // etcd answers an unknown lease with TTL -1.
         Err(LeaseError::NotFound) => Ok(pb::LeaseTimeToLiveResponse {
             header: current_header(ctx).await?,

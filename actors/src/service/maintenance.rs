@@ -55,6 +55,7 @@ pub async fn hash_kv(
     ctx: &ServerCtx,
     req: pb::HashKvRequest,
 ) -> Result<pb::HashKvResponse, Status> {
+    ctx.check_admin()?;
     ask_mvcc_for(ctx, |reply| MvccMsg::HashKv {
         revision: req.revision,
         reply,

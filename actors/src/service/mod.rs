@@ -1,6 +1,7 @@
 //! Request handlers, one module per etcd service. Handlers validate at the
 //! edge (etcd's checks and messages), then talk to the actors.
 
+pub mod auth;
 pub mod cluster;
 pub mod election;
 pub mod http;
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use crate::auth::{AuthShared, Caller};
 use crate::mvcc_actor::{HeaderIds, MvccMsg, SpaceGauge};
 use crate::raft::actor::RaftRequest;
 
@@ -34,6 +36,8 @@ pub struct ServeConfig {
     /// etcd's space quota (`--quota-backend-bytes`); None when turned off.
     pub quota_bytes: Option<u64>,
     pub keepalive: GrpcKeepalive,
+    /// `--bcrypt-cost`.
+    pub bcrypt_cost: u32,
 }
 
 /// HTTP/2 keepalive on client connections (`--grpc-keepalive-interval` and
@@ -66,7 +70,8 @@ impl ServeConfig {
     }
 }
 
-/// One core's handles to the actors.
+/// One core's handles to the actors; for a request with credentials, a
+/// copy naming its caller.
 #[derive(Clone)]
 pub struct ServerCtx {
     pub raft: mpsc::Sender<RaftRequest>,
@@ -74,4 +79,19 @@ pub struct ServerCtx {
     pub cfg: Arc<ServeConfig>,
     /// The store's size and alarm state, for the space quota.
     pub space: Arc<SpaceGauge>,
+    /// The applied auth store and this member's tokens.
+    pub auth: Arc<AuthShared>,
+    /// Who sent the request being served (None: no credentials). Writes
+    /// proposed for it carry it, and auth checks them as they apply.
+    pub caller: Option<Caller>,
+    /// The common name of the connection's verified client certificate:
+    /// the user of its requests that carry no token.
+    pub cert_user: Option<String>,
+}
+
+impl ServerCtx {
+    /// etcd's IsAdminPermitted for the caller (always true with auth off).
+    pub fn check_admin(&self) -> Result<(), crate::grpc::status::Status> {
+        Ok(self.auth.check_admin(self.caller.as_ref())?)
+    }
 }

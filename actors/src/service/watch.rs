@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use hyper::body::Incoming;
 use keel_proto::etcdserverpb as pb;
+use keel_storage::auth::{AuthError, AuthInfo};
 use tokio::sync::mpsc;
 
 use super::ServerCtx;
@@ -112,6 +113,16 @@ pub async fn serve(
                     Ok(r) => r,
                     Err(s) => break Some(s),
                 };
+                if let Some(refused) = check_create(&ctx, &req).await {
+                    if out
+                        .send(StreamItem::Message(frame::encode(&refused)))
+                        .await
+                        .is_err()
+                    {
+                        break None;
+                    }
+                    continue;
+                }
                 if let Some(msg) = to_hub(stream, req) {
                     if ctx.mvcc.send(MvccMsg::Watch(msg)).await.is_err() {
                         break Some(Status::stopped());
@@ -142,6 +153,49 @@ pub async fn serve(
     let _ = out
         .send(StreamItem::End(crate::reactor::status_trailers(&status)))
         .await;
+}
+
+/// With auth on, a watch is created only for a caller that may read its
+/// whole range; otherwise etcd answers at once with a watch created and
+/// canceled, id -1, and the refusal as the gRPC error's text.
+async fn check_create(ctx: &ServerCtx, req: &pb::WatchRequest) -> Option<pb::WatchResponse> {
+    use pb::watch_request::RequestUnion;
+    let Some(RequestUnion::CreateRequest(c)) = &req.request_union else {
+        return None;
+    };
+    if !ctx.auth.enabled() {
+        return None;
+    }
+    // A token's credentials are as of now (etcd resolves them per create).
+    let store = ctx.auth.store();
+    let who = ctx.caller.as_ref().map_or(AuthInfo::NONE, |c| AuthInfo {
+        user: &c.user,
+        revision: store.revision(),
+    });
+    let refusal = match store.check_read(who, &c.key, &c.range_end) {
+        Ok(()) => return None,
+        Err(e @ (AuthError::AuthOldRevision | AuthError::UserEmpty)) => Status::from(e),
+        Err(_) => Status::from(AuthError::PermissionDenied),
+    };
+    let header = match (
+        super::maintenance::ask_raft(ctx).await,
+        super::maintenance::ask_mvcc(ctx).await,
+    ) {
+        (Ok(raft), Ok(mvcc)) => super::maintenance::header(ctx, &raft, &mvcc),
+        _ => None,
+    };
+    Some(pb::WatchResponse {
+        header,
+        watch_id: -1,
+        created: true,
+        canceled: true,
+        cancel_reason: format!(
+            "rpc error: code = {} desc = {}",
+            refusal.code.name(),
+            refusal.message
+        ),
+        ..Default::default()
+    })
 }
 
 fn to_hub(stream: StreamId, req: pb::WatchRequest) -> Option<WatchMsg> {

@@ -18,6 +18,7 @@ pub mod lease;
 pub mod revision_log;
 pub mod snapshot;
 mod store;
+mod store_auth;
 pub mod store_range;
 pub mod store_txn;
 
@@ -25,6 +26,7 @@ pub use key_index::{KeyRange, KeyVersion};
 pub use lease::{LeaseRecord, Leases};
 pub use revision_log::{Event, LogView};
 pub use store::{KvStore, WriteTxn};
+pub use store_auth::AuthAnswer;
 pub use store_range::RangeArgs;
 pub use store_txn::{ApplyOutcome, CommandResponse};
 
@@ -57,4 +59,7 @@ pub enum MvccError {
     /// A CORRUPT alarm is raised: every write is refused.
     #[error("corrupt cluster")]
     Corrupt,
+    /// Refused by auth, or an auth request that failed.
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
 }

@@ -11,13 +11,16 @@
 //!   2 Events: count u32 | count x event
 //!   3 End:    total_events u64
 //!   4 Leases: count u32 | count x (id i64 | ttl i64 | remaining_ttl i64)   (version 2)
+//!   5 Auth:   the auth store as `crate::auth::encode` writes it          (version 3)
 //! event:  main i64 | sub i64 | create_revision i64 | version i64 | lease i64 |
 //!         key_len u32 | value_len u32 | key | value      (version 0 = delete)
 //! ```
 //!
 //! All integers little-endian. Exactly one Meta frame comes first, then (from
-//! version 2) one Leases frame, and one End frame last; version 1 files have
-//! no Leases frame (no leases); a file without its End frame is incomplete and rejected.
+//! version 2) one Leases frame, then (from version 3) one Auth frame, and one
+//! End frame last; version 1 files have no Leases frame (no leases), files
+//! before version 3 no Auth frame (auth never set up); a file without its
+//! End frame is incomplete and rejected.
 //! Files are written as `<name>.tmp`, fsynced, renamed into place and the
 //! directory fsynced: a crash leaves either no new snapshot or a whole one.
 
@@ -31,9 +34,10 @@ use super::key_index::KeyVersion;
 use super::lease::LeaseRecord;
 use super::revision_log::{Event, LogView};
 use super::{KvStore, Revision};
+use crate::auth::AuthStore;
 
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"KEELSNAP";
-pub const SNAPSHOT_VERSION: u32 = 2;
+pub const SNAPSHOT_VERSION: u32 = 3;
 /// Events are grouped into frames of about this many bytes.
 const FRAME_TARGET_BYTES: usize = 1 << 20;
 /// Larger frames are rejected on read: a corrupt length must not make us
@@ -46,6 +50,7 @@ const KIND_META: u8 = 1;
 const KIND_EVENTS: u8 = 2;
 const KIND_END: u8 = 3;
 const KIND_LEASES: u8 = 4;
+const KIND_AUTH: u8 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -93,15 +98,37 @@ fn write_frame(w: &mut impl Write, body: &[u8]) -> io::Result<()> {
     w.write_all(body)
 }
 
-/// Writes a snapshot of `view` to `w`.
-pub fn write_snapshot(
-    w: &mut impl Write,
-    app_meta: &[u8],
-    current_rev: i64,
-    compact_rev: i64,
-    view: &LogView,
-    leases: &[LeaseRecord],
-) -> io::Result<()> {
+/// What a snapshot holds of a store, taken at one point (cheap: the
+/// revision log's chunks are shared, not copied).
+pub struct StoreImage {
+    pub current_rev: i64,
+    pub compact_rev: i64,
+    pub view: LogView,
+    pub leases: Vec<LeaseRecord>,
+    pub auth: AuthStore,
+}
+
+impl KvStore {
+    pub fn image(&self) -> StoreImage {
+        StoreImage {
+            current_rev: self.current_rev(),
+            compact_rev: self.compact_rev(),
+            view: self.view(),
+            leases: self.leases().records(),
+            auth: self.auth().clone(),
+        }
+    }
+}
+
+/// Writes a snapshot of `image` to `w`.
+pub fn write_snapshot(w: &mut impl Write, app_meta: &[u8], image: &StoreImage) -> io::Result<()> {
+    let StoreImage {
+        current_rev,
+        compact_rev,
+        view,
+        leases,
+        auth,
+    } = image;
     let mut head = Vec::with_capacity(16);
     head.extend_from_slice(&SNAPSHOT_MAGIC);
     head.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
@@ -122,6 +149,10 @@ pub fn write_snapshot(
             body.extend_from_slice(&x.to_le_bytes());
         }
     }
+    write_frame(w, &body)?;
+
+    let mut body = vec![KIND_AUTH];
+    body.extend_from_slice(&crate::auth::encode(auth));
     write_frame(w, &body)?;
 
     let mut total = 0u64;
@@ -217,10 +248,10 @@ pub fn read_snapshot(r: &mut impl Read, path: &Path) -> Result<(Vec<u8>, KvStore
         return Err(corrupt(0, "not a keel snapshot (bad magic)"));
     }
     let version = u32::from_le_bytes(head[8..12].try_into().expect("4 bytes"));
-    if version != 1 && version != SNAPSHOT_VERSION {
+    if !(1..=SNAPSHOT_VERSION).contains(&version) {
         return Err(corrupt(
             8,
-            &format!("snapshot version {version} is not 1 or {SNAPSHOT_VERSION}"),
+            &format!("snapshot version {version} is not 1 to {SNAPSHOT_VERSION}"),
         ));
     }
     offset += 16;
@@ -228,6 +259,7 @@ pub fn read_snapshot(r: &mut impl Read, path: &Path) -> Result<(Vec<u8>, KvStore
     let mut meta: Option<(i64, i64, Vec<u8>)> = None;
     let mut events = Vec::new();
     let mut leases: Vec<LeaseRecord> = Vec::new();
+    let mut auth = AuthStore::default();
     loop {
         let mut fh = [0u8; 8];
         match r.read_exact(&mut fh) {
@@ -277,6 +309,10 @@ pub fn read_snapshot(r: &mut impl Read, path: &Path) -> Result<(Vec<u8>, KvStore
                 })();
                 leases = parsed.ok_or_else(|| corrupt(offset, "malformed leases frame"))?;
             }
+            (KIND_AUTH, Some(_)) if version >= 3 => {
+                auth = crate::auth::decode(&body[1..])
+                    .ok_or_else(|| corrupt(offset, "malformed auth frame"))?;
+            }
             (KIND_EVENTS, Some(_)) => {
                 let n = c
                     .u32()
@@ -295,8 +331,9 @@ pub fn read_snapshot(r: &mut impl Read, path: &Path) -> Result<(Vec<u8>, KvStore
                     return Err(corrupt(offset, "event count does not match end frame"));
                 }
                 let (cur, compact, app) = meta.take().expect("matched Some");
-                let store = KvStore::restore(cur, compact, events, &leases)
+                let mut store = KvStore::restore(cur, compact, events, &leases)
                     .map_err(|e| corrupt(offset, &e))?;
+                store.set_auth(std::mem::take(&mut auth));
                 return Ok((app, store));
             }
             (kind, _) => return Err(corrupt(offset, &format!("unexpected frame kind {kind}"))),
@@ -332,10 +369,7 @@ pub fn save_snapshot_file(
     dir: &Path,
     index: u64,
     app_meta: &[u8],
-    current_rev: i64,
-    compact_rev: i64,
-    view: &LogView,
-    leases: &[LeaseRecord],
+    image: &StoreImage,
 ) -> io::Result<(PathBuf, u64)> {
     fs::create_dir_all(dir)?;
     let path = dir.join(snapshot_file_name(index));
@@ -343,7 +377,7 @@ pub fn save_snapshot_file(
     {
         let f = fs::File::create(&tmp)?;
         let mut w = BufWriter::with_capacity(1 << 20, f);
-        write_snapshot(&mut w, app_meta, current_rev, compact_rev, view, leases)?;
+        write_snapshot(&mut w, app_meta, image)?;
         let f = w.into_inner().map_err(|e| e.into_error())?;
         f.sync_all()?;
     }
@@ -448,6 +482,11 @@ mod tests {
             t.end();
         }
         s.compact(1000).unwrap();
+        let mut auth = AuthStore::default();
+        auth.user_add("root", Some("hash".into())).unwrap();
+        auth.user_grant_role("root", "root").unwrap();
+        auth.enable().unwrap();
+        s.set_auth(auth);
         s
     }
 
@@ -455,15 +494,7 @@ mod tests {
     fn round_trip_preserves_store_and_meta() {
         let s = sample();
         let mut buf = Vec::new();
-        write_snapshot(
-            &mut buf,
-            b"raft-meta",
-            s.current_rev(),
-            s.compact_rev(),
-            &s.view(),
-            &s.leases().records(),
-        )
-        .unwrap();
+        write_snapshot(&mut buf, b"raft-meta", &s.image()).unwrap();
         let (meta, r) = read_snapshot(&mut &buf[..], Path::new("x")).unwrap();
         assert_eq!(meta, b"raft-meta");
         assert_eq!(r.leases().records(), s.leases().records());
@@ -473,6 +504,8 @@ mod tests {
         }
         assert_eq!(r.current_rev(), s.current_rev());
         assert_eq!(r.compact_rev(), 1000);
+        assert_eq!(r.auth(), s.auth());
+        assert!(r.auth().enabled());
         let a: Vec<_> = s.events().cloned().collect();
         let b: Vec<_> = r.events().cloned().collect();
         assert_eq!(a, b);
@@ -482,15 +515,7 @@ mod tests {
     fn any_damage_is_detected() {
         let s = sample();
         let mut buf = Vec::new();
-        write_snapshot(
-            &mut buf,
-            b"m",
-            s.current_rev(),
-            s.compact_rev(),
-            &s.view(),
-            &[],
-        )
-        .unwrap();
+        write_snapshot(&mut buf, b"m", &s.image()).unwrap();
         // Truncation anywhere.
         for cut in [10, 20, buf.len() / 2, buf.len() - 1] {
             assert!(
@@ -519,16 +544,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = sample();
         for index in [10, 20, 30] {
-            save_snapshot_file(
-                dir.path(),
-                index,
-                b"m",
-                s.current_rev(),
-                s.compact_rev(),
-                &s.view(),
-                &[],
-            )
-            .unwrap();
+            save_snapshot_file(dir.path(), index, b"m", &s.image()).unwrap();
         }
         fs::write(dir.path().join("0000000000000040.snap.tmp"), b"partial").unwrap();
         let names: Vec<_> = snapshot_files(dir.path())

@@ -8,6 +8,7 @@ use super::key_index::{KeyIndex, KeyRange, KeyVersion};
 use super::lease::{LeaseRecord, Leases};
 use super::revision_log::{Event, LogView, RevisionLog};
 use super::{MvccError, Revision};
+use crate::auth::AuthStore;
 
 /// Estimated bytes of bookkeeping per retained version, beyond key and value.
 const VERSION_OVERHEAD_BYTES: u64 = 96;
@@ -49,6 +50,8 @@ pub struct KvStore {
     leases: Leases,
     /// The compaction still removing versions, if any.
     compaction: Option<Compaction>,
+    /// Users, roles and permissions (etcd's auth buckets).
+    pub(super) auth: AuthStore,
 }
 
 impl Default for KvStore {
@@ -62,6 +65,7 @@ impl Default for KvStore {
             size_bytes: 0,
             leases: Leases::default(),
             compaction: None,
+            auth: AuthStore::default(),
         }
     }
 }
@@ -99,6 +103,14 @@ impl KvStore {
 
     pub fn leases_mut(&mut self) -> &mut Leases {
         &mut self.leases
+    }
+
+    pub fn auth(&self) -> &AuthStore {
+        &self.auth
+    }
+
+    pub fn set_auth(&mut self, auth: AuthStore) {
+        self.auth = auth;
     }
 
     /// Every retained version in revision order.

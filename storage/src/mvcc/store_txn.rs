@@ -22,6 +22,7 @@ use keel_proto::etcdserverpb as pb;
 use super::key_index::KeyRange;
 use super::store_range::{to_key_value, RangeArgs};
 use super::{KvStore, MvccError, WriteTxn};
+use crate::auth::AuthInfo;
 
 /// The response to an applied command. Headers carry the revision only.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,6 +35,10 @@ pub enum CommandResponse {
     LeaseRevoke(pb::LeaseRevokeResponse),
     LeaseCheckpoint(pb::LeaseCheckpointResponse),
     Alarm(pb::AlarmResponse),
+    Auth {
+        header: Option<pb::ResponseHeader>,
+        answer: super::AuthAnswer,
+    },
 }
 
 pub type ApplyOutcome = Result<CommandResponse, MvccError>;
@@ -64,7 +69,33 @@ impl KvStore {
     /// Applies one command. `owner` is the buffer `cmd` was read from (the
     /// whole allocation: a value shares it only when it is most of it).
     pub fn apply(&mut self, cmd: &ArchivedCommand, owner: &Bytes) -> ApplyOutcome {
+        self.apply_as(cmd, owner, AuthInfo::NONE)
+    }
+
+    /// Applies `cmd` for `who` (a client command without credentials runs
+    /// as nobody, and is refused while auth is on).
+    fn apply_as(
+        &mut self,
+        cmd: &ArchivedCommand,
+        owner: &Bytes,
+        who: AuthInfo<'_>,
+    ) -> ApplyOutcome {
+        self.permit(cmd, who)?;
         match cmd {
+            ArchivedCommand::Authed(a) => {
+                let who = AuthInfo {
+                    user: a.user.as_str(),
+                    revision: a.auth_revision.to_native(),
+                };
+                self.apply_as(&a.command, owner, who)
+            }
+            ArchivedCommand::Auth(a) => {
+                let answer = self.apply_auth(a)?;
+                Ok(CommandResponse::Auth {
+                    header: super::store_auth::auth_header(self),
+                    answer,
+                })
+            }
             ArchivedCommand::Put(p) => {
                 let lease = p.lease.to_native();
                 if lease != 0 && !self.leases().exists(lease) {
