@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use keel_actors::auth::JwtSettings;
 use keel_actors::compactor::AutoCompaction;
 use keel_actors::node::{ActorPlacement, ClusterState, ListenUrl, NodeConfig};
 use keel_actors::service::GrpcKeepalive;
@@ -378,6 +379,48 @@ pub struct Flags {
     pub bcrypt_cost: u32,
 }
 
+/// `--auth-token`: `simple` (None), or `jwt` with its comma-separated
+/// options (`sign-method` required; `pub-key`, `priv-key` files; `ttl` a
+/// duration, 5m by default), as etcd reads them.
+fn auth_token(flag: &str) -> Result<Option<JwtSettings>, String> {
+    let mut parts = flag.split(',');
+    match parts.next().unwrap_or_default() {
+        "simple" => return Ok(None),
+        "jwt" => {}
+        other => {
+            return Err(format!(
+                "--auth-token: unknown token type {other:?} (auth: invalid auth options)"
+            ))
+        }
+    }
+    let mut jwt = JwtSettings {
+        sign_method: String::new(),
+        pub_key: None,
+        priv_key: None,
+        ttl: keel_actors::auth::JWT_TTL_DEFAULT,
+    };
+    for opt in parts {
+        let (name, value) = opt.split_once('=').unwrap_or((opt, ""));
+        match name {
+            "sign-method" => jwt.sign_method = value.to_string(),
+            "pub-key" => jwt.pub_key = Some(PathBuf::from(value)),
+            "priv-key" => jwt.priv_key = Some(PathBuf::from(value)),
+            "ttl" => {
+                jwt.ttl = parse_duration(value).ok_or_else(|| {
+                    format!("--auth-token: ttl={value}: expected a duration like 5m or 30s (auth: invalid auth options)")
+                })?
+            }
+            _ => tracing::warn!("unknown JWT options: {name}"),
+        }
+    }
+    if jwt.sign_method.is_empty() {
+        return Err(
+            "--auth-token jwt: sign-method is required (auth: invalid auth options)".into(),
+        );
+    }
+    Ok(Some(jwt))
+}
+
 /// `ETCD_*` variables in `env` that name no flag, as `NAME=value`: etcd
 /// warns about each (a misspelt `ETCD_CLIENT_CERT_AUTH` would otherwise
 /// leave a server without the security it was meant to have, silently).
@@ -635,16 +678,7 @@ impl Flags {
             Some(a) => split(a),
             None => split(&self.listen_client_urls),
         };
-        if self.auth_token != "simple" {
-            let kind = self.auth_token.split(',').next().unwrap_or_default();
-            return Err(if kind == "jwt" {
-                "--auth-token: jwt tokens are not supported yet; use simple".to_string()
-            } else {
-                format!(
-                    "--auth-token: unknown token type {kind:?} (etcd: auth: invalid auth options)"
-                )
-            });
-        }
+        let jwt = auth_token(&self.auth_token)?;
         // etcd takes bcrypt's limits and falls back to its default cost.
         let bcrypt_cost = if (4..=31).contains(&self.bcrypt_cost) {
             self.bcrypt_cost
@@ -721,6 +755,7 @@ impl Flags {
             connections_max: self.max_connections.map(|n| n as usize),
             quota_backend_bytes: self.quota_backend_bytes,
             auth_token_ttl: Duration::from_secs(self.auth_token_ttl.max(1)),
+            jwt,
             bcrypt_cost,
             initial_corrupt_check: self.experimental_initial_corrupt_check,
             corrupt_check_every: parse_duration(&self.experimental_corrupt_check_time)

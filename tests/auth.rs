@@ -354,18 +354,112 @@ async fn a_token_expires_its_ttl_after_its_last_use() {
 
 #[test]
 fn token_flags_are_checked_at_start_up() {
-    for (flag, message) in [
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let (public, private) = (dir.path().join("jwt.pub"), dir.path().join("jwt.key"));
+    std::fs::write(&public, key.public_key_pem()).unwrap();
+    std::fs::write(&private, key.serialize_pem()).unwrap();
+    let cases = [
+        ("magic".to_string(), "unknown token type \"magic\""),
+        ("jwt,priv-key=x".to_string(), "sign-method is required"),
         (
-            "jwt,pub-key=a,priv-key=b,sign-method=RS256",
-            "jwt tokens are not supported yet",
+            "jwt,sign-method=XX999".to_string(),
+            "sign-method \"XX999\" is not one of",
         ),
-        ("magic", "unknown token type \"magic\""),
-    ] {
-        let mut s = Server::new(vec!["--auth-token".into(), flag.into()]);
+        (
+            format!("jwt,sign-method=ES256,priv-key={}", private.display()),
+            "pub-key is needed to check tokens",
+        ),
+        (
+            format!(
+                "jwt,sign-method=ES256,pub-key={}",
+                dir.path().join("none").display()
+            ),
+            "No such file or directory",
+        ),
+        (
+            format!(
+                "jwt,sign-method=ES256,pub-key={},ttl=soon",
+                public.display()
+            ),
+            "ttl=soon: expected a duration",
+        ),
+    ];
+    for (flag, message) in cases {
+        let mut s = Server::new(vec!["--auth-token".into(), flag.clone()]);
         let (code, out) = s.start_expect_exit();
-        assert_eq!(code, Some(1), "{out}");
-        assert!(out.contains(message), "{out}");
+        assert_eq!(code, Some(1), "{flag}: {out}");
+        assert!(out.contains(message), "{flag}: {out}");
+        assert!(!out.contains("recovered"), "checked before recovery: {out}");
     }
+}
+
+/// `--auth-token jwt,...`: tokens are JWTs etcd's way (ES256 here: claims
+/// username, revision, exp), checked by signature and expiry; an auth
+/// change makes them old, as etcd's.
+#[tokio::test]
+async fn jwt_tokens_as_etcd() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let (public, private) = (dir.path().join("jwt.pub"), dir.path().join("jwt.key"));
+    std::fs::write(&public, key.public_key_pem()).unwrap();
+    std::fs::write(&private, key.serialize_pem()).unwrap();
+    let flag = format!(
+        "jwt,pub-key={},priv-key={},sign-method=ES256,ttl=3s",
+        public.display(),
+        private.display()
+    );
+    let s = Server::start(&["--cores", "1", "--auth-token", &flag]);
+    let ep = s.endpoint();
+    set_up_auth(&ep).await;
+    let mut alice = connect(&ep, Some(("alice", "apw"))).await.unwrap();
+    alice.get("a", None).await.unwrap();
+    assert_eq!(status_of(alice.get("k", None).await.unwrap_err()), denied());
+    let token = alice
+        .auth_client()
+        .authenticate("alice".into(), "apw".into())
+        .await
+        .unwrap()
+        .token()
+        .to_string();
+    let parts: Vec<&str> = token.split('.').collect();
+    assert_eq!(parts.len(), 3, "{token}");
+    use base64::Engine;
+    let decode = |p: &str| {
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(p)
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()
+    };
+    assert_eq!(decode(parts[0])["alg"], "ES256");
+    let claims = decode(parts[1]);
+    assert_eq!(claims["username"], "alice");
+    assert!(claims["revision"].as_u64().unwrap() > 0);
+    assert!(claims["exp"].as_u64().is_some());
+
+    // An auth change makes every token older than the store.
+    let mut root = connect(&ep, Some(("root", "rootpw"))).await.unwrap();
+    root.role_add("r2").await.unwrap();
+    let e = alice.get("a", None).await.unwrap_err();
+    assert_eq!(
+        status_of(e),
+        (
+            Code::InvalidArgument,
+            "etcdserver: revision of auth store is old".into()
+        )
+    );
+    // A new token works, until it expires.
+    let mut alice = connect(&ep, Some(("alice", "apw"))).await.unwrap();
+    alice.get("a", None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let e = alice.get("a", None).await.unwrap_err();
+    assert_eq!(
+        status_of(e),
+        (
+            Code::Unauthenticated,
+            "etcdserver: invalid auth token".into()
+        )
+    );
 }
 
 /// Auth state is raft state: set up through one member, it holds on every

@@ -22,12 +22,123 @@ pub const TOKEN_TTL_DEFAULT: Duration = Duration::from_secs(300);
 const TOKEN_LETTERS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
 const TOKEN_PREFIX_LEN: usize = 16;
 
-#[derive(Debug)]
 pub struct AuthShared {
     enabled: AtomicBool,
     store: RwLock<Arc<AuthStore>>,
     tokens: Mutex<HashMap<String, Token>>,
     token_ttl: Duration,
+    /// `--auth-token jwt,...`: signed tokens instead of simple ones.
+    jwt: Option<JwtKeys>,
+}
+
+/// `--auth-token jwt,sign-method=...,pub-key=...,priv-key=...,ttl=...`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtSettings {
+    pub sign_method: String,
+    pub pub_key: Option<std::path::PathBuf>,
+    pub priv_key: Option<std::path::PathBuf>,
+    pub ttl: Duration,
+}
+
+/// etcd's default JWT lifetime.
+pub const JWT_TTL_DEFAULT: Duration = Duration::from_secs(300);
+
+/// The keys JWT tokens are signed and checked with (etcd's tokenJWT).
+pub struct JwtKeys {
+    algorithm: jsonwebtoken::Algorithm,
+    /// None: verify-only (no private key given).
+    signing: Option<jsonwebtoken::EncodingKey>,
+    checking: jsonwebtoken::DecodingKey,
+    ttl: Duration,
+}
+
+/// A JWT's claims, as etcd writes them.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Claims {
+    username: String,
+    revision: u64,
+    exp: u64,
+}
+
+impl JwtKeys {
+    /// Reads the key files `settings` names; errors are etcd's start-up
+    /// refusals (with the reason).
+    pub fn load(settings: &JwtSettings) -> Result<JwtKeys, String> {
+        use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
+        let invalid = |why: String| format!("--auth-token jwt: {why} (auth: invalid auth options)");
+        let algorithm: Algorithm = settings.sign_method.parse().map_err(|_| {
+            invalid(format!(
+                "sign-method {:?} is not one of HS256 HS384 HS512 RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 EdDSA",
+                settings.sign_method
+            ))
+        })?;
+        let read = |p: &Option<std::path::PathBuf>| -> Result<Option<Vec<u8>>, String> {
+            p.as_ref()
+                .map(|p| std::fs::read(p).map_err(|e| invalid(format!("{}: {e}", p.display()))))
+                .transpose()
+        };
+        let (public, private) = (read(&settings.pub_key)?, read(&settings.priv_key)?);
+        let key_err = |e: jsonwebtoken::errors::Error| invalid(format!("reading a key: {e}"));
+        let (signing, checking) = match algorithm {
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
+                let secret = private
+                    .ok_or_else(|| invalid("priv-key is needed (auth: missing key data)".into()))?;
+                (
+                    Some(EncodingKey::from_secret(&secret)),
+                    DecodingKey::from_secret(&secret),
+                )
+            }
+            _ => {
+                let public = public.ok_or_else(|| {
+                    invalid("pub-key is needed to check tokens (auth: missing key data)".into())
+                })?;
+                type Parse<K> = fn(&[u8]) -> jsonwebtoken::errors::Result<K>;
+                let (sign, check): (Parse<EncodingKey>, Parse<DecodingKey>) = match algorithm {
+                    Algorithm::ES256 | Algorithm::ES384 => {
+                        (EncodingKey::from_ec_pem, DecodingKey::from_ec_pem)
+                    }
+                    Algorithm::EdDSA => (EncodingKey::from_ed_pem, DecodingKey::from_ed_pem),
+                    _ => (EncodingKey::from_rsa_pem, DecodingKey::from_rsa_pem),
+                };
+                let signing = private.map(|k| sign(&k)).transpose().map_err(key_err)?;
+                (signing, check(&public).map_err(key_err)?)
+            }
+        };
+        Ok(JwtKeys {
+            algorithm,
+            signing,
+            checking,
+            ttl: settings.ttl,
+        })
+    }
+
+    /// A token for `user` at auth revision `revision`.
+    pub fn sign(&self, user: &str, revision: u64) -> Result<String, String> {
+        let Some(key) = &self.signing else {
+            return Err("auth: token signing attempted with verify-only key".into());
+        };
+        let exp = (std::time::SystemTime::now() + self.ttl)
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let claims = Claims {
+            username: user.to_string(),
+            revision,
+            exp,
+        };
+        jsonwebtoken::encode(&jsonwebtoken::Header::new(self.algorithm), &claims, key)
+            .map_err(|e| format!("signing a token: {e}"))
+    }
+
+    /// The user and auth revision a valid, unexpired token of ours names.
+    pub fn check(&self, token: &str) -> Option<Caller> {
+        let mut validation = jsonwebtoken::Validation::new(self.algorithm);
+        validation.leeway = 0;
+        let data = jsonwebtoken::decode::<Claims>(token, &self.checking, &validation).ok()?;
+        Some(Caller {
+            user: data.claims.username,
+            revision: data.claims.revision,
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -59,13 +170,19 @@ pub fn info_of(caller: Option<&Caller>) -> AuthInfo<'_> {
 }
 
 impl AuthShared {
-    pub fn new(token_ttl: Duration) -> AuthShared {
+    pub fn new(token_ttl: Duration, jwt: Option<JwtKeys>) -> AuthShared {
         AuthShared {
             enabled: AtomicBool::new(false),
             store: RwLock::new(Arc::default()),
             tokens: Mutex::default(),
             token_ttl,
+            jwt,
         }
+    }
+
+    /// The JWT keys, when tokens are JWTs.
+    pub fn jwt(&self) -> Option<&JwtKeys> {
+        self.jwt.as_ref()
     }
 
     pub fn enabled(&self) -> bool {
@@ -86,8 +203,12 @@ impl AuthShared {
         }
     }
 
-    /// Gives `user` the token `token` (from an applied Authenticate).
+    /// Gives `user` the token `token` (from an applied Authenticate; with
+    /// JWTs the member that took the request signs one instead).
     pub fn assign(&self, token: String, user: String) {
+        if self.jwt.is_some() {
+            return;
+        }
         let now = Instant::now();
         let mut tokens = self.tokens.lock().expect("token lock");
         // Expired tokens go when new ones come: the table holds at most
@@ -167,7 +288,7 @@ mod tests {
 
     #[test]
     fn tokens_live_a_ttl_after_their_last_use() {
-        let shared = AuthShared::new(Duration::from_millis(50));
+        let shared = AuthShared::new(Duration::from_millis(50), None);
         shared.assign("abc.7".into(), "alice".into());
         assert_eq!(shared.user_of("abc.7").as_deref(), Some("alice"));
         std::thread::sleep(Duration::from_millis(30));

@@ -1031,7 +1031,7 @@ mod tests {
             app: SnapshotApp::default(),
         };
         let space = Arc::new(SpaceGauge::default());
-        let auth = Arc::new(AuthShared::new(crate::auth::TOKEN_TTL_DEFAULT));
+        let auth = Arc::new(AuthShared::new(crate::auth::TOKEN_TTL_DEFAULT, None));
         let actor = MvccActor::new(restored, HeaderIds::default(), timing, raft, space, auth);
         (actor, raft_rx)
     }

@@ -125,6 +125,8 @@ pub struct NodeConfig {
     pub quota_backend_bytes: i64,
     /// `--auth-token-ttl`: a simple token lives this long after its last use.
     pub auth_token_ttl: Duration,
+    /// `--auth-token jwt,...`: JWT tokens instead of simple ones.
+    pub jwt: Option<crate::auth::JwtSettings>,
     /// `--bcrypt-cost` for password hashes.
     pub bcrypt_cost: u32,
 }
@@ -655,6 +657,11 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
         )));
     }
     let placement = plan(cfg.cores, cfg.actor_placement);
+    // Key files are read before the data dir is touched.
+    let jwt = match &cfg.jwt {
+        Some(settings) => Some(crate::auth::JwtKeys::load(settings).map_err(StartError::Config)?),
+        None => None,
+    };
     let data_dir_err = |e: std::io::Error| StartError::DataDir {
         dir: cfg.data_dir.clone(),
         msg: e.to_string(),
@@ -758,7 +765,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
         bcrypt_cost: cfg.bcrypt_cost,
     });
     let space = Arc::new(SpaceGauge::default());
-    let auth = Arc::new(crate::auth::AuthShared::new(cfg.auth_token_ttl));
+    let auth = Arc::new(crate::auth::AuthShared::new(cfg.auth_token_ttl, jwt));
     let (raft_tx, raft_rx) = mpsc::channel(RAFT_INBOX);
     let (mvcc_tx, mvcc_rx) = mpsc::channel(MVCC_INBOX);
     let (ready_tx, ready_rx) = watch::channel(false);

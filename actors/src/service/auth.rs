@@ -50,6 +50,9 @@ pub async fn caller(ctx: &ServerCtx, headers: &HeaderMap) -> Result<Option<Calle
         }));
     };
     let token = token.to_str().map_err(|_| invalid_token())?;
+    if let Some(jwt) = ctx.auth.jwt() {
+        return jwt.check(token).map(Some).ok_or_else(invalid_token);
+    }
     if let Some(c) = known(ctx, token) {
         return Ok(Some(c));
     }
@@ -182,7 +185,13 @@ pub async fn authenticate(
             tracing::info!(user = %req.name, "invalid password");
             return Err(AuthError::AuthFailed.into());
         }
-        let prefix = token_prefix();
+        // JWTs are signed here; simple tokens are assigned by every
+        // member as it applies the request.
+        let prefix = if ctx.auth.jwt().is_some() {
+            String::new()
+        } else {
+            token_prefix()
+        };
         let cmd = AuthCmd::Authenticate {
             name: req.name.clone(),
             token_prefix: prefix.clone(),
@@ -192,10 +201,13 @@ pub async fn authenticate(
             return Err(mismatch());
         };
         if checked_at == ctx.auth.store().revision() {
-            return Ok(pb::AuthenticateResponse {
-                header,
-                token: format!("{prefix}.{}", applied.index),
-            });
+            let token = match ctx.auth.jwt() {
+                Some(jwt) => jwt
+                    .sign(&req.name, checked_at)
+                    .map_err(|e| Status::new(Code::Unknown, e))?,
+                None => format!("{prefix}.{}", applied.index),
+            };
+            return Ok(pb::AuthenticateResponse { header, token });
         }
     }
     Err(AuthError::AuthOldRevision.into())
