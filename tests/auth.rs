@@ -174,6 +174,13 @@ async fn users_roles_and_permissions_as_etcd() {
         .and_then([TxnOp::put("foo/2", "two", None), TxnOp::get("a", None)]);
     assert!(alice.txn(txn).await.unwrap().succeeded());
 
+    // Locks write and read keys under their name: the same checks.
+    let held = within(alice.lock("foo/lock", None)).await.unwrap();
+    assert!(held.key().starts_with(b"foo/lock/"));
+    alice.unlock(held.key().to_vec()).await.unwrap();
+    let e = within(alice.lock("k", None)).await.unwrap_err();
+    assert_eq!(status_of(e).1, "etcdserver: permission denied");
+
     // A watch on a range she may not read is created and canceled at once
     // (the crate reads the first create's answer itself).
     let (mut watcher, mut stream) = alice

@@ -290,6 +290,15 @@ async fn a_client_certificates_common_name_is_the_user_without_a_token() {
             ca_file.display().to_string(),
         ],
     );
+    // etcd's warnings for the plain listener beside TLS settings.
+    let logs = server.logs();
+    for warning in [
+        "scheme is HTTP while key and cert files are present; ignoring key and cert files",
+        "scheme is HTTP while --client-cert-auth is enabled; ignoring client cert auth for this URL",
+        "serving client traffic insecurely; this is strongly discouraged!",
+    ] {
+        assert!(logs.contains(warning), "{warning}:\n{logs}");
+    }
     // Set up through the plain listener, before auth is on.
     let mut setup = server.client().await;
     let no_pwd = Some(etcd_client::UserAddOptions::new().with_no_pwd());

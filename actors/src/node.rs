@@ -657,6 +657,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
         )));
     }
     let placement = plan(cfg.cores, cfg.actor_placement);
+    warn_plain_urls(&cfg);
     // Key files are read before the data dir is touched.
     let jwt = match &cfg.jwt {
         Some(settings) => Some(crate::auth::JwtKeys::load(settings).map_err(StartError::Config)?),
@@ -961,6 +962,12 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
                     let urls: Vec<String> =
                         cfg.listen_client.iter().map(ToString::to_string).collect();
                     tracing::info!(urls = %urls.join(","), "ready to serve client requests");
+                    for url in cfg.listen_client.iter().filter(|u| !u.tls) {
+                        tracing::info!(
+                            address = %url.addr,
+                            "serving client traffic insecurely; this is strongly discouraged!"
+                        );
+                    }
                 }
                 for t in tasks {
                     t.await;
@@ -975,6 +982,33 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
         h.join().map_err(|e| StartError::Executor(e.to_string()))?;
     }
     Ok(())
+}
+
+/// etcd's warnings for http URLs next to TLS settings, which do not apply
+/// to them.
+fn warn_plain_urls(cfg: &NodeConfig) {
+    for url in cfg.listen_client.iter().filter(|u| !u.tls) {
+        if let Some(tls) = &cfg.client_tls {
+            tracing::warn!(
+                client_url = %url,
+                "scheme is HTTP while key and cert files are present; ignoring key and cert files"
+            );
+            if tls.client_cert_auth {
+                tracing::warn!(
+                    client_url = %url,
+                    "scheme is HTTP while --client-cert-auth is enabled; ignoring client cert auth for this URL"
+                );
+            }
+        }
+    }
+    if cfg.peer_tls.is_some() {
+        for url in cfg.listen_peer.iter().filter(|u| !u.tls) {
+            tracing::warn!(
+                peer_url = %url,
+                "scheme is HTTP while key and cert files are present; ignoring key and cert files"
+            );
+        }
+    }
 }
 
 /// With `--auto-tls` or `--peer-auto-tls` and no certificate files: makes
