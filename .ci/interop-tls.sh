@@ -19,20 +19,8 @@ trap cleanup EXIT
 
 fail() { echo "FAIL: $*" >&2; echo "--- keel log ---" >&2; tail -50 "$WORK/keel.log" >&2 || true; exit 1; }
 
-# A CA, and a certificate it signs for 127.0.0.1: NAME CN
-cd "$WORK"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.crt \
-  -days 2 -subj "/CN=keel CI CA" 2>/dev/null
-sign() {
-  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$1.key" -out "$1.csr" \
-    -subj "/CN=$2" 2>/dev/null
-  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n' > "$1.ext"
-  openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -out "$1.crt" -days 2 \
-    -extfile "$1.ext" 2>/dev/null
-}
-sign server server
-sign client client
-cd - >/dev/null
+# A CA, a server certificate and a client one, for 127.0.0.1.
+bash "$(dirname "$0")/../tools/tls-certs.sh" "$WORK" server >/dev/null
 
 # The flags of kubeadm's etcd manifest (static pod), written as kubeadm
 # writes them, plus a plain client URL for the health wait.
@@ -73,4 +61,40 @@ untrusted=$(etcdctl --endpoints="https://127.0.0.1:$TLS_PORT" --command-timeout=
 [[ "$untrusted" != "OK" ]] || fail "a client that does not trust the server's CA got an answer"
 echo "ok: the server's certificate is checked by etcdctl"
 kill -0 "$PID" || fail "keel exited"
+
+# Three members with TLS between them and towards clients (README's
+# "TLS" section), etcdctl with --cacert --cert --key on every endpoint.
+bash "$(dirname "$0")/../tools/tls-certs.sh" "$WORK/cluster" >/dev/null
+C=() P=()
+for i in 0 1 2; do port c; port p; C+=("https://127.0.0.1:$c"); P+=("https://127.0.0.1:$p"); done
+MPIDS=()
+for i in 0 1 2; do
+  crt="$WORK/cluster/m$i"
+  "$KEEL" --name "m$i" --data-dir "$WORK/m$i" \
+    --listen-client-urls "${C[$i]}" --advertise-client-urls "${C[$i]}" \
+    --listen-peer-urls "${P[$i]}" --initial-advertise-peer-urls "${P[$i]}" \
+    --initial-cluster "m0=${P[0]},m1=${P[1]},m2=${P[2]}" \
+    --cert-file "$crt.crt" --key-file "$crt.key" --client-cert-auth --trusted-ca-file "$WORK/cluster/ca.crt" \
+    --peer-cert-file "$crt.crt" --peer-key-file "$crt.key" --peer-client-cert-auth \
+    --peer-trusted-ca-file "$WORK/cluster/ca.crt" >>"$WORK/m$i.log" 2>&1 &
+  MPIDS+=($!)
+done
+stop_members() { for p in "${MPIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; }
+trap 'stop_members; cleanup' EXIT
+T=(etcdctl --command-timeout=5s --dial-timeout=3s --cacert "$WORK/cluster/ca.crt"
+   --cert "$WORK/cluster/client.crt" --key "$WORK/cluster/client.key")
+ALL="${C[0]},${C[1]},${C[2]}"
+healthy=0
+for _ in $(seq 1 100); do
+  healthy=$("${T[@]}" --endpoints="$ALL" endpoint health 2>&1 | grep -c 'is healthy' || true)
+  [ "$healthy" = 3 ] && break
+  for p in "${MPIDS[@]}"; do kill -0 "$p" 2>/dev/null || { tail -20 "$WORK"/m*.log >&2; fail "a TLS member exited"; }; done
+  sleep 0.3
+done
+expect "3 members healthy over TLS" "$healthy" "3"
+expect "member list over TLS" "$("${T[@]}" --endpoints="${C[0]}" member list | wc -l)" "3"
+expect "put through m0" "$("${T[@]}" --endpoints="${C[0]}" put tls-cluster one)" "OK"
+expect "get through m2" "$("${T[@]}" --endpoints="${C[2]}" get tls-cluster --print-value-only)" "one"
+status=$("${T[@]}" --endpoints="$ALL" endpoint status -w json)
+expect "one leader over peer TLS" "$(echo "$status" | json 'len({s["Status"]["leader"] for s in d})')" "1"
 echo "== TLS interop passed"

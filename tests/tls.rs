@@ -346,6 +346,50 @@ async fn a_client_certificates_common_name_is_the_user_without_a_token() {
     );
 }
 
+/// Story: with only https client URLs and two cores, the raft core has no
+/// client listener (handshakes stay off it); its executor ended right
+/// after start-up, taking raft and the peer server with it, and the member
+/// never answered a write.
+#[tokio::test]
+async fn a_member_with_only_https_client_urls_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("keel test CA");
+    install_server_cert(dir.path(), &ca.leaf("server", 1));
+    let tls_port = free_port();
+    let mut server = Server::new(vec![
+        "--cores".into(),
+        "2".into(),
+        "--listen-client-urls".into(),
+        format!("https://127.0.0.1:{tls_port}"),
+        "--cert-file".into(),
+        dir.path().join("server.crt").display().to_string(),
+        "--key-file".into(),
+        dir.path().join("server.key").display().to_string(),
+    ]);
+    server.spawn();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut c = loop {
+        match tls_client(tls_port, &ca.pem(), None).await {
+            Ok(c) => break c,
+            Err(e) => {
+                assert!(server.is_running(), "{}", server.logs());
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{e}: {}",
+                    server.logs()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    for i in 0..3 {
+        c.put("only-https", i.to_string(), None).await.unwrap();
+        let r = c.get("only-https", None).await.unwrap();
+        assert_eq!(r.kvs()[0].value_str().unwrap(), i.to_string());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 #[tokio::test]
 async fn rotated_certificates_serve_the_next_connection_without_a_restart() {
     let dir = tempfile::tempdir().unwrap();

@@ -972,6 +972,11 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
                 for t in tasks {
                     t.await;
                 }
+                // The executor ends with this future, and with it every
+                // task it runs: a core may have no client listener (the
+                // raft core leaves https ones to the others), and its
+                // actors must go on.
+                std::future::pending::<()>().await;
             })
             .map_err(|e| StartError::Executor(e.to_string()))?;
         handles.push(handle);
