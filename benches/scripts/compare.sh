@@ -4,6 +4,10 @@
 # With SHOW_WAL_FSYNC=1 it also prints the server's own WAL fsync summary
 # (etcd_disk_wal_fsync_duration_seconds) before stopping.
 #
+# With TLS=dir (certificates as tools/tls-certs.sh makes them) the server
+# serves https with mutual TLS (server certificate m0, --client-cert-auth)
+# and keel-load connects with dir/client.crt.
+#
 # usage: benches/scripts/compare.sh keel|etcd "server args" "load args"...
 set -u
 kind=$1; sargs=$2; shift 2
@@ -11,23 +15,37 @@ BIN=${KEEL_TARGET:-target/release}
 source "$(dirname "${BASH_SOURCE[0]}")/../../.ci/lib.sh"
 port PORT; port PPORT
 D=$(mktemp -d "${TMPDIR:-/tmp}/keel-bench.XXXX")
+SCHEME=http TLS_SERVER=() TLS_LOAD=() CURL=(curl -sf --max-time 5)
+if [ -n "${TLS:-}" ]; then
+  SCHEME=https
+  TLS_SERVER=(--cert-file "$TLS/m0.crt" --key-file "$TLS/m0.key" --client-cert-auth --trusted-ca-file "$TLS/ca.crt")
+  TLS_LOAD=(--cacert "$TLS/ca.crt" --cert "$TLS/client.crt" --key "$TLS/client.key")
+  CURL+=(--cacert "$TLS/ca.crt" --cert "$TLS/client.crt" --key "$TLS/client.key")
+fi
+URL="$SCHEME://127.0.0.1:$PORT"
 if [ "$kind" = keel ]; then
-  $BIN/keel --data-dir "$D/data" --listen-client-urls "http://127.0.0.1:$PORT" $sargs > "$D/log" 2>&1 &
+  $BIN/keel --data-dir "$D/data" --listen-client-urls "$URL" "${TLS_SERVER[@]}" $sargs > "$D/log" 2>&1 &
 else
-  etcd --data-dir "$D/data" --listen-client-urls "http://127.0.0.1:$PORT" \
-    --advertise-client-urls "http://127.0.0.1:$PORT" --listen-peer-urls "http://127.0.0.1:$PPORT" \
+  etcd --data-dir "$D/data" --listen-client-urls "$URL" \
+    --advertise-client-urls "$URL" --listen-peer-urls "http://127.0.0.1:$PPORT" \
     --initial-advertise-peer-urls "http://127.0.0.1:$PPORT" --initial-cluster "default=http://127.0.0.1:$PPORT" \
-    $sargs > "$D/log" 2>&1 &
+    "${TLS_SERVER[@]}" $sargs > "$D/log" 2>&1 &
 fi
 PID=$!
-for _ in $(seq 100); do curl -sf --max-time 5 "http://127.0.0.1:$PORT/health" >/dev/null && break; sleep 0.1; done
+for _ in $(seq 100); do "${CURL[@]}" "$URL/health" >/dev/null && break; sleep 0.1; done
 echo "$PID" > "${TMPDIR:-/tmp}/keel-bench.pid"
 for la in "$@"; do
-  echo "== $kind [$sargs] $la"
-  $BIN/keel-load --endpoints "http://127.0.0.1:$PORT" $la | grep -E "Requests/sec|p50|p99 "
+  echo "== $kind [$sargs${TLS:+ TLS}] $la"
+  $BIN/keel-load --endpoints "$URL" "${TLS_LOAD[@]}" $la | grep -E "Requests/sec|p50|p99 "
 done
+if [ -n "${HANDSHAKES:-}" ]; then
+  # New TLS sessions per second for HANDSHAKES seconds (no session reuse).
+  echo "== $kind TLS handshakes (openssl s_time -new, ${HANDSHAKES}s)"
+  openssl s_time -connect "127.0.0.1:$PORT" -new -time "$HANDSHAKES" -CAfile "$TLS/ca.crt" \
+    -cert "$TLS/client.crt" -key "$TLS/client.key" 2>/dev/null | grep -E "connections in .* real seconds"
+fi
 if [ "${SHOW_WAL_FSYNC:-0}" = 1 ]; then
-  curl -s "http://127.0.0.1:$PORT/metrics" | python3 -c '
+  "${CURL[@]}" "$URL/metrics" | python3 -c '
 import re, sys
 s = c = 0
 for l in sys.stdin:

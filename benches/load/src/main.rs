@@ -47,8 +47,33 @@ struct Args {
     key_size: usize,
     #[arg(long, default_value_t = 8)]
     val_size: usize,
+    /// TLS (https endpoints): the CA that signs the server's certificate.
+    #[arg(long)]
+    cacert: Option<std::path::PathBuf>,
+    /// TLS: the client certificate and key (mutual TLS).
+    #[arg(long, requires = "key")]
+    cert: Option<std::path::PathBuf>,
+    #[arg(long, requires = "cert")]
+    key: Option<std::path::PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// Connection options: TLS when --cacert is given.
+fn connect_options(args: &Args) -> Option<etcd_client::ConnectOptions> {
+    use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
+    let read = |p: &std::path::PathBuf| {
+        std::fs::read(p).unwrap_or_else(|e| {
+            eprintln!("keel-load: {}: {e}", p.display());
+            std::process::exit(2)
+        })
+    };
+    let ca = args.cacert.as_ref()?;
+    let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(read(ca)));
+    if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
+        tls = tls.identity(Identity::from_pem(read(cert), read(key)));
+    }
+    Some(ConnectOptions::new().with_tls(tls))
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -156,7 +181,7 @@ async fn main() {
     let endpoints: Vec<String> = args.endpoints.split(',').map(String::from).collect();
     let mut conns = Vec::new();
     for _ in 0..args.conns.max(1) {
-        match Client::connect(endpoints.clone(), None).await {
+        match Client::connect(endpoints.clone(), connect_options(&args)).await {
             Ok(c) => conns.push(c),
             Err(e) => {
                 eprintln!("keel-load: connecting to {}: {e}", args.endpoints);
@@ -165,7 +190,7 @@ async fn main() {
         }
     }
     if let Cmd::WatchLatency = args.cmd {
-        let watcher = Client::connect(endpoints.clone(), None)
+        let watcher = Client::connect(endpoints.clone(), connect_options(&args))
             .await
             .expect("connecting the watcher");
         return watch_latency(&args, conns[0].clone(), watcher).await;
