@@ -250,9 +250,13 @@ impl AuthStore {
         Ok(())
     }
 
+    /// A user added without a password stays one (etcd keeps its
+    /// NoPassword option): the new hash is not kept.
     pub fn user_change_password(&mut self, name: &str, password: String) -> Result<(), AuthError> {
         let user = self.users.get_mut(name).ok_or(AuthError::UserNotFound)?;
-        user.password = Some(password);
+        if user.password.is_some() {
+            user.password = Some(password);
+        }
         self.changed();
         Ok(())
     }
@@ -681,6 +685,9 @@ mod tests {
         assert_eq!(s.role_get("r").unwrap().perms[0].kind, PermKind::Write);
         s.role_delete("r").unwrap();
         assert!(s.user_get("u").unwrap().roles.is_empty());
+        // "u" was added without a password, and a new one does not change that.
+        s.user_change_password("u", "h2".into()).unwrap();
+        assert_eq!(s.user_get("u").unwrap().password, None);
         assert_eq!(s.authenticate("u"), Err(AuthError::AuthNotEnabled));
     }
 
