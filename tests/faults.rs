@@ -218,6 +218,13 @@ async fn a_write_given_up_on_a_leaderless_member_is_never_applied() {
         || metric(port, "etcd_server_has_leader") == 0.0,
     )
     .await;
+    // Without a leader: not healthy and not ready, but alive, and healthy
+    // for a local read (etcd's /health?serializable=true).
+    let health = |path: &str| common::http_get(port, path).unwrap();
+    assert_eq!(health("/health").0, 503);
+    assert_eq!(health("/health?serializable=true").0, 200);
+    assert_eq!(health("/livez"), (200, "ok".to_string()));
+    assert_eq!(health("/readyz"), (503, "readyz check failed".to_string()));
     let mut c = client(&cluster.members[alone].endpoint()).await;
     let given_up =
         tokio::time::timeout(Duration::from_millis(500), c.put("across", "stale", None)).await;

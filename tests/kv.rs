@@ -662,7 +662,30 @@ async fn space_quota_raises_nospace_until_disarmed() {
     let status = c.status().await.unwrap();
     assert_eq!(status.errors(), [format!("memberID:{me} alarm:NOSPACE ")]);
     let (code, body) = common::http_get(s.port, "/health").unwrap();
-    assert_eq!((code, body.as_str()), (503, r#"{"health":"false"}"#));
+    assert_eq!((code, body.as_str()), (503, "{\"health\":\"false\"}\n"));
+    // etcd's exclude: the alarm named is ignored; serializable reads locally.
+    for path in [
+        "/health?exclude=NOSPACE",
+        "/health?exclude=NOSPACE&serializable=true",
+    ] {
+        let (code, body) = common::http_get(s.port, path).unwrap();
+        assert_eq!(
+            (code, body.as_str()),
+            (200, r#"{"health":"true"}"#),
+            "{path}"
+        );
+    }
+    let (code, _) = common::http_get(s.port, "/health?exclude=CORRUPT").unwrap();
+    assert_eq!(code, 503);
+    // NOSPACE leaves a member alive and ready (reads work).
+    assert_eq!(
+        common::http_get(s.port, "/livez").unwrap(),
+        (200, "ok".into())
+    );
+    assert_eq!(
+        common::http_get(s.port, "/readyz").unwrap(),
+        (200, "ok".into())
+    );
     // Refused while the alarm is up, even small writes.
     assert_eq!(
         status_of(c.put("small", "x", None).await.unwrap_err()),

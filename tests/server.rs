@@ -31,6 +31,21 @@ async fn http_endpoints_and_metrics() {
     assert_eq!(http_get(s.port, "/livez").unwrap().0, 200);
     assert_eq!(http_get(s.port, "/readyz").unwrap().0, 200);
     assert_eq!(http_get(s.port, "/nope").unwrap().0, 404);
+    // The health endpoints take GET only, as etcd's.
+    {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            conn,
+            "POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        let _ = conn.read_to_string(&mut out);
+        assert!(out.starts_with("HTTP/1.1 405"), "{out}");
+        assert!(out.to_ascii_lowercase().contains("allow: get"), "{out}");
+    }
 
     let (code, m) = http_get(s.port, "/metrics").unwrap();
     assert_eq!(code, 200);
@@ -58,6 +73,9 @@ async fn http_endpoints_and_metrics() {
         "the put and the put inside the txn"
     );
     assert_eq!(value("etcd_mvcc_delete_total"), 1.0);
+    // The /health asked above (the harness's waits ask it too).
+    assert!(value("etcd_server_health_success") >= 1.0);
+    assert!(m.contains("etcd_server_health_failures "), "{m}");
     assert_eq!(value("etcd_mvcc_txn_total"), 1.0);
     assert!(value("etcd_mvcc_range_total") >= 1.0);
     assert_eq!(

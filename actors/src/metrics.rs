@@ -31,6 +31,8 @@ pub struct Metrics {
     pub mvcc_db_size: IntGauge,
     pub mvcc_db_size_in_use: IntGauge,
     pub quota_backend_bytes: IntGauge,
+    pub health_success: IntCounter,
+    pub health_failures: IntCounter,
     pub mvcc_current_revision: IntGauge,
     pub mvcc_compact_revision: IntGauge,
     pub grpc_started: IntCounterVec,
@@ -102,6 +104,8 @@ impl Metrics {
             mvcc_db_size: ig("etcd_mvcc_db_total_size_in_bytes", "Total size of the underlying database physically allocated in bytes."),
             mvcc_db_size_in_use: ig("etcd_mvcc_db_total_size_in_use_in_bytes", "Total size of the underlying database logically in use in bytes."),
             quota_backend_bytes: ig("etcd_server_quota_backend_bytes", "Current backend storage quota size in bytes."),
+            health_success: ic("etcd_server_health_success", "The total number of successful health checks"),
+            health_failures: ic("etcd_server_health_failures", "The total number of failed health checks"),
             mvcc_current_revision: ig("etcd_debugging_mvcc_current_revision", "The current revision of store."),
             mvcc_compact_revision: ig("etcd_debugging_mvcc_compact_revision", "The revision of the last compaction in store."),
             grpc_started: reg(

@@ -24,19 +24,51 @@ fn reply(code: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Respon
         .expect("static response parts are valid")
 }
 
-/// True if no alarm is raised (as etcd 3.4) and a linearizable read
-/// completes: there is a leader and this member can serve consistent reads.
+/// What `/health` (and `/livez`, `/readyz`) check, from the request's query
+/// as etcd reads it: `exclude=NOSPACE` (repeatable) ignores that alarm,
+/// `serializable=true` reads locally instead of through the leader.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct HealthQuery {
+    excluded_alarms: Vec<String>,
+    serializable: bool,
+}
+
+impl HealthQuery {
+    fn parse(query: Option<&str>) -> HealthQuery {
+        let mut q = HealthQuery::default();
+        for pair in query.unwrap_or_default().split('&') {
+            match pair.split_once('=').unwrap_or((pair, "")) {
+                ("exclude", alarm) if !alarm.is_empty() => {
+                    q.excluded_alarms.push(alarm.to_string())
+                }
+                ("serializable", v) => q.serializable = v == "true",
+                _ => {}
+            }
+        }
+        q
+    }
+}
+
+/// True if no alarm is raised but those excluded (as etcd) and a read
+/// completes within [`HEALTH_TIMEOUT`]: a linearizable one (there is a
+/// leader and this member can serve consistent reads), or with
+/// `serializable` a local one (this member's apply loop answers).
 /// Auth does not apply to this read (etcd 3.5 counts its auth refusals as
 /// healthy; 3.4 reads through the v2 store, outside v3 auth).
-async fn healthy(ctx: &ServerCtx) -> bool {
-    if !super::maintenance::ask_alarms(ctx)
-        .await
-        .is_ok_and(|a| a.is_empty())
-    {
+async fn healthy(ctx: &ServerCtx, q: &HealthQuery) -> bool {
+    let Ok(alarms) = super::maintenance::ask_alarms(ctx).await else {
+        return false;
+    };
+    let raised = alarms.iter().any(|(_, alarm)| {
+        let name = crate::mvcc_actor::alarm_name(*alarm);
+        !q.excluded_alarms.iter().any(|x| x == name)
+    });
+    if raised {
         return false;
     }
     let req = pb::RangeRequest {
         key: Bytes::from_static(b"health"),
+        serializable: q.serializable,
         ..Default::default()
     };
     glommio::timer::timeout(HEALTH_TIMEOUT, async {
@@ -65,24 +97,61 @@ pub async fn handle<B>(req: http::Request<B>, ctx: &ServerCtx) -> Response<Respo
             "text/plain; version=0.0.4",
             metrics().render(),
         ),
-        "/health" | "/readyz" => {
-            let ok = healthy(ctx).await;
-            let code = if ok {
-                StatusCode::OK
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
-            if req.uri().path() == "/readyz" {
-                return reply(code, "text/plain", if ok { "ok" } else { "not ready" });
-            }
-            let body = if ok {
-                r#"{"health":"true"}"#
-            } else {
-                r#"{"health":"false"}"#
-            };
-            reply(code, "application/json", body)
+        _ if req.method() != http::Method::GET
+            && matches!(req.uri().path(), "/health" | "/livez" | "/readyz") =>
+        {
+            let mut r = reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain; charset=utf-8",
+                "Method Not Allowed\n",
+            );
+            r.headers_mut()
+                .insert(header::ALLOW, http::HeaderValue::from_static("GET"));
+            r
         }
-        "/livez" => reply(StatusCode::OK, "text/plain", "ok"),
+        "/health" => {
+            let ok = healthy(ctx, &HealthQuery::parse(req.uri().query())).await;
+            let m = metrics();
+            if ok {
+                m.health_success.inc();
+                reply(StatusCode::OK, "application/json", r#"{"health":"true"}"#)
+            } else {
+                m.health_failures.inc();
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "application/json",
+                    "{\"health\":\"false\"}\n",
+                )
+            }
+        }
+        // Modelled on etcd 3.6: alive while this member's apply loop
+        // answers a local read; ready while it can serve consistent reads
+        // and no CORRUPT alarm is raised. Plain "ok", or "<name> check failed".
+        "/livez" | "/readyz" => {
+            let live = req.uri().path() == "/livez";
+            let q = if live {
+                HealthQuery {
+                    // An alarm does not make a member dead.
+                    excluded_alarms: vec!["NOSPACE".into(), "CORRUPT".into()],
+                    serializable: true,
+                }
+            } else {
+                HealthQuery {
+                    excluded_alarms: vec!["NOSPACE".into()],
+                    serializable: false,
+                }
+            };
+            if healthy(ctx, &q).await {
+                reply(StatusCode::OK, "text/plain; charset=utf-8", "ok")
+            } else {
+                let name = &req.uri().path()[1..];
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain; charset=utf-8",
+                    format!("{name} check failed"),
+                )
+            }
+        }
         "/version" => reply(
             StatusCode::OK,
             "application/json",
@@ -92,5 +161,24 @@ pub async fn handle<B>(req: http::Request<B>, ctx: &ServerCtx) -> Response<Respo
             ),
         ),
         _ => not_found(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_query_as_etcd_reads_it() {
+        assert_eq!(HealthQuery::parse(None), HealthQuery::default());
+        let q = HealthQuery::parse(Some(
+            "exclude=NOSPACE&serializable=true&exclude=CORRUPT&x=1",
+        ));
+        assert_eq!(q.excluded_alarms, ["NOSPACE", "CORRUPT"]);
+        assert!(q.serializable);
+        assert!(!HealthQuery::parse(Some("serializable=false&exclude=")).serializable);
+        assert!(HealthQuery::parse(Some("exclude="))
+            .excluded_alarms
+            .is_empty());
     }
 }
