@@ -57,8 +57,27 @@ impl Ca {
 
     /// As `leaf`, valid for the names `sans`.
     fn leaf_for(&self, cn: &str, serial: u64, sans: &[&str]) -> Leaf {
+        self.leaf_with(cn, serial, sans, |_| {})
+    }
+
+    /// As `leaf`, valid only in 2000 (expired).
+    fn expired_leaf(&self, cn: &str, serial: u64) -> Leaf {
+        self.leaf_with(cn, serial, &["127.0.0.1", "localhost"], |p| {
+            p.not_before = rcgen::date_time_ymd(2000, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2000, 12, 31);
+        })
+    }
+
+    fn leaf_with(
+        &self,
+        cn: &str,
+        serial: u64,
+        sans: &[&str],
+        adjust: impl FnOnce(&mut CertificateParams),
+    ) -> Leaf {
         let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
         let mut p = CertificateParams::new(sans).unwrap();
+        adjust(&mut p);
         p.distinguished_name.push(DnType::CommonName, cn);
         p.serial_number = Some(SerialNumber::from(serial));
         p.extended_key_usages = vec![
@@ -271,6 +290,15 @@ async fn client_cert_auth_admits_only_certificates_of_the_trusted_ca_not_revoked
             .is_err(),
         "a revoked certificate was admitted"
     );
+    let expired = ca.expired_leaf("old", 67);
+    assert!(
+        tls_client(tls_port, &ca.pem(), Some(&expired))
+            .await
+            .is_err(),
+        "an expired certificate was admitted"
+    );
+    // The good one still is.
+    assert!(tls_client(tls_port, &ca.pem(), Some(&good)).await.is_ok());
 }
 
 /// etcd's CN auth: with `--client-cert-auth` and auth on, a request without
