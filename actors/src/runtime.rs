@@ -196,3 +196,67 @@ impl AsyncRuntime for GlommioRuntime {
         (OneshotSender(tx), rx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    /// Reactors and the raft core wake each other across threads (tokio
+    /// channels, glommio's remote wakers) while the other executor sleeps.
+    /// `vendor/glommio` orders the sleeper's "wake me" flag against those
+    /// wakes with two fences instead of a process-wide membarrier
+    /// (KEEL-PATCH.md); a wake lost there leaves an executor asleep for
+    /// good and this ping-pong stuck.
+    #[test]
+    fn remote_wakes_between_sleeping_executors_are_never_lost() {
+        const ROUNDS: u32 = 20_000;
+        let (ping_tx, mut ping_rx) = tokio::sync::mpsc::channel::<u32>(1);
+        let (pong_tx, mut pong_rx) = tokio::sync::mpsc::channel::<u32>(1);
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let spawn = |name: &str, body: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(body)
+                .unwrap()
+        };
+        let executor = || {
+            glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+                .io_memory(1 << 20)
+                .make()
+                .expect("executor")
+        };
+        let done = done_tx.clone();
+        let a = spawn(
+            "pinger",
+            Box::new(move || {
+                executor().run(async move {
+                    for i in 0..ROUNDS {
+                        ping_tx.send(i).await.unwrap();
+                        assert_eq!(pong_rx.recv().await, Some(i));
+                    }
+                });
+                let _ = done.send("pinger");
+            }),
+        );
+        let b = spawn(
+            "ponger",
+            Box::new(move || {
+                executor().run(async move {
+                    while let Some(i) = ping_rx.recv().await {
+                        if pong_tx.send(i).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                let _ = done_tx.send("ponger");
+            }),
+        );
+        for _ in 0..2 {
+            done_rx
+                .recv_timeout(Duration::from_secs(120))
+                .expect("an executor slept through a wake: the ping-pong stalled");
+        }
+        a.join().unwrap();
+        b.join().unwrap();
+    }
+}

@@ -424,7 +424,7 @@ impl PeerClients {
     /// it); a plain stream otherwise.
     async fn secure(&self, url: &str, stream: TcpStream) -> io::Result<PeerStream> {
         if !is_https(url) {
-            return Ok(PeerStream::Plain(stream));
+            return Ok(PeerStream::Plain(stream.buffered()));
         }
         let tls = self
             .tls

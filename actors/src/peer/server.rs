@@ -90,7 +90,7 @@ async fn secure(stream: TcpStream, tls: Option<Arc<ServerTls>>) -> std::io::Resu
     let _ = stream.set_nodelay(true);
     crate::tcp::keep_alive(&stream, crate::tcp::PEER);
     let Some(tls) = tls else {
-        return Ok(PeerStream::Plain(stream));
+        return Ok(PeerStream::Plain(stream.buffered()));
     };
     let acceptor = futures_rustls::TlsAcceptor::from(tls.config());
     let accepted = glommio::timer::timeout(HANDSHAKE_TIMEOUT, async {

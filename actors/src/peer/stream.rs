@@ -7,10 +7,12 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures_lite::{AsyncRead, AsyncWrite};
-use glommio::net::TcpStream;
+use glommio::net::{Preallocated, TcpStream};
 
 pub enum PeerStream {
-    Plain(TcpStream),
+    /// Buffered: a frame's header and body come from one recv, and the next
+    /// read waits on a poll armed by it instead of a recv that finds nothing.
+    Plain(TcpStream<Preallocated>),
     Tls(Box<futures_rustls::TlsStream<TcpStream>>),
 }
 

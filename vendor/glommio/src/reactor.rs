@@ -636,6 +636,27 @@ impl Reactor {
         }
     }
 
+    /// KEEL-PATCH: a DMA write and an fdatasync linked in the ring (see
+    /// `sys::uring::Reactor::write_dma_linked_fdatasync`), or None when they
+    /// cannot be linked (nothing is queued then).
+    pub(crate) fn write_dma_then_fdatasync(
+        &self,
+        raw: RawFd,
+        buf: DmaSource,
+        pos: u64,
+        pollable: PollableStatus,
+    ) -> Option<(Source, Source)> {
+        let write = self.new_source(
+            raw,
+            SourceType::Write(pollable, IoBuffer::DmaSource(buf)),
+            None,
+        );
+        let sync = self.new_source(raw, SourceType::FdataSync, None);
+        self.sys
+            .write_dma_linked_fdatasync(&write, pos, &sync)
+            .then_some((write, sync))
+    }
+
     pub(crate) fn fdatasync(&self, raw: RawFd) -> Source {
         let source = self.new_source(raw, SourceType::FdataSync, None);
         self.sys.fdatasync(&source);

@@ -515,6 +515,34 @@ impl DmaFile {
         self.file.fdatasync().await.map_err(Into::into)
     }
 
+    /// KEEL-PATCH: [`DmaFile::write_at`] followed by [`DmaFile::fdatasync`],
+    /// submitted together as one linked chain where the ring allows it (the
+    /// kernel starts the fdatasync when the write completes), else one after
+    /// the other. Answers the bytes written; the fdatasync ran only if the
+    /// write wrote them all.
+    pub async fn write_at_and_fdatasync(&self, buf: DmaBuffer, pos: u64) -> Result<usize> {
+        let len = buf.len();
+        if !matches!(self.pollable, PollableStatus::NonPollable(_)) {
+            let written = self.write_at(buf, pos).await?;
+            if written == len {
+                self.fdatasync().await?;
+            }
+            return Ok(written);
+        }
+        let reactor = self.file.reactor.upgrade().unwrap();
+        let (write, sync) = reactor
+            .write_dma_then_fdatasync(self.as_raw_fd(), DmaSource::Owned(buf), pos, self.pollable)
+            .ok_or_else(|| io::Error::other("a DMA write and fdatasync could not be linked"))?;
+        let written = enhanced_try!(write.collect_rw().await, "Writing", self.file)?;
+        let synced = sync.collect_rw().await;
+        if written != len {
+            // The chain broke at the short write: the fdatasync was canceled.
+            return Ok(written);
+        }
+        enhanced_try!(synced, "Syncing", self.file)?;
+        Ok(written)
+    }
+
     /// Returns the alignment required for I/O operations. Typical values will
     /// be 512 (NVME drive is configured in slower compat mode) or 4096
     /// (typical TLC native alignment).

@@ -37,7 +37,7 @@ use crate::{
         self,
         blocking::{BlockingThreadOp, BlockingThreadPool},
         dma_buffer::{BufferStorage, DmaBuffer},
-        membarrier, DirectIo, EnqueuedSource, EnqueuedStatus, InnerSource, IoBuffer,
+        DirectIo, EnqueuedSource, EnqueuedStatus, InnerSource, IoBuffer,
         PollableStatus, Source, SourceType, Statx, TimeSpec64,
     },
     uring_sys::{self, IoRingOp},
@@ -1222,6 +1222,8 @@ pub(crate) struct Reactor {
     poll_ring: RefCell<PollRing>,
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
+    // KEEL-PATCH: when the timer in `latency_preemption_timeout_src` fires.
+    latency_preemption_deadline: Cell<Option<Instant>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
 
     link_fd: RawFd,
@@ -1238,6 +1240,14 @@ pub(crate) struct Reactor {
     blocking_thread: BlockingThreadPool,
 
     rings_depth: usize,
+}
+
+/// KEEL-PATCH: whether `cell` holds a timer that has not fired yet.
+fn pending_timer(cell: &Cell<Option<Source>>) -> bool {
+    let timer = cell.take();
+    let pending = timer.as_ref().is_some_and(|t| t.result().is_none());
+    cell.set(timer);
+    pending
 }
 
 pub(crate) fn common_flags() -> PollFlags {
@@ -1353,6 +1363,7 @@ impl Reactor {
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
+            latency_preemption_deadline: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
             blocking_thread,
             link_fd,
@@ -1406,6 +1417,33 @@ impl Reactor {
             op,
             &mut self.source_map.borrow_mut(),
         );
+    }
+
+    /// KEEL-PATCH: queues `write` (a [`Self::write_dma`] source) and then
+    /// `sync` (an fdatasync source) as one IO_LINK chain, so the kernel
+    /// issues the fdatasync as soon as the write completes, without a turn
+    /// of the executor in between. Only where both go to the main ring
+    /// (writes that are not polled); returns false and queues nothing
+    /// otherwise.
+    pub(crate) fn write_dma_linked_fdatasync(&self, write: &Source, pos: u64, sync: &Source) -> bool {
+        if !matches!(
+            &*write.source_type(),
+            SourceType::Write(PollableStatus::NonPollable(_), IoBuffer::DmaSource(_))
+        ) || write.timeout_ref().is_some()
+            || sync.timeout_ref().is_some()
+        {
+            return false;
+        }
+        self.write_dma(write, pos);
+        {
+            let mut main = self.main_ring.borrow_mut();
+            let q = main.submission_queue();
+            let mut q = q.borrow_mut();
+            let last = q.submissions.back_mut().expect("the write was just queued");
+            last.flags |= SubmissionFlags::IO_LINK;
+        }
+        self.fdatasync(sync);
+        true
     }
 
     pub(crate) fn write_buffered(&self, source: &Source, pos: u64) {
@@ -1814,22 +1852,40 @@ impl Reactor {
         // consume all events from the rings
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
-        // Cancel the old timer regardless of whether we can sleep:
-        // if we won't sleep, we will register the new timer with its new
-        // value.
-        //
-        // But if we will sleep, there might be a timer registered that needs
-        // to be removed otherwise we'll wake up when it expires.
-        drop(self.latency_preemption_timeout_src.take());
+        // KEEL-PATCH: upstream cancels both preemption timers and arms new
+        // ones on every call, four io_uring requests (and a linked eventfd
+        // write) per turn of the executor loop, several times per request
+        // served. A timer still pending is kept instead when it fires no
+        // later than the one that would replace it: the latency-ring timer
+        // while its deadline is within the new preempt or user timer, the
+        // throughput timer (which counts completions, not time) always.
+        // The cost is an early preemption now and then, which with one
+        // task queue only means another turn of the loop. See KEEL-PATCH.md.
+        let now = Instant::now();
+        let wanted = match preempt_timer() {
+            Some(p) => Some(p),
+            None => user_timer,
+        };
+        let keep_latency = pending_timer(&self.latency_preemption_timeout_src)
+            && match (self.latency_preemption_deadline.get(), wanted) {
+                (Some(armed), Some(w)) => armed <= now + w,
+                _ => false,
+            };
+        if !keep_latency {
+            drop(self.latency_preemption_timeout_src.take());
+            self.latency_preemption_deadline.set(None);
+        }
 
         // Schedule the throughput-based timeout immediately: it won't matter if we end
         // up sleeping.
-        self.throughput_preemption_timeout_src.replace(Some(
-            main_ring.prepare_throughput_preemption_timer(
-                self.ring_depth() as u32,
-                self.eventfd_src.raw(),
-            ),
-        ));
+        if !pending_timer(&self.throughput_preemption_timeout_src) {
+            self.throughput_preemption_timeout_src.replace(Some(
+                main_ring.prepare_throughput_preemption_timer(
+                    self.ring_depth() as u32,
+                    self.eventfd_src.raw(),
+                ),
+            ));
+        }
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
@@ -1850,9 +1906,10 @@ impl Reactor {
         if should_sleep {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
-            if let Some(dur) = user_timer {
+            if let Some(dur) = user_timer.filter(|_| !keep_latency) {
                 self.latency_preemption_timeout_src
                     .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
+                self.latency_preemption_deadline.set(Some(now + dur));
                 assert!(flush_rings!(lat_ring)? > 0);
             }
             // From this moment on the remote executors are aware that we are sleeping
@@ -1860,10 +1917,14 @@ impl Reactor {
             // last time until now it could be that something happened in a remote executor
             // that opened up room. If it did we bail on sleep and go process it.
             self.notifier.prepare_to_sleep();
-            // See https://www.scylladb.com/2018/02/15/memory-barriers-seastar-linux/ for
-            // details. This translates to `sys_membarrier()` /
-            // `MEMBARRIER_CMD_PRIVATE_EXPEDITED`
-            membarrier::heavy();
+            // KEEL-PATCH: upstream issues a process-wide membarrier here
+            // (`MEMBARRIER_CMD_PRIVATE_EXPEDITED`, an IPI to every CPU running
+            // a thread of the process) so that remote wakers need only a
+            // compiler fence. It ran before every sleep, several times per
+            // request served, and cost 15-20 us each on a virtual machine.
+            // A SeqCst fence here and one in `SleepNotifier::notify` (a few
+            // nanoseconds per remote wake) order the same two accesses.
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
             let events = process_remote_channels() + self.flush_syscall_thread();
             if events == 0 {
                 if self.eventfd_src.is_installed().unwrap() {
@@ -1880,8 +1941,12 @@ impl Reactor {
         }
 
         if let Some(preempt) = preempt_timer() {
-            self.latency_preemption_timeout_src
-                .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
+            if !pending_timer(&self.latency_preemption_timeout_src) {
+                self.latency_preemption_timeout_src
+                    .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
+                self.latency_preemption_deadline
+                    .set(Some(Instant::now() + preempt));
+            }
             flush_rings!(lat_ring, main_ring)?;
         }
 

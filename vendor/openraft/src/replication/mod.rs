@@ -142,6 +142,10 @@ where
     /// Next replication action to run.
     next_action: Option<Data<C>>,
 
+    /// KEEL-PATCH: `next_action` is a heartbeat made only to carry a new
+    /// commit index (see `main`).
+    commit_heartbeat: bool,
+
     /// Appropriate number of entries to send.
     /// This is only used by AppendEntries RPC.
     entries_hint: ReplicationHint,
@@ -197,6 +201,7 @@ where
             rx_event,
             weak_tx_event: tx_event.downgrade(),
             next_action: None,
+            commit_heartbeat: false,
             entries_hint: Default::default(),
         };
 
@@ -211,6 +216,16 @@ where
     #[tracing::instrument(level="debug", skip(self), fields(session=%self.session_id, target=display(&self.target), cluster=%self.config.cluster_name))]
     async fn main(mut self) -> Result<(), ReplicationClosed> {
         loop {
+            // KEEL-PATCH: a heartbeat that only carries a new commit index
+            // waits until the executor has run what is ready (a timer fires
+            // only at its next poll): on the leader's single-threaded core
+            // that is the apply of the same entries and the answer to their
+            // client, which would otherwise queue behind a socket write per
+            // follower. Entries that arrive meanwhile carry the index instead.
+            if std::mem::take(&mut self.commit_heartbeat) {
+                C::sleep(Duration::from_micros(1)).await;
+                self.try_drain_events().await?;
+            }
             let action = self.next_action.take();
 
             let Some(d) = action else {
@@ -689,6 +704,7 @@ where
                 // If there is no action, fill in an heartbeat action to send committed index.
                 if self.next_action.is_none() {
                     self.next_action = Some(Data::new_heartbeat());
+                    self.commit_heartbeat = true;
                 }
             }
             Replicate::Heartbeat => {
