@@ -13,6 +13,7 @@ start_cluster "$kind" "$sargs"
 EPS="${C[0]},${C[1]},${C[2]}"
 if [ "${LEADER_ONLY:-0}" = 1 ]; then
   EPS=$(leader_endpoint)
+  for i in 0 1 2; do [ "${C[$i]}" = "$EPS" ] && echo "leader: m$i"; done
 fi
 for la in "$@"; do
   echo "== $kind x3 [$sargs] -> $EPS: $la"

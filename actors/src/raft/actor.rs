@@ -612,13 +612,17 @@ pub fn has_leader() -> bool {
 /// (a failed snapshot write, say): serving on without a log would only
 /// answer "server stopped" forever. Looks again every heartbeat interval,
 /// since a leader's quorum goes stale without openraft reporting anything.
+/// Woken by openraft's server metrics (leader, vote, state, membership),
+/// not by every appended or applied entry.
 async fn watch_leadership(h: RaftHandles) {
-    let mut rx = h.raft.metrics();
+    let mut rx = h.raft.server_metrics();
     let mut last_leader = None;
     let mut leading_term = None;
     loop {
+        rx.borrow_and_update();
         let (leader, me, term, log_index) = {
-            let m = rx.borrow_and_update();
+            let m = h.raft.metrics();
+            let m = m.borrow();
             if let Err(e) = &m.running_state {
                 crate::fatal(&format!("raft stopped: {e}"));
             }
@@ -665,6 +669,10 @@ async fn watch_leadership(h: RaftHandles) {
         })
         .await;
         if !changed {
+            // openraft stopped; it says why in its full metrics.
+            if let Err(e) = &h.raft.metrics().borrow().running_state {
+                crate::fatal(&format!("raft stopped: {e}"));
+            }
             return;
         }
     }

@@ -560,30 +560,8 @@ where
 
         let st = &self.engine.state;
 
-        let membership_config = st.membership_state.effective().stored_membership().clone();
+        let stored_membership = st.membership_state.effective().stored_membership();
         let current_leader = self.current_leader();
-
-        let m = RaftMetrics {
-            running_state: Ok(()),
-            id: self.id.clone(),
-
-            // --- data ---
-            current_term: st.vote_ref().leader_id().get_term(),
-            vote: st.io_state().vote().clone(),
-            last_log_index: st.last_log_id().index(),
-            last_applied: st.io_applied().cloned(),
-            snapshot: st.io_snapshot_last_log_id().cloned(),
-            purged: st.io_purged().cloned(),
-
-            // --- cluster ---
-            state: st.server_state,
-            current_leader: current_leader.clone(),
-            millis_since_quorum_ack,
-            membership_config: membership_config.clone(),
-
-            // --- replication ---
-            replication: replication.clone(),
-        };
 
         let data_metrics = RaftDataMetrics {
             last_log: st.last_log_id().cloned(),
@@ -591,21 +569,8 @@ where
             snapshot: st.io_snapshot_last_log_id().cloned(),
             purged: st.io_purged().cloned(),
             millis_since_quorum_ack,
-            replication,
+            replication: replication.clone(),
         };
-
-        let server_metrics = RaftServerMetrics {
-            id: self.id.clone(),
-            vote: st.io_state().vote().clone(),
-            state: st.server_state,
-            current_leader,
-            membership_config,
-        };
-
-        // Start to send metrics
-        // `RaftMetrics` is sent last, because `Wait` only examines `RaftMetrics`
-        // but not `RaftDataMetrics` and `RaftServerMetrics`.
-        // Thus if `RaftMetrics` change is perceived, the other two should have been updated.
 
         self.tx_data_metrics.send_if_modified(|metrix| {
             if data_metrics.ne(metrix) {
@@ -616,19 +581,79 @@ where
         });
 
         self.tx_server_metrics.send_if_modified(|metrix| {
-            if server_metrics.ne(metrix) {
-                *metrix = server_metrics.clone();
-                return true;
+            // KEEL-PATCH: compared field by field, as `RaftMetrics` below.
+            let mut changed = false;
+            if metrix.id != self.id {
+                metrix.id = self.id.clone();
+                changed = true;
             }
-            false
+            if &metrix.vote != st.io_state().vote() {
+                metrix.vote = st.io_state().vote().clone();
+                changed = true;
+            }
+            if metrix.state != st.server_state {
+                metrix.state = st.server_state;
+                changed = true;
+            }
+            if metrix.current_leader != current_leader {
+                metrix.current_leader = current_leader.clone();
+                changed = true;
+            }
+            if !Arc::ptr_eq(&metrix.membership_config, stored_membership)
+                && metrix.membership_config != *stored_membership
+            {
+                metrix.membership_config = stored_membership.clone();
+                changed = true;
+            }
+            changed
         });
 
-        tracing::debug!("report_metrics: {}", m.summary());
-        let res = self.tx_metrics.send(m);
-
-        if let Err(err) = res {
-            tracing::error!(error=%err, id=display(&self.id), "error reporting metrics");
-        }
+        // KEEL-PATCH: `RaftMetrics` is updated in place and its watchers are
+        // woken only when something other than `millis_since_quorum_ack`
+        // changed. Upstream built a new one (two deep copies of the
+        // membership) and woke every watcher on every turn of this loop,
+        // several times per request. `millis_since_quorum_ack` stays as fresh
+        // as before for whoever reads it; nothing waits for it to change
+        // (keel looks again every heartbeat interval).
+        //
+        // `RaftMetrics` is sent last, because `Wait` only examines `RaftMetrics`
+        // but not `RaftDataMetrics` and `RaftServerMetrics`.
+        // Thus if `RaftMetrics` change is perceived, the other two should have been updated.
+        let id = &self.id;
+        self.tx_metrics.send_if_modified(|m| {
+            let mut changed = false;
+            macro_rules! set {
+                ($field:ident, $value:expr) => {{
+                    let value = $value;
+                    if m.$field != value {
+                        m.$field = value;
+                        changed = true;
+                    }
+                }};
+            }
+            set!(running_state, Ok(()));
+            set!(id, id.clone());
+            set!(current_term, st.vote_ref().leader_id().get_term());
+            set!(vote, st.io_state().vote().clone());
+            set!(last_log_index, st.last_log_id().index());
+            set!(last_applied, st.io_applied().cloned());
+            set!(snapshot, st.io_snapshot_last_log_id().cloned());
+            set!(purged, st.io_purged().cloned());
+            set!(state, st.server_state);
+            set!(current_leader, current_leader.clone());
+            if !Arc::ptr_eq(&m.membership_config, stored_membership)
+                && m.membership_config != *stored_membership
+            {
+                m.membership_config = stored_membership.clone();
+                changed = true;
+            }
+            if m.replication != replication {
+                m.replication = replication;
+                changed = true;
+            }
+            m.millis_since_quorum_ack = millis_since_quorum_ack;
+            changed
+        });
     }
 
     /// Handle the admin command `initialize`.
