@@ -149,8 +149,7 @@ pub struct Flags {
     )]
     pub grpc_keepalive_timeout: String,
 
-    /// Minimum interval duration that a client should wait before pinging server
-    /// (accepted for etcd's command lines; keel answers every ping).
+    /// Minimum interval duration that a client should wait before pinging server.
     #[arg(
         long = "grpc-keepalive-min-time",
         env = "ETCD_GRPC_KEEPALIVE_MIN_TIME",
@@ -578,12 +577,18 @@ fn grpc_keepalive(interval: &str, timeout: &str, min_time: &str) -> Result<GrpcK
             format!("--grpc-keepalive-{flag}={v}: expected a duration like 2h or 20s")
         })
     };
-    parse("min-time", min_time)?;
+    let min_time = parse("min-time", min_time)?;
     let interval = parse("interval", interval)?;
     let timeout = parse("timeout", timeout)?;
     Ok(GrpcKeepalive {
         interval: (!interval.is_zero()).then_some(interval),
         timeout: (!timeout.is_zero()).then_some(timeout),
+        // grpc-go's server takes a zero MinTime as its default, 5 minutes.
+        min_time: if min_time.is_zero() {
+            Duration::from_secs(300)
+        } else {
+            min_time
+        },
     })
 }
 

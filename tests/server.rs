@@ -623,6 +623,85 @@ async fn a_connection_that_answers_no_ping_is_closed() {
     c.put("still", "here", None).await.unwrap();
 }
 
+/// Story: `--grpc-keepalive-min-time` was accepted and ignored, so a client
+/// could ping a server as often as it liked. keel now applies grpc-go's
+/// enforcement policy, as etcd 3.4.23 does (checked against it on the
+/// wire): a ping sooner than the minimum after the previous one (2 h while
+/// the connection has no stream) is a strike, and the third strike is
+/// answered with its pong, then GOAWAY ENHANCE_YOUR_CALM "too_many_pings",
+/// then the connection closes. Pings at least the minimum apart on a
+/// connection with a stream are fine.
+#[tokio::test]
+async fn a_client_that_pings_too_often_is_sent_away() {
+    use std::io::{Read, Write};
+    let server = Server::start(&["--grpc-keepalive-min-time", "100ms"]);
+    let mut rude = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    rude.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // The preface and an empty SETTINGS frame, then four pings on a
+    // connection without streams.
+    rude.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    rude.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).unwrap();
+    for i in 0..4u8 {
+        rude.write_all(&[0, 0, 8, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, i])
+            .unwrap();
+    }
+    let mut received = Vec::new();
+    let started = Instant::now();
+    loop {
+        let mut buf = [0u8; 4096];
+        match rude.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => received.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("no close after {:?}: {e}", started.elapsed()),
+        }
+    }
+    // (type, flags, payload) of every frame the server sent.
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while at + 9 <= received.len() {
+        let len =
+            u32::from_be_bytes([0, received[at], received[at + 1], received[at + 2]]) as usize;
+        let end = (at + 9 + len).min(received.len());
+        frames.push((
+            received[at + 3],
+            received[at + 4],
+            received[at + 9..end].to_vec(),
+        ));
+        at += 9 + len;
+    }
+    let pongs: Vec<u8> = frames
+        .iter()
+        .filter(|(kind, flags, _)| *kind == 6 && flags & 1 == 1)
+        .map(|(_, _, payload)| payload[7])
+        .collect();
+    assert_eq!(pongs, [0, 1, 2, 3], "{frames:?}");
+    let (_, _, goaway) = frames
+        .iter()
+        .find(|(kind, _, _)| *kind == 7)
+        .expect("GOAWAY");
+    // Last stream id (4 bytes), error code ENHANCE_YOUR_CALM (0xb), debug data.
+    assert_eq!(&goaway[4..8], &[0, 0, 0, 0xb], "{goaway:?}");
+    assert_eq!(&goaway[8..], b"too_many_pings");
+
+    // A client that pings every 200 ms while its watch is open keeps it.
+    let options = etcd_client::ConnectOptions::new()
+        .with_keep_alive(Duration::from_millis(200), Duration::from_secs(2));
+    let mut polite = etcd_client::Client::connect([server.endpoint()], Some(options))
+        .await
+        .unwrap();
+    let (_watcher, mut events) = polite.watch("k", None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.client().await.put("k", "v", None).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), events.message())
+        .await
+        .expect("watch answers")
+        .expect("watch stream still open")
+        .expect("an event");
+    assert_eq!(got.events()[0].kv().unwrap().value(), b"v");
+}
+
 /// Story: an `ETCD_*` variable keel did not know was ignored without a
 /// word, so a unit file's misspelt (or not yet supported) security setting
 /// gave a server without it and no warning. keel now warns, as etcd does.

@@ -658,6 +658,9 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
     }
     let placement = plan(cfg.cores, cfg.actor_placement);
     warn_plain_urls(&cfg);
+    // grpc-go's keepalive enforcement, as etcd's gRPC server applies it
+    // (`--grpc-keepalive-min-time`): process-wide in keel's patched h2.
+    h2::server::enforce_ping_min_time(Some(cfg.grpc_keepalive.min_time));
     // Key files are read before the data dir is touched.
     let jwt = match &cfg.jwt {
         Some(settings) => Some(crate::auth::JwtKeys::load(settings).map_err(StartError::Config)?),

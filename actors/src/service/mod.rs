@@ -48,14 +48,20 @@ pub struct GrpcKeepalive {
     pub interval: Option<Duration>,
     /// How long a ping may go unanswered before the connection is closed.
     pub timeout: Option<Duration>,
+    /// The least interval between a client's pings (`--grpc-keepalive-min-time`);
+    /// a client that pings more often is sent GOAWAY ENHANCE_YOUR_CALM
+    /// "too_many_pings", as grpc-go's enforcement policy does for etcd.
+    pub min_time: Duration,
 }
 
 impl Default for GrpcKeepalive {
-    /// etcd's defaults: a ping after 2 h of quiet, 20 s to answer it.
+    /// etcd's defaults: a ping after 2 h of quiet, 20 s to answer it,
+    /// clients' pings at least 5 s apart.
     fn default() -> Self {
         GrpcKeepalive {
             interval: Some(Duration::from_secs(2 * 3600)),
             timeout: Some(Duration::from_secs(20)),
+            min_time: Duration::from_secs(5),
         }
     }
 }

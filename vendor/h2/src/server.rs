@@ -336,6 +336,18 @@ pub(crate) struct Peer;
 
 const PREFACE: [u8; 24] = *b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// KEEL-PATCH: enforces a least interval between a client's pings on every
+/// server connection of this process, as grpc-go's server does with
+/// `keepalive.EnforcementPolicy { MinTime, PermitWithoutStream: false }`:
+/// a ping sooner than `min_time` after the previous one (2 h while the
+/// connection has no stream) is a strike, sending HEADERS or DATA forgives
+/// the strikes, and the third strike closes the connection with GOAWAY
+/// ENHANCE_YOUR_CALM "too_many_pings". `None` (the default) answers every
+/// ping.
+pub fn enforce_ping_min_time(min_time: Option<std::time::Duration>) {
+    crate::proto::set_ping_min_time(min_time);
+}
+
 /// Creates a new configured HTTP/2 server with default configuration
 /// values backed by `io`.
 ///

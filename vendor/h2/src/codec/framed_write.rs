@@ -52,6 +52,11 @@ struct Encoder<B> {
 
     /// Min buffer required to attempt to write a frame
     min_buffer_capacity: usize,
+
+    /// KEEL-PATCH: a HEADERS or DATA frame was buffered since the last
+    /// `take_sent_headers_or_data` (the server's ping policy forgives the
+    /// client's pings after the server has sent something).
+    sent_headers_or_data: bool,
 }
 
 #[derive(Debug)]
@@ -99,6 +104,7 @@ where
                 max_frame_size: frame::DEFAULT_MAX_FRAME_SIZE,
                 chain_threshold,
                 min_buffer_capacity: chain_threshold + frame::HEADER_LEN,
+                sent_headers_or_data: false,
             },
         }
     }
@@ -228,6 +234,9 @@ where
 
         tracing::debug!(frame = ?item, "send");
 
+        if matches!(item, Frame::Data(_) | Frame::Headers(_)) {
+            self.sent_headers_or_data = true;
+        }
         match item {
             Frame::Data(mut v) => {
                 // Ensure that the payload is not greater than the max frame.
@@ -338,6 +347,12 @@ impl<T, B> FramedWrite<T, B> {
     /// Set the peer's header table size.
     pub fn set_header_table_size(&mut self, val: usize) {
         self.encoder.hpack.update_max_size(val);
+    }
+
+    /// KEEL-PATCH: whether a HEADERS or DATA frame was buffered since the
+    /// last call.
+    pub(crate) fn take_sent_headers_or_data(&mut self) -> bool {
+        std::mem::take(&mut self.encoder.sent_headers_or_data)
     }
 
     /// Retrieve the last data frame that has been sent

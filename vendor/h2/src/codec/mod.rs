@@ -121,6 +121,12 @@ impl<T, B> Codec<T, B> {
         self.framed_write().take_last_data_frame()
     }
 
+    /// KEEL-PATCH: whether a HEADERS or DATA frame was buffered since the
+    /// last call.
+    pub(crate) fn take_sent_headers_or_data(&mut self) -> bool {
+        self.framed_write().take_sent_headers_or_data()
+    }
+
     fn framed_write(&mut self) -> &mut FramedWrite<T, B> {
         self.inner.get_mut()
     }

@@ -11,7 +11,7 @@ use std::io;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::AsyncRead;
 
 /// An H2 connection
@@ -50,6 +50,12 @@ where
 
     /// Ping/pong handler
     ping_pong: PingPong,
+
+    /// KEEL-PATCH: the client's early pings (server connections only).
+    ping_strikes: PingStrikes,
+
+    /// KEEL-PATCH: the client pinged too often; GOAWAY once its pong is out.
+    too_many_pings: bool,
 
     /// Connection settings
     settings: Settings,
@@ -165,6 +171,8 @@ where
                 go_away: GoAway::new(),
                 pending_refusal: None,
                 ping_pong: PingPong::new(),
+                ping_strikes: PingStrikes::default(),
+                too_many_pings: false,
                 settings: Settings::new(config.settings),
                 streams,
                 span,
@@ -383,12 +391,30 @@ where
                 );
             }
             ready!(self.poll_ready(cx))?;
+            // KEEL-PATCH: the last ping's pong is out; now the GOAWAY.
+            if std::mem::take(&mut self.inner.too_many_pings) {
+                tracing::debug!("too many pings; closing the connection");
+                self.inner.as_dyn().go_away_now_data(
+                    Reason::ENHANCE_YOUR_CALM,
+                    Bytes::from_static(b"too_many_pings"),
+                );
+                continue;
+            }
 
-            match self
-                .inner
-                .as_dyn()
-                .recv_frame(ready!(Pin::new(&mut self.codec).poll_next(cx)?))?
-            {
+            let frame = ready!(Pin::new(&mut self.codec).poll_next(cx)?);
+            let too_many_pings = match &frame {
+                // KEEL-PATCH: the server's keepalive enforcement (ping_policy.rs).
+                Some(Frame::Ping(ping)) if !ping.is_ack() && P::r#dyn().is_server() => {
+                    let forgiven = self.codec.take_sent_headers_or_data();
+                    let has_streams = self.inner.streams.has_streams();
+                    self.inner
+                        .ping_strikes
+                        .on_ping(Instant::now(), has_streams, forgiven)
+                }
+                _ => false,
+            };
+            self.inner.too_many_pings |= too_many_pings;
+            match self.inner.as_dyn().recv_frame(frame)? {
                 ReceivedFrame::Settings(frame) => {
                     self.inner.settings.recv_settings(
                         frame,

@@ -2,6 +2,7 @@ mod connection;
 mod error;
 mod go_away;
 mod peer;
+mod ping_policy;
 mod ping_pong;
 mod settings;
 mod streams;
@@ -9,6 +10,7 @@ mod streams;
 pub(crate) use self::connection::{Config, Connection, DataFrameBudget};
 pub use self::error::{Error, Initiator};
 pub(crate) use self::peer::{Dyn as DynPeer, Peer};
+pub(crate) use self::ping_policy::set_min_time as set_ping_min_time;
 pub(crate) use self::ping_pong::UserPings;
 pub(crate) use self::streams::{DynStreams, OpaqueStreamRef, StreamRef, Streams};
 pub(crate) use self::streams::{Open, PollReset, Prioritized};
@@ -16,6 +18,7 @@ pub(crate) use self::streams::{Open, PollReset, Prioritized};
 use crate::codec::Codec;
 
 use self::go_away::GoAway;
+use self::ping_policy::PingStrikes;
 use self::ping_pong::PingPong;
 use self::settings::Settings;
 
