@@ -767,6 +767,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
         quota_bytes: quota_bytes(cfg.quota_backend_bytes),
         keepalive: cfg.grpc_keepalive,
         bcrypt_cost: cfg.bcrypt_cost,
+        snap_dir: snap_dir.clone(),
     });
     let space = Arc::new(SpaceGauge::default());
     let auth = Arc::new(crate::auth::AuthShared::new(cfg.auth_token_ttl, jwt));

@@ -312,6 +312,20 @@ async fn handle_http2(req: http::Request<Incoming>, ctx: Rc<ServerCtx>) -> Respo
             _ => streaming_response(|out| election::observe(body, ctx, out)),
         };
     }
+    if method == Method::Snapshot {
+        let checked = async {
+            if crate::raft::actor::is_learner() {
+                return Err(Status::learner_unsupported());
+            }
+            read_request::<keel_proto::etcdserverpb::SnapshotRequest>(req.into_body(), &ctx)
+                .await?;
+            ctx.check_admin()
+        };
+        return match checked.await {
+            Ok(()) => streaming_response(|out| maintenance::snapshot(ctx, out)),
+            Err(s) => error_response(&s),
+        };
+    }
     let result = dispatch(method, req.into_body(), &ctx).await;
     let code = result.as_ref().err().map_or(Code::Ok, |s| s.code);
     metrics()

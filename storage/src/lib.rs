@@ -5,12 +5,16 @@
 //!   from corruption, and start-up recovery with plain blocking reads.
 //! * [`mvcc`]: the multi-version key-value store (key index, revision log,
 //!   compaction), etcd's KV semantics on top of it, and the snapshot format.
+//! * [`bolt`]: bbolt's file format (writer and reader), and [`etcd_db`]:
+//!   etcd's backend buckets in it, for snapshots etcd's tools read and write.
 //!
 //! This crate knows nothing of raft, glommio or the network: it deals in byte
 //! buffers, log indexes and revisions. The WAL *writer* (io_uring, O_DIRECT,
 //! group commit) lives in `keel-actors` and uses the encoders here.
 
 pub mod auth;
+pub mod bolt;
+pub mod etcd_db;
 pub mod mvcc;
 pub mod power_loss;
 pub mod wal;

@@ -1,16 +1,25 @@
 //! Maintenance, Cluster and Health answers: Status, Alarm, MemberList, and
 //! gRPC health checks.
 
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use keel_proto::command::{AlarmCmd, Command};
 use keel_proto::etcdserverpb as pb;
 use keel_proto::grpc_health_v1 as health;
+use keel_storage::etcd_db::{DbMember, DbMeta};
 use keel_storage::mvcc::CommandResponse;
-use tokio::sync::oneshot;
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
 
 use super::kv::propose;
 use super::ServerCtx;
+use crate::grpc::body::StreamItem;
+use crate::grpc::frame;
 use crate::grpc::status::{Code, Status};
-use crate::mvcc_actor::{alarm_name, MvccMsg, MvccStatus};
+use crate::mvcc_actor::{alarm_name, MvccMsg, MvccStatus, SnapshotView};
 use crate::raft::actor::{RaftRequest, RaftStatus};
 use crate::raft::types::Node;
 
@@ -94,6 +103,160 @@ pub async fn status(
         db_size_quota: ctx.cfg.quota_bytes.unwrap_or(0) as i64,
         downgrade_info: None,
     })
+}
+
+/// Snapshots being written or sent at once; past it a request is refused
+/// (each holds a copy of the store on disk and a thread).
+const SNAPSHOTS_MAX: usize = 4;
+static SNAPSHOTS_RUNNING: AtomicUsize = AtomicUsize::new(0);
+
+/// etcd's chunk size for Snapshot's blobs.
+const SNAPSHOT_CHUNK_BYTES: usize = 32 * 1024;
+
+/// Maintenance.Snapshot: the store at one applied index, as the etcd 3.4
+/// backend database `etcdctl snapshot save` expects (`keel_storage::etcd_db`),
+/// in 32 KiB blobs with the bytes remaining, then its SHA-256 as a last blob.
+/// The picture is taken on the MVCC actor (shared chunks, no copy); the
+/// database is written to an unlinked file in the snap directory and sent
+/// from a thread of its own, so neither the cores nor writes wait for it.
+pub async fn snapshot(ctx: Rc<ServerCtx>, out: mpsc::Sender<StreamItem>) {
+    let started = async {
+        let view = ask_mvcc_for(&ctx, |reply| MvccMsg::SnapshotView { reply }).await?;
+        let raft = ask_raft(&ctx).await?;
+        Ok::<_, Status>((view, raft.term))
+    }
+    .await;
+    let (view, term) = match started {
+        Ok(v) => v,
+        Err(s) => {
+            let _ = out
+                .send(StreamItem::End(crate::reactor::status_trailers(&s)))
+                .await;
+            return;
+        }
+    };
+    if SNAPSHOTS_RUNNING.fetch_add(1, Ordering::AcqRel) >= SNAPSHOTS_MAX {
+        SNAPSHOTS_RUNNING.fetch_sub(1, Ordering::AcqRel);
+        let s = Status::new(
+            Code::ResourceExhausted,
+            format!("keel: {SNAPSHOTS_MAX} snapshots are already being sent"),
+        );
+        let _ = out
+            .send(StreamItem::End(crate::reactor::status_trailers(&s)))
+            .await;
+        return;
+    }
+    let dir = ctx.cfg.snap_dir.clone();
+    let spawned = std::thread::Builder::new()
+        .name("keel-snapshot".into())
+        .spawn(move || {
+            let status = send_snapshot(&dir, view, term, &out).unwrap_or_else(|e| {
+                tracing::warn!("snapshot for a client failed: {e}");
+                Status::new(Code::Internal, format!("keel: writing the snapshot: {e}"))
+            });
+            SNAPSHOTS_RUNNING.fetch_sub(1, Ordering::AcqRel);
+            let _ = out.blocking_send(StreamItem::End(crate::reactor::status_trailers(&status)));
+        });
+    if let Err(e) = spawned {
+        SNAPSHOTS_RUNNING.fetch_sub(1, Ordering::AcqRel);
+        tracing::warn!("snapshot for a client: no thread: {e}");
+    }
+}
+
+/// What etcd keeps in its backend beside the store, from the applied state.
+fn db_meta(view: &SnapshotView, term: u64) -> DbMeta {
+    let membership = view.app.membership.membership();
+    let voters: Vec<u64> = membership.voter_ids().collect();
+    DbMeta {
+        consistent_index: view.app.applied.map_or(0, |l| l.index),
+        term,
+        members: membership
+            .nodes()
+            .map(|(id, node)| DbMember {
+                id: *id,
+                name: node.name.clone(),
+                peer_urls: node.peer_urls.clone(),
+                client_urls: node.client_urls.clone(),
+                is_learner: !voters.contains(id),
+            })
+            .collect(),
+        removed: view.app.removed.iter().copied().collect(),
+        alarms: view
+            .app
+            .alarms
+            .iter()
+            .map(|&(id, alarm)| (id, alarm))
+            .collect(),
+    }
+}
+
+/// Writes the database and streams it; the status to end the stream with
+/// (Ok, or Cancelled when the client went away).
+fn send_snapshot(
+    dir: &std::path::Path,
+    view: SnapshotView,
+    term: u64,
+    out: &mpsc::Sender<StreamItem>,
+) -> io::Result<Status> {
+    let path = dir.join(format!(
+        "client-snapshot-{}-{:x}.db.tmp",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    // Unlinked at once: nothing is left behind, whatever happens next.
+    std::fs::remove_file(&path)?;
+    let started = std::time::Instant::now();
+    let meta = db_meta(&view, term);
+    let (total, file) = keel_storage::etcd_db::write_db_to(file, &view.image, &meta)?;
+    let rev = view.image.current_rev;
+    drop(view);
+    tracing::info!(
+        total_bytes = total,
+        revision = rev,
+        took = ?started.elapsed(),
+        "sending database snapshot to client"
+    );
+    let mut sha = Sha256::new();
+    let mut buf = vec![0u8; SNAPSHOT_CHUNK_BYTES];
+    let mut sent = 0u64;
+    while sent < total {
+        let n = (total - sent).min(SNAPSHOT_CHUNK_BYTES as u64) as usize;
+        file.read_exact_at(&mut buf[..n], sent)?;
+        sent += n as u64;
+        sha.update(&buf[..n]);
+        let resp = pb::SnapshotResponse {
+            header: None,
+            remaining_bytes: total - sent,
+            blob: buf[..n].to_vec().into(),
+            // etcd 3.5's field; 3.4 sends none.
+            version: String::new(),
+        };
+        if out
+            .blocking_send(StreamItem::Message(frame::encode(&resp)))
+            .is_err()
+        {
+            return Ok(Status::new(Code::Cancelled, "context canceled"));
+        }
+    }
+    let resp = pb::SnapshotResponse {
+        header: None,
+        remaining_bytes: 0,
+        blob: sha.finalize().to_vec().into(),
+        version: String::new(),
+    };
+    if out
+        .blocking_send(StreamItem::Message(frame::encode(&resp)))
+        .is_err()
+    {
+        return Ok(Status::new(Code::Cancelled, "context canceled"));
+    }
+    tracing::info!(total_bytes = total, "sent database snapshot to client");
+    Ok(Status::new(Code::Ok, ""))
 }
 
 /// Alarm: GET lists the alarms raised (all, or those of one type);

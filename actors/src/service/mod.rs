@@ -38,6 +38,9 @@ pub struct ServeConfig {
     pub keepalive: GrpcKeepalive,
     /// `--bcrypt-cost`.
     pub bcrypt_cost: u32,
+    /// Where Maintenance.Snapshot writes the database it streams (an
+    /// unlinked file, gone when the stream ends or the process dies).
+    pub snap_dir: std::path::PathBuf,
 }
 
 /// HTTP/2 keepalive on client connections (`--grpc-keepalive-interval` and

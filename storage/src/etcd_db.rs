@@ -1,0 +1,296 @@
+//! etcd's backend database (`member/snap/db`, and what `etcdctl snapshot
+//! save` receives): keel's store laid out in etcd 3.4's bbolt buckets.
+//!
+//! ```text
+//! key              revision (main u64 BE | '_' | sub u64 BE [| 't' for a
+//!                  tombstone]) -> mvccpb.KeyValue (a tombstone: the key only)
+//! meta             consistent_index, term -> u64 BE;
+//!                  scheduledCompactRev, finishedCompactRev -> revision
+//! lease            id i64 BE -> leasepb.Lease { ID, TTL, RemainingTTL }
+//! auth             authEnabled -> [1] or [0]; authRevision -> u64 BE
+//! authUsers        name -> authpb.User;  authRoles: name -> authpb.Role
+//! members          id in hex -> the member as JSON (etcd's membership.Member)
+//! members_removed  id in hex -> "removed"
+//! cluster          clusterVersion -> "3.4.0"
+//! alarm            etcdserverpb.AlarmMember -> (empty)
+//! ```
+
+use std::fs::File;
+use std::io;
+use std::path::Path;
+
+use keel_proto::{authpb, etcdserverpb, mvccpb};
+use prost::Message;
+
+use crate::bolt::BoltWriter;
+use crate::mvcc::snapshot::StoreImage;
+
+/// The cluster version keel reports (the etcd API it implements).
+pub const CLUSTER_VERSION: &str = "3.4.0";
+
+/// A member as etcd's membership store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbMember {
+    pub id: u64,
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+    pub is_learner: bool,
+}
+
+/// What etcd keeps beside the store in its backend.
+#[derive(Debug, Clone, Default)]
+pub struct DbMeta {
+    /// The raft index the store has applied.
+    pub consistent_index: u64,
+    pub term: u64,
+    pub members: Vec<DbMember>,
+    pub removed: Vec<u64>,
+    /// (member id, `etcdserverpb.AlarmType` wire value)
+    pub alarms: Vec<(u64, i32)>,
+}
+
+/// etcd's 17-byte revision key, 18 with the tombstone mark.
+pub fn revision_key(main: i64, sub: i64, tombstone: bool) -> Vec<u8> {
+    let mut k = Vec::with_capacity(18);
+    k.extend_from_slice(&main.to_be_bytes());
+    k.push(b'_');
+    k.extend_from_slice(&sub.to_be_bytes());
+    if tombstone {
+        k.push(b't');
+    }
+    k
+}
+
+fn json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            // Go's encoder also escapes <, > and & for HTML.
+            '<' | '>' | '&' => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+fn json_strings(out: &mut String, items: &[String]) {
+    out.push('[');
+    for (i, s) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        json_string(out, s);
+    }
+    out.push(']');
+}
+
+/// A member as Go's `json.Marshal(membership.Member)` writes it.
+fn member_json(m: &DbMember) -> String {
+    let mut out = format!("{{\"id\":{},\"peerURLs\":", m.id);
+    json_strings(&mut out, &m.peer_urls);
+    if m.is_learner {
+        out.push_str(",\"isLearner\":true");
+    }
+    if !m.name.is_empty() {
+        out.push_str(",\"name\":");
+        json_string(&mut out, &m.name);
+    }
+    if !m.client_urls.is_empty() {
+        out.push_str(",\"clientURLs\":");
+        json_strings(&mut out, &m.client_urls);
+    }
+    out.push('}');
+    out
+}
+
+/// Writes `image` with `meta` as an etcd backend database at `path`; its
+/// size in bytes.
+pub fn write_db(path: &Path, image: &StoreImage, meta: &DbMeta) -> io::Result<u64> {
+    Ok(write_db_to(File::create(path)?, image, meta)?.0)
+}
+
+/// As [`write_db`], into an empty `file`; the size and the file, synced.
+pub fn write_db_to(file: File, image: &StoreImage, meta: &DbMeta) -> io::Result<(u64, File)> {
+    let mut w = BoltWriter::new(file)?;
+
+    w.bucket(
+        b"key",
+        image.view.iter().map(|e| {
+            let kv = &e.kv;
+            let key = revision_key(kv.rev.main, kv.rev.sub, e.is_delete());
+            let value = if e.is_delete() {
+                mvccpb::KeyValue {
+                    key: e.key.clone(),
+                    ..Default::default()
+                }
+            } else {
+                mvccpb::KeyValue {
+                    key: e.key.clone(),
+                    create_revision: kv.create_revision,
+                    mod_revision: kv.rev.main,
+                    version: kv.version,
+                    value: kv.value.clone(),
+                    lease: kv.lease,
+                }
+            };
+            (key, value.encode_to_vec())
+        }),
+    )?;
+
+    let mut meta_items: Vec<(&[u8], Vec<u8>)> = vec![
+        (
+            b"consistent_index",
+            meta.consistent_index.to_be_bytes().to_vec(),
+        ),
+        (b"term", meta.term.to_be_bytes().to_vec()),
+    ];
+    if image.compact_rev > 0 {
+        let rev = revision_key(image.compact_rev, 0, false);
+        meta_items.push((b"finishedCompactRev", rev.clone()));
+        meta_items.push((b"scheduledCompactRev", rev));
+    }
+    meta_items.sort();
+    w.bucket(b"meta", meta_items)?;
+
+    let mut leases: Vec<(Vec<u8>, Vec<u8>)> = image
+        .leases
+        .iter()
+        .map(|l| {
+            let lease = LeaseMessage {
+                id: l.id,
+                ttl: l.ttl,
+                remaining_ttl: l.remaining,
+            };
+            (l.id.to_be_bytes().to_vec(), lease.encode_to_vec())
+        })
+        .collect();
+    leases.sort();
+    w.bucket(b"lease", leases)?;
+
+    let auth = &image.auth;
+    w.bucket(
+        b"auth",
+        [
+            (&b"authEnabled"[..], vec![u8::from(auth.enabled())]),
+            (&b"authRevision"[..], auth.revision().to_be_bytes().to_vec()),
+        ],
+    )?;
+    w.bucket(
+        b"authUsers",
+        auth.users().iter().map(|(name, u)| {
+            let user = authpb::User {
+                name: name.clone().into_bytes().into(),
+                password: u.password.clone().unwrap_or_default().into_bytes().into(),
+                roles: u.roles.clone(),
+                options: u
+                    .password
+                    .is_none()
+                    .then_some(authpb::UserAddOptions { no_password: true }),
+            };
+            (name.as_bytes().to_vec(), user.encode_to_vec())
+        }),
+    )?;
+    w.bucket(
+        b"authRoles",
+        auth.roles().iter().map(|(name, r)| {
+            let role = authpb::Role {
+                name: name.clone().into_bytes().into(),
+                key_permission: r
+                    .perms
+                    .iter()
+                    .map(|p| authpb::Permission {
+                        perm_type: p.kind as i32,
+                        key: p.key.clone().into(),
+                        range_end: p.range_end.clone().into(),
+                    })
+                    .collect(),
+            };
+            (name.as_bytes().to_vec(), role.encode_to_vec())
+        }),
+    )?;
+
+    let mut members: Vec<(Vec<u8>, Vec<u8>)> = meta
+        .members
+        .iter()
+        .map(|m| {
+            (
+                format!("{:x}", m.id).into_bytes(),
+                member_json(m).into_bytes(),
+            )
+        })
+        .collect();
+    members.sort();
+    w.bucket(b"members", members)?;
+    let mut removed: Vec<(Vec<u8>, &[u8])> = meta
+        .removed
+        .iter()
+        .map(|id| (format!("{id:x}").into_bytes(), &b"removed"[..]))
+        .collect();
+    removed.sort();
+    w.bucket(b"members_removed", removed)?;
+    w.bucket(
+        b"cluster",
+        [(b"clusterVersion", CLUSTER_VERSION.as_bytes())],
+    )?;
+    let mut alarms: Vec<(Vec<u8>, &[u8])> = meta
+        .alarms
+        .iter()
+        .map(|&(member_id, alarm)| {
+            let m = etcdserverpb::AlarmMember { member_id, alarm };
+            (m.encode_to_vec(), &b""[..])
+        })
+        .collect();
+    alarms.sort();
+    alarms.dedup_by(|a, b| a.0 == b.0);
+    w.bucket(b"alarm", alarms)?;
+
+    w.finish_file()
+}
+
+/// etcd's `leasepb.Lease`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LeaseMessage {
+    #[prost(int64, tag = "1")]
+    pub id: i64,
+    #[prost(int64, tag = "2")]
+    pub ttl: i64,
+    #[prost(int64, tag = "3")]
+    pub remaining_ttl: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_are_written_as_go_marshals_them() {
+        let m = DbMember {
+            id: 0x8e9e05c52164694d,
+            name: "m<1>".into(),
+            peer_urls: vec!["http://127.0.0.1:2380".into()],
+            client_urls: vec![],
+            is_learner: false,
+        };
+        assert_eq!(
+            member_json(&m),
+            r#"{"id":10276657743932975437,"peerURLs":["http://127.0.0.1:2380"],"name":"m\u003c1\u003e"}"#
+        );
+    }
+
+    #[test]
+    fn revision_keys_sort_as_revisions() {
+        let a = revision_key(2, 0, false);
+        let b = revision_key(2, 1, true);
+        let c = revision_key(10, 0, false);
+        assert!(a < b && b < c);
+        assert_eq!(a.len(), 17);
+        assert_eq!(b.len(), 18);
+    }
+}
