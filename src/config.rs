@@ -495,7 +495,7 @@ fn url_host(url: &str) -> &str {
 
 /// `name=url,name=url,...` into members in order; a name given more than
 /// once has several URLs, as in etcd.
-fn parse_initial_cluster(ic: &str) -> Result<Vec<(String, Vec<String>)>, String> {
+pub(crate) fn parse_initial_cluster(ic: &str) -> Result<Vec<(String, Vec<String>)>, String> {
     let mut members: Vec<(String, Vec<String>)> = Vec::new();
     for m in split(ic) {
         let Some((name, url)) = m.split_once('=') else {
@@ -524,7 +524,7 @@ fn parse_initial_cluster(ic: &str) -> Result<Vec<(String, Vec<String>)>, String>
 }
 
 /// This member's entry must be there, with exactly its advertised URLs.
-fn check_own_entry(
+pub(crate) fn check_own_entry(
     members: &[(String, Vec<String>)],
     name: &str,
     advertised: &[String],

@@ -2,10 +2,14 @@
 
 mod config;
 mod logging;
+mod snapshot_cli;
 
 use clap::Parser;
 
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("snapshot") {
+        std::process::exit(snapshot_cli::main(std::env::args().skip(1)));
+    }
     let flags = config::Flags::parse();
     let level = if flags.debug {
         "debug"

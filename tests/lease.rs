@@ -89,15 +89,7 @@ async fn grant_attach_revoke_and_errors() {
     assert_eq!(attached, [b"l/a".as_slice(), b"l/b"]);
     let unknown = c.lease_time_to_live(0x999, None).await.unwrap();
     assert_eq!(unknown.ttl(), -1);
-    let mut listed: Vec<i64> = c
-        .leases()
-        .await
-        .unwrap()
-        .leases()
-        .iter()
-        .map(|l| l.id())
-        .collect();
-    listed.sort();
+    let listed = common::lease_ids(&mut c).await;
     let mut want = vec![g.id(), 0x1234];
     want.sort();
     assert_eq!(listed, want);

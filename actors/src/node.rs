@@ -357,6 +357,25 @@ fn identity(
     Ok(ids)
 }
 
+/// An etcd data directory's mark, if `data_dir` is one: its bbolt
+/// database (`member/snap/db`) or a WAL file named as etcd names them
+/// (`<seq>-<index>.wal`; keel's are `<seq>.wal`).
+fn etcd_files_in(data_dir: &Path) -> Option<PathBuf> {
+    let db = data_dir.join("member/snap/db");
+    if db.exists() {
+        return Some(db);
+    }
+    std::fs::read_dir(data_dir.join("member/wal"))
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with(".wal") && n.contains('-'))
+        })
+}
+
 /// Keeps the data this process writes to its own user, as etcd does (0700
 /// directories, 0600 files): sets the process's file-creation mask to 077,
 /// which covers every file and directory created from here on, and warns,
@@ -670,6 +689,19 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
         dir: cfg.data_dir.clone(),
         msg: e.to_string(),
     };
+    if let Some(found) = etcd_files_in(&cfg.data_dir) {
+        return Err(StartError::DataDir {
+            dir: cfg.data_dir.clone(),
+            msg: format!(
+                "this is an etcd data directory ({} exists); keel does not read etcd's files and writes nothing here. \
+                 To move its data to keel, take a snapshot (`etcdctl snapshot save backup.db` against the running etcd, \
+                 or copy member/snap/db and add --skip-hash-check below), then \
+                 `keel snapshot restore backup.db --data-dir NEW_DIR --name NAME --initial-cluster ... \
+                 --initial-cluster-token ... --initial-advertise-peer-urls ...` and start keel with --data-dir NEW_DIR",
+                found.display()
+            ),
+        });
+    }
     make_private(&cfg.data_dir).map_err(data_dir_err)?;
     for dir in ["member", "member/wal", "member/snap"] {
         keel_storage::create_dir_durably(&cfg.data_dir.join(dir)).map_err(data_dir_err)?;
@@ -707,16 +739,29 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
                 })
             })?;
             tracing::info!(path = %s.path.display(), rev = s.store.current_rev(), "loaded snapshot");
-            let meta = SnapshotMeta {
-                last_log_id: app.applied,
-                last_membership: app.membership.clone(),
-                snapshot_id: snapshot_id(app.applied.as_ref()),
-            };
+            // A snapshot that covers no raft entry is a restored store
+            // (`keel snapshot restore`): the member starts as a new one on
+            // top of it, and raft has no snapshot yet.
+            let meta = app.applied.is_some().then(|| {
+                let meta = SnapshotMeta {
+                    last_log_id: app.applied,
+                    last_membership: app.membership.clone(),
+                    snapshot_id: snapshot_id(app.applied.as_ref()),
+                };
+                (meta, s.path)
+            });
+            let first_start = meta.is_none() && recovered.entries.is_empty();
+            if first_start && !bootstrap_members(&cfg).contains_key(&ids.member_id) {
+                return Err(StartError::Config(format!(
+                    "this data directory was restored for member {:x}, which the flags do not name: start it with the --name, --initial-cluster, --initial-advertise-peer-urls and --initial-cluster-token it was restored with",
+                    ids.member_id
+                )));
+            }
             let restored = Restored {
                 store: s.store,
                 app,
             };
-            (restored, Some((meta, s.path)))
+            (restored, meta)
         }
         None => (
             Restored {

@@ -156,6 +156,29 @@ pub struct AuthStore {
 }
 
 impl AuthStore {
+    /// A store from its parts (an etcd database's auth buckets); user roles
+    /// and role permissions are put in the order the store keeps them.
+    pub fn from_parts(
+        enabled: bool,
+        revision: u64,
+        mut users: BTreeMap<String, User>,
+        mut roles: BTreeMap<String, Role>,
+    ) -> AuthStore {
+        for u in users.values_mut() {
+            u.roles.sort();
+            u.roles.dedup();
+        }
+        for r in roles.values_mut() {
+            r.perms.sort_by(|a, b| a.key.cmp(&b.key));
+        }
+        AuthStore {
+            enabled,
+            revision,
+            users,
+            roles,
+        }
+    }
+
     pub fn enabled(&self) -> bool {
         self.enabled
     }

@@ -423,11 +423,7 @@ impl BoltReader {
     }
 
     /// Calls `f(flags, key, value)` for every item of a bucket in key order.
-    pub fn for_each(
-        &self,
-        root: &BucketRoot,
-        f: &mut ItemFn<'_>,
-    ) -> Result<(), BoltError> {
+    pub fn for_each(&self, root: &BucketRoot, f: &mut ItemFn<'_>) -> Result<(), BoltError> {
         match root {
             BucketRoot::Page(pgid) => {
                 // A tree visits each page once: more visits mean a loop.
@@ -480,11 +476,7 @@ fn bucket_root(value: &[u8]) -> Option<BucketRoot> {
     }
 }
 
-fn leaf_items(
-    pgid: u64,
-    page: &[u8],
-    f: &mut ItemFn<'_>,
-) -> Result<(), BoltError> {
+fn leaf_items(pgid: u64, page: &[u8], f: &mut ItemFn<'_>) -> Result<(), BoltError> {
     if page.len() < PAGE_HEADER {
         return Err(BoltReader::damaged(pgid, "short page"));
     }

@@ -19,11 +19,15 @@ use std::fs::File;
 use std::io;
 use std::path::Path;
 
+use std::collections::BTreeMap;
+
 use keel_proto::{authpb, etcdserverpb, mvccpb};
 use prost::Message;
 
-use crate::bolt::BoltWriter;
+use crate::auth::{AuthStore, PermKind, Permission, Role, User};
+use crate::bolt::{BoltError, BoltReader, BoltWriter, ItemFn};
 use crate::mvcc::snapshot::StoreImage;
+use crate::mvcc::{Event, KeyVersion, KvStore, LeaseRecord, Revision};
 
 /// The cluster version keel reports (the etcd API it implements).
 pub const CLUSTER_VERSION: &str = "3.4.0";
@@ -254,6 +258,157 @@ pub fn write_db_to(file: File, image: &StoreImage, meta: &DbMeta) -> io::Result<
     w.finish_file()
 }
 
+/// What keel takes from an etcd backend database.
+pub struct DbContents {
+    pub store: KvStore,
+    /// The raft index the database had applied (`meta/consistent_index`).
+    pub consistent_index: u64,
+}
+
+/// Reads an etcd (or keel) backend database: every retained version, the
+/// compaction, leases and auth. Members and alarms stay behind: a restored
+/// member gets its membership from its flags, as etcd's restore does.
+pub fn read_db(path: &Path) -> Result<DbContents, String> {
+    let db = BoltReader::open(path).map_err(|e| e.to_string())?;
+    let bucket = |name: &[u8]| db.bucket(name).map_err(|e| e.to_string());
+    let each = |name: &[u8], f: &mut ItemFn<'_>| -> Result<(), String> {
+        match bucket(name)? {
+            Some(root) => db.for_each(&root, f).map_err(|e| e.to_string()),
+            None => Ok(()),
+        }
+    };
+    let bad = |what: &str, k: &[u8]| BoltError::Invalid(format!("{what} {k:02x?}"));
+
+    let (mut consistent_index, mut finished, mut scheduled) = (0u64, -1i64, -1i64);
+    each(b"meta", &mut |_, k, v| {
+        let rev_main = |v: &[u8]| {
+            v.get(..8)
+                .map(|b| i64::from_be_bytes(b.try_into().expect("8 bytes")))
+                .ok_or_else(|| bad("meta value of", k))
+        };
+        match k {
+            b"consistent_index" => consistent_index = rev_main(v)? as u64,
+            b"finishedCompactRev" => finished = rev_main(v)?,
+            b"scheduledCompactRev" => scheduled = rev_main(v)?,
+            _ => {}
+        }
+        Ok(())
+    })?;
+    // A compaction etcd scheduled but had not finished is run again on
+    // start, as etcd does.
+    let compact_rev = finished.max(scheduled);
+
+    let mut events = Vec::new();
+    let mut last_main = 0i64;
+    each(b"key", &mut |_, k, v| {
+        let tombstone = match k.len() {
+            17 => false,
+            18 if k[17] == b't' => true,
+            _ => return Err(bad("revision key", k)),
+        };
+        let main = i64::from_be_bytes(k[..8].try_into().expect("8 bytes"));
+        let sub = i64::from_be_bytes(k[9..17].try_into().expect("8 bytes"));
+        let kv = mvccpb::KeyValue::decode(v).map_err(|_| bad("KeyValue at", k))?;
+        let rev = Revision { main, sub };
+        let version = if tombstone {
+            KeyVersion::tombstone(rev)
+        } else {
+            KeyVersion {
+                rev,
+                create_revision: kv.create_revision,
+                version: kv.version,
+                lease: kv.lease,
+                value: kv.value,
+            }
+        };
+        last_main = main;
+        events.push(Event {
+            key: kv.key,
+            kv: version,
+        });
+        Ok(())
+    })?;
+    // etcd's current revision: the newest version's, at least the
+    // compaction's, 1 for an empty store.
+    let current_rev = last_main.max(compact_rev).max(1);
+
+    let mut leases = Vec::new();
+    each(b"lease", &mut |_, k, v| {
+        let l = LeaseMessage::decode(v).map_err(|_| bad("lease", k))?;
+        leases.push(LeaseRecord {
+            id: l.id,
+            ttl: l.ttl,
+            remaining: l.remaining_ttl,
+        });
+        Ok(())
+    })?;
+
+    let (mut enabled, mut auth_revision) = (false, 0u64);
+    each(b"auth", &mut |_, k, v| {
+        match k {
+            b"authEnabled" => enabled = v == [1],
+            b"authRevision" if v.len() == 8 => {
+                auth_revision = u64::from_be_bytes(v.try_into().expect("8 bytes"))
+            }
+            _ => {}
+        }
+        Ok(())
+    })?;
+    let text = |b: &[u8], k: &[u8]| String::from_utf8(b.to_vec()).map_err(|_| bad("name", k));
+    let mut users = BTreeMap::new();
+    each(b"authUsers", &mut |_, k, v| {
+        let u = authpb::User::decode(v).map_err(|_| bad("user", k))?;
+        let no_password = u.options.is_some_and(|o| o.no_password) || u.password.is_empty();
+        let user = User {
+            password: (!no_password).then(|| text(&u.password, k)).transpose()?,
+            roles: u.roles,
+        };
+        users.insert(text(&u.name, k)?, user);
+        Ok(())
+    })?;
+    let mut roles = BTreeMap::new();
+    each(b"authRoles", &mut |_, k, v| {
+        let r = authpb::Role::decode(v).map_err(|_| bad("role", k))?;
+        let perms = r
+            .key_permission
+            .into_iter()
+            .map(|p| {
+                Ok(Permission {
+                    kind: PermKind::from_wire(p.perm_type)
+                        .ok_or_else(|| bad("permission of", k))?,
+                    key: p.key.to_vec(),
+                    range_end: p.range_end.to_vec(),
+                })
+            })
+            .collect::<Result<Vec<_>, BoltError>>()?;
+        roles.insert(text(&r.name, k)?, Role { perms });
+        Ok(())
+    })?;
+
+    let mut store = KvStore::restore(current_rev, compact_rev, events, &leases)?;
+    store.set_auth(AuthStore::from_parts(enabled, auth_revision, users, roles));
+    store.finish_compaction();
+    Ok(DbContents {
+        store,
+        consistent_index,
+    })
+}
+
+/// The main revision of the newest version in the key bucket (0 without
+/// one), as `etcdctl snapshot status` reports it.
+pub fn newest_revision(db: &BoltReader) -> Result<i64, BoltError> {
+    let mut newest = 0;
+    if let Some(root) = db.bucket(b"key")? {
+        db.for_each(&root, &mut |_, k, _| {
+            if let Some(main) = k.get(..8) {
+                newest = i64::from_be_bytes(main.try_into().expect("8 bytes"));
+            }
+            Ok(())
+        })?;
+    }
+    Ok(newest)
+}
+
 /// etcd's `leasepb.Lease`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct LeaseMessage {
@@ -282,6 +437,64 @@ mod tests {
             member_json(&m),
             r#"{"id":10276657743932975437,"peerURLs":["http://127.0.0.1:2380"],"name":"m\u003c1\u003e"}"#
         );
+    }
+
+    #[test]
+    fn a_store_reads_back_as_it_was_written() {
+        use crate::mvcc::KeyRange;
+        use bytes::Bytes;
+        let mut s = KvStore::default();
+        s.leases_mut().grant(7, 60);
+        for i in 0..300 {
+            let mut t = s.begin_write();
+            t.put(
+                format!("k{}", i % 50).as_bytes(),
+                Bytes::from(vec![i as u8; 100]),
+                0,
+            );
+            if i % 7 == 0 {
+                t.put(b"leased", Bytes::from_static(b"x"), 7);
+            }
+            t.end();
+        }
+        let mut t = s.begin_write();
+        t.delete_range(KeyRange::Single(b"k3"));
+        t.end();
+        s.compact(250).unwrap();
+        s.finish_compaction();
+        let mut auth = AuthStore::default();
+        auth.user_add("root", Some("$2a$10$hash".into())).unwrap();
+        auth.user_add("cert-only", None).unwrap();
+        auth.role_add("r").unwrap();
+        auth.role_grant_permission(
+            "r",
+            Permission {
+                kind: PermKind::ReadWrite,
+                key: b"a".to_vec(),
+                range_end: b"b".to_vec(),
+            },
+        )
+        .unwrap();
+        auth.user_grant_role("root", "r").unwrap();
+        s.set_auth(auth);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let meta = DbMeta {
+            consistent_index: 42,
+            ..Default::default()
+        };
+        write_db(&path, &s.image(), &meta).unwrap();
+        let back = read_db(&path).unwrap();
+        assert_eq!(back.consistent_index, 42);
+        let r = &back.store;
+        assert_eq!(r.current_rev(), s.current_rev());
+        assert_eq!(r.compact_rev(), 250);
+        let events = |s: &KvStore| s.events().cloned().collect::<Vec<_>>();
+        assert_eq!(events(r), events(&s));
+        assert_eq!(r.leases().records(), s.leases().records());
+        assert_eq!(r.auth(), s.auth());
+        assert_eq!(r.live_keys(), s.live_keys());
     }
 
     #[test]

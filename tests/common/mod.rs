@@ -337,6 +337,20 @@ impl Server {
     }
 }
 
+/// The ids of the leases a member lists, sorted.
+pub async fn lease_ids(c: &mut etcd_client::Client) -> Vec<i64> {
+    let mut ids: Vec<i64> = c
+        .leases()
+        .await
+        .unwrap()
+        .leases()
+        .iter()
+        .map(|l| l.id())
+        .collect();
+    ids.sort();
+    ids
+}
+
 /// Runs a command that should exit by itself; kills it after `limit`.
 pub fn run_to_exit(mut cmd: Command, limit: Duration) -> (Option<i32>, String) {
     let mut child = cmd
