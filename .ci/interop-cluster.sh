@@ -10,13 +10,7 @@ CLIENT=() PEER=() PIDS=()
 for i in 0 1 2; do port c; port p; CLIENT+=("http://127.0.0.1:$c"); PEER+=("http://127.0.0.1:$p"); done
 INITIAL="m0=${PEER[0]},m1=${PEER[1]},m2=${PEER[2]}"
 ALL="${CLIENT[0]},${CLIENT[1]},${CLIENT[2]}"
-e() { local ep=$1; shift; etcdctl --endpoints="$ep" --command-timeout=10s --dial-timeout=3s "$@"; }
-
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+trap stop_all EXIT
 
 fail() {
   echo "FAIL: $*" >&2
@@ -76,5 +70,11 @@ expect "keep-alive through m2" "$(e "${CLIENT[2]}" lease keep-alive --once "$CL"
 expect "timetolive through m0" "$(e "${CLIENT[0]}" lease timetolive "$CL" --keys | sed 's/remaining([0-9]*s)/remaining(Ns)/; s/lease [0-9a-f]* /lease ID /')" "lease ID granted with TTL(600s), remaining(Ns), attached keys([cl])"
 e "${CLIENT[2]}" lease revoke "$CL" >/dev/null
 expect "revoke through m2 removed the key on m1" "$(e "${CLIENT[1]}" get cl -w json | json 'd.get("count", 0)')" "0"
+
+# maintenance across members, with etcdctl's outputs
+expect "endpoint hashkv --cluster: one hash" "$(e "${CLIENT[0]}" endpoint hashkv --cluster | awk '{print $2}' | sort -u | wc -l)" "1"
+expect "defrag --cluster" "$(e "${CLIENT[0]}" defrag --cluster | sort | tr '\n' ' ')" \
+  "$(for u in "${CLIENT[@]}"; do echo "Finished defragmenting etcd member[$u]"; done | sort | tr '\n' ' ')"
+expect "endpoint hashkv --cluster after defrag" "$(e "${CLIENT[0]}" endpoint hashkv --cluster | awk '{print $2}' | sort -u | wc -l)" "1"
 
 echo "cluster interop: all checks passed"

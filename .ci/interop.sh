@@ -131,6 +131,12 @@ expect "elect -l (observe)" "$(timeout 2 "${E[@]}" elect -l ielect 2>/dev/null |
 wait "$EL" || true
 expect "elect (campaign)" "$(head -2 "$WORK/elect.out" | sed 's|ielect/[0-9a-f]*|ielect/ID|' | tr '\n' ' ')" "ielect/ID alice "
 
+# etcdctl's data-scale check: 10,000 puts by 50 clients, process memory
+# read from /metrics, then compaction and defragmentation.
+datascale=$("${E[@]}" check datascale --load=s --auto-compact --auto-defrag 2>&1)
+[[ "$datascale" == *"PASS: Approximate system memory used"* ]] || fail "check datascale: $datascale"
+echo "ok: check datascale"
+
 # space quota: restarted with a small quota, puts fail with NOSPACE as etcd's
 kill "$PID"; wait "$PID" 2>/dev/null || true; PID=""
 start --quota-backend-bytes 200000

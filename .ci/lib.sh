@@ -34,3 +34,13 @@ wait_healthy() {
   done
   fail "$name not healthy within $4s"
 }
+
+# e ENDPOINTS ARGS...: etcdctl with bounded timeouts.
+e() { local ep=$1; shift; etcdctl --endpoints="$ep" --command-timeout=10s --dial-timeout=3s "$@"; }
+
+# stop_all: stops the servers a script started (their PIDs in PIDS) and
+# removes its WORK directory; scripts run it on exit.
+stop_all() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}

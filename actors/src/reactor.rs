@@ -417,6 +417,8 @@ async fn dispatch(method: Method, body: Incoming, ctx: &Rc<ServerCtx>) -> Result
         Method::Compact => unary!(body, ctx, kv::compact, sized),
         Method::Status => unary!(body, ctx, maintenance::status),
         Method::HashKv => unary!(body, ctx, maintenance::hash_kv),
+        Method::Hash => unary!(body, ctx, maintenance::hash),
+        Method::Defragment => unary!(body, ctx, maintenance::defragment),
         Method::Alarm => unary!(body, ctx, maintenance::alarm),
         Method::MemberList => unary!(body, ctx, maintenance::member_list),
         Method::MemberAdd => unary!(body, ctx, cluster::member_add),
@@ -452,6 +454,11 @@ async fn dispatch(method: Method, body: Incoming, ctx: &Rc<ServerCtx>) -> Result
         Method::RoleDelete => unary!(body, ctx, auth::role_delete),
         Method::RoleGrantPermission => unary!(body, ctx, auth::role_grant_permission),
         Method::RoleRevokePermission => unary!(body, ctx, auth::role_revoke_permission),
+        // etcd 3.5's method: etcd 3.4 answers as for any method it lacks.
+        Method::Downgrade => Err(Status::new(
+            Code::Unimplemented,
+            "unknown method Downgrade for service etcdserverpb.Maintenance",
+        )),
         other => Err(Status::new(
             Code::Unimplemented,
             format!(

@@ -116,6 +116,17 @@ pub struct Permission {
     pub range_end: Vec<u8>,
 }
 
+impl Permission {
+    /// As etcd's `authpb.Permission`.
+    pub fn to_pb(&self) -> keel_proto::authpb::Permission {
+        keel_proto::authpb::Permission {
+            perm_type: self.kind as i32,
+            key: self.key.clone().into(),
+            range_end: self.range_end.clone().into(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct User {
     /// The bcrypt hash; None for a user added with `no_password`, who can

@@ -26,6 +26,7 @@ use prost::Message;
 
 use crate::auth::{AuthStore, PermKind, Permission, Role, User};
 use crate::bolt::{BoltError, BoltReader, BoltWriter, ItemFn};
+use crate::mvcc::hash::{bucket_key, stored_value};
 use crate::mvcc::snapshot::StoreImage;
 use crate::mvcc::{Event, KeyVersion, KvStore, LeaseRecord, Revision};
 
@@ -56,14 +57,8 @@ pub struct DbMeta {
 
 /// etcd's 17-byte revision key, 18 with the tombstone mark.
 pub fn revision_key(main: i64, sub: i64, tombstone: bool) -> Vec<u8> {
-    let mut k = Vec::with_capacity(18);
-    k.extend_from_slice(&main.to_be_bytes());
-    k.push(b'_');
-    k.extend_from_slice(&sub.to_be_bytes());
-    if tombstone {
-        k.push(b't');
-    }
-    k
+    let (k, len) = bucket_key(Revision { main, sub }, tombstone);
+    k[..len].to_vec()
 }
 
 fn json_string(out: &mut String, s: &str) {
@@ -123,104 +118,98 @@ pub fn write_db(path: &Path, image: &StoreImage, meta: &DbMeta) -> io::Result<u6
 /// As [`write_db`], into an empty `file`; the size and the file, synced.
 pub fn write_db_to(file: File, image: &StoreImage, meta: &DbMeta) -> io::Result<(u64, File)> {
     let mut w = BoltWriter::new(file)?;
+    for (name, items) in buckets(image, meta) {
+        w.bucket(name, items)?;
+    }
+    w.finish_file()
+}
 
-    w.bucket(
-        b"key",
-        image.view.iter().map(|e| {
-            let kv = &e.kv;
-            let key = revision_key(kv.rev.main, kv.rev.sub, e.is_delete());
-            let value = if e.is_delete() {
-                mvccpb::KeyValue {
-                    key: e.key.clone(),
-                    ..Default::default()
-                }
-            } else {
-                mvccpb::KeyValue {
-                    key: e.key.clone(),
-                    create_revision: kv.create_revision,
-                    mod_revision: kv.rev.main,
-                    version: kv.version,
-                    value: kv.value.clone(),
-                    lease: kv.lease,
-                }
-            };
-            (key, value.encode_to_vec())
-        }),
-    )?;
+/// etcd's Maintenance.Hash: a CRC-32C over every bucket name, key and
+/// value of the database [`write_db`] writes, in order, leaving out what
+/// differs between members with the same state (the applied index and the
+/// term, as etcd 3.5 leaves them out).
+pub fn hash(image: &StoreImage, meta: &DbMeta) -> u32 {
+    let mut h = 0u32;
+    for (name, items) in buckets(image, meta) {
+        h = crc32c::crc32c_append(h, name);
+        for (k, v) in items {
+            if name == b"meta" && (k == b"consistent_index" || k == b"term") {
+                continue;
+            }
+            h = crc32c::crc32c_append(h, &k);
+            h = crc32c::crc32c_append(h, &v);
+        }
+    }
+    h
+}
 
-    let mut meta_items: Vec<(&[u8], Vec<u8>)> = vec![
+/// A bucket's items in key order.
+type Items<'a> = Box<dyn Iterator<Item = (Vec<u8>, Vec<u8>)> + 'a>;
+
+fn sorted<'a>(mut items: Vec<(Vec<u8>, Vec<u8>)>) -> Items<'a> {
+    items.sort();
+    items.dedup_by(|a, b| a.0 == b.0);
+    Box::new(items.into_iter())
+}
+
+/// etcd's buckets for `image` and `meta`, in name order.
+fn buckets<'a>(image: &'a StoreImage, meta: &'a DbMeta) -> Vec<(&'static [u8], Items<'a>)> {
+    let keys = image.view.iter().map(|e| {
+        let key = revision_key(e.kv.rev.main, e.kv.rev.sub, e.is_delete());
+        (key, stored_value(e))
+    });
+
+    let mut meta_items = vec![
         (
-            b"consistent_index",
+            b"consistent_index".to_vec(),
             meta.consistent_index.to_be_bytes().to_vec(),
         ),
-        (b"term", meta.term.to_be_bytes().to_vec()),
+        (b"term".to_vec(), meta.term.to_be_bytes().to_vec()),
     ];
     if image.compact_rev > 0 {
         let rev = revision_key(image.compact_rev, 0, false);
-        meta_items.push((b"finishedCompactRev", rev.clone()));
-        meta_items.push((b"scheduledCompactRev", rev));
+        meta_items.push((b"finishedCompactRev".to_vec(), rev.clone()));
+        meta_items.push((b"scheduledCompactRev".to_vec(), rev));
     }
-    meta_items.sort();
-    w.bucket(b"meta", meta_items)?;
 
-    let mut leases: Vec<(Vec<u8>, Vec<u8>)> = image
-        .leases
-        .iter()
-        .map(|l| {
-            let lease = LeaseMessage {
-                id: l.id,
-                ttl: l.ttl,
-                remaining_ttl: l.remaining,
-            };
-            (l.id.to_be_bytes().to_vec(), lease.encode_to_vec())
-        })
-        .collect();
-    leases.sort();
-    w.bucket(b"lease", leases)?;
+    let leases = image.leases.iter().map(|l| {
+        let lease = LeaseMessage {
+            id: l.id,
+            ttl: l.ttl,
+            remaining_ttl: l.remaining,
+        };
+        (l.id.to_be_bytes().to_vec(), lease.encode_to_vec())
+    });
 
     let auth = &image.auth;
-    w.bucket(
-        b"auth",
-        [
-            (&b"authEnabled"[..], vec![u8::from(auth.enabled())]),
-            (&b"authRevision"[..], auth.revision().to_be_bytes().to_vec()),
-        ],
-    )?;
-    w.bucket(
-        b"authUsers",
-        auth.users().iter().map(|(name, u)| {
-            let user = authpb::User {
-                name: name.clone().into_bytes().into(),
-                password: u.password.clone().unwrap_or_default().into_bytes().into(),
-                roles: u.roles.clone(),
-                options: u
-                    .password
-                    .is_none()
-                    .then_some(authpb::UserAddOptions { no_password: true }),
-            };
-            (name.as_bytes().to_vec(), user.encode_to_vec())
-        }),
-    )?;
-    w.bucket(
-        b"authRoles",
-        auth.roles().iter().map(|(name, r)| {
-            let role = authpb::Role {
-                name: name.clone().into_bytes().into(),
-                key_permission: r
-                    .perms
-                    .iter()
-                    .map(|p| authpb::Permission {
-                        perm_type: p.kind as i32,
-                        key: p.key.clone().into(),
-                        range_end: p.range_end.clone().into(),
-                    })
-                    .collect(),
-            };
-            (name.as_bytes().to_vec(), role.encode_to_vec())
-        }),
-    )?;
+    let auth_items = vec![
+        (b"authEnabled".to_vec(), vec![u8::from(auth.enabled())]),
+        (
+            b"authRevision".to_vec(),
+            auth.revision().to_be_bytes().to_vec(),
+        ),
+    ];
+    let users = auth.users().iter().map(|(name, u)| {
+        let user = authpb::User {
+            name: name.clone().into_bytes().into(),
+            password: u.password.clone().unwrap_or_default().into_bytes().into(),
+            roles: u.roles.clone(),
+            options: u
+                .password
+                .is_none()
+                .then_some(authpb::UserAddOptions { no_password: true }),
+        };
+        (name.clone().into_bytes(), user.encode_to_vec())
+    });
+    let roles = auth.roles().iter().map(|(name, r)| {
+        let role = authpb::Role {
+            name: name.clone().into_bytes().into(),
+            key_permission: r.perms.iter().map(Permission::to_pb).collect(),
+        };
+        (name.clone().into_bytes(), role.encode_to_vec())
+    });
 
-    let mut members: Vec<(Vec<u8>, Vec<u8>)> = meta
+    let members = meta
         .members
         .iter()
         .map(|m| {
@@ -230,32 +219,37 @@ pub fn write_db_to(file: File, image: &StoreImage, meta: &DbMeta) -> io::Result<
             )
         })
         .collect();
-    members.sort();
-    w.bucket(b"members", members)?;
-    let mut removed: Vec<(Vec<u8>, &[u8])> = meta
+    let removed = meta
         .removed
         .iter()
-        .map(|id| (format!("{id:x}").into_bytes(), &b"removed"[..]))
+        .map(|id| (format!("{id:x}").into_bytes(), b"removed".to_vec()))
         .collect();
-    removed.sort();
-    w.bucket(b"members_removed", removed)?;
-    w.bucket(
-        b"cluster",
-        [(b"clusterVersion", CLUSTER_VERSION.as_bytes())],
-    )?;
-    let mut alarms: Vec<(Vec<u8>, &[u8])> = meta
+    let alarms = meta
         .alarms
         .iter()
         .map(|&(member_id, alarm)| {
             let m = etcdserverpb::AlarmMember { member_id, alarm };
-            (m.encode_to_vec(), &b""[..])
+            (m.encode_to_vec(), Vec::new())
         })
         .collect();
-    alarms.sort();
-    alarms.dedup_by(|a, b| a.0 == b.0);
-    w.bucket(b"alarm", alarms)?;
+    let cluster = vec![(
+        b"clusterVersion".to_vec(),
+        CLUSTER_VERSION.as_bytes().to_vec(),
+    )];
 
-    w.finish_file()
+    // Names in byte order, as bbolt keeps them.
+    vec![
+        (&b"alarm"[..], sorted(alarms)),
+        (b"auth", sorted(auth_items)),
+        (b"authRoles", Box::new(roles)),
+        (b"authUsers", Box::new(users)),
+        (b"cluster", sorted(cluster)),
+        (b"key", Box::new(keys)),
+        (b"lease", sorted(leases.collect())),
+        (b"members", sorted(members)),
+        (b"members_removed", sorted(removed)),
+        (b"meta", sorted(meta_items)),
+    ]
 }
 
 /// What keel takes from an etcd backend database.
@@ -495,6 +489,50 @@ mod tests {
         assert_eq!(r.leases().records(), s.leases().records());
         assert_eq!(r.auth(), s.auth());
         assert_eq!(r.live_keys(), s.live_keys());
+    }
+
+    #[test]
+    fn hash_covers_the_written_database_but_the_applied_index_and_term() {
+        let mut s = KvStore::default();
+        let mut t = s.begin_write();
+        t.put(b"k", bytes::Bytes::from_static(b"v"), 0);
+        t.end();
+        let meta = |ci, term| DbMeta {
+            consistent_index: ci,
+            term,
+            members: vec![DbMember {
+                id: 1,
+                name: "m".into(),
+                peer_urls: vec!["http://p".into()],
+                client_urls: vec!["http://c".into()],
+                is_learner: false,
+            }],
+            ..Default::default()
+        };
+        let h = hash(&s.image(), &meta(5, 2));
+        assert_eq!(h, hash(&s.image(), &meta(9, 3)));
+        // The same CRC as the written file's items, the two left out.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        write_db(&path, &s.image(), &meta(5, 2)).unwrap();
+        let db = BoltReader::open(&path).unwrap();
+        let mut crc = 0u32;
+        for (name, root) in db.buckets().unwrap() {
+            crc = crc32c::crc32c_append(crc, &name);
+            db.for_each(&root, &mut |_, k, v| {
+                if !(name == b"meta" && (k == b"consistent_index" || k == b"term")) {
+                    crc = crc32c::crc32c_append(crc, k);
+                    crc = crc32c::crc32c_append(crc, v);
+                }
+                Ok(())
+            })
+            .unwrap();
+        }
+        assert_eq!(h, crc);
+        let mut t = s.begin_write();
+        t.put(b"k", bytes::Bytes::from_static(b"w"), 0);
+        t.end();
+        assert_ne!(hash(&s.image(), &meta(5, 2)), h);
     }
 
     #[test]

@@ -115,12 +115,40 @@ pub enum RaftRequest {
         target: NodeId,
         reply: oneshot::Sender<Result<(), MemberError>>,
     },
+    /// Take a snapshot now (Maintenance.Defragment: the WAL then releases
+    /// the segments it covers). Answers once a snapshot covers what was
+    /// applied when asked, or false when none did within the request
+    /// timeout.
+    Snapshot {
+        reply: oneshot::Sender<bool>,
+    },
     /// The member is stopping: if it leads, hand leadership to the most
     /// caught-up voter first. Answers (from another thread's view) with
     /// what was done, for the log.
     Stop {
         done: std::sync::mpsc::Sender<String>,
     },
+}
+
+/// Builds a snapshot of what is applied now; true once one is in place.
+async fn snapshot_now(h: &RaftHandles) -> bool {
+    let applied = h
+        .raft
+        .metrics()
+        .borrow()
+        .last_applied
+        .map_or(0, |l| l.index);
+    if h.raft.trigger().snapshot().await.is_err() {
+        return false;
+    }
+    h.raft
+        .wait(Some(h.request_timeout))
+        .metrics(
+            |m| m.snapshot.is_some_and(|l| l.index >= applied),
+            "a snapshot of what was applied",
+        )
+        .await
+        .is_ok()
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -577,6 +605,13 @@ async fn handle(
             let h = h.clone();
             glommio::spawn_local(async move {
                 let _ = reply.send(move_leader(&h, target).await);
+            })
+            .detach();
+        }
+        RaftRequest::Snapshot { reply } => {
+            let h = h.clone();
+            glommio::spawn_local(async move {
+                let _ = reply.send(snapshot_now(&h).await);
             })
             .detach();
         }

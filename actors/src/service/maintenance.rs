@@ -24,9 +24,17 @@ use crate::raft::actor::{RaftRequest, RaftStatus};
 use crate::raft::types::Node;
 
 pub async fn ask_raft(ctx: &ServerCtx) -> Result<RaftStatus, Status> {
+    ask_raft_for(ctx, |reply| RaftRequest::Status { reply }).await
+}
+
+/// Asks the raft actor something and waits for its answer.
+async fn ask_raft_for<T>(
+    ctx: &ServerCtx,
+    make: impl FnOnce(oneshot::Sender<T>) -> RaftRequest,
+) -> Result<T, Status> {
     let (tx, rx) = oneshot::channel();
     ctx.raft
-        .send(RaftRequest::Status { reply: tx })
+        .send(make(tx))
         .await
         .map_err(|_| Status::stopped())?;
     rx.await.map_err(|_| Status::stopped())
@@ -102,6 +110,53 @@ pub async fn status(
         storage_version: String::new(),
         db_size_quota: ctx.cfg.quota_bytes.unwrap_or(0) as i64,
         downgrade_info: None,
+    })
+}
+
+/// etcd's Maintenance.Hash: a CRC-32C over the backend database keel's
+/// Snapshot would send (`keel_storage::etcd_db::hash`), leaving out the
+/// applied index and the term; computed off the core.
+pub async fn hash(ctx: &ServerCtx, _req: pb::HashRequest) -> Result<pb::HashResponse, Status> {
+    ctx.check_admin()?;
+    let view = ask_mvcc_for(ctx, |reply| MvccMsg::SnapshotView { reply }).await?;
+    let raft = ask_raft(ctx).await?;
+    let revision = view.image.current_rev;
+    let meta = db_meta(&view, raft.term);
+    let hash = glommio::executor()
+        .spawn_blocking(move || keel_storage::etcd_db::hash(&view.image, &meta))
+        .await;
+    Ok(pb::HashResponse {
+        header: Some(pb::ResponseHeader {
+            cluster_id: ctx.cfg.ids.cluster_id,
+            member_id: ctx.cfg.ids.member_id,
+            revision,
+            raft_term: raft.term,
+        }),
+        hash,
+    })
+}
+
+/// etcd's Defragment rewrites its database file to give back the pages
+/// compaction freed. keel keeps the store in memory and on disk as WAL
+/// and snapshots, so what gives space back is the compaction finishing
+/// its removal steps and a snapshot that lets the WAL release the
+/// segments it covers: Defragment waits for both, then answers as etcd.
+pub async fn defragment(
+    ctx: &ServerCtx,
+    _req: pb::DefragmentRequest,
+) -> Result<pb::DefragmentResponse, Status> {
+    ctx.check_admin()?;
+    tracing::info!("starting defragment");
+    ask_mvcc_for(ctx, |reply| MvccMsg::CompactionDone { reply }).await?;
+    let done = ask_raft_for(ctx, |reply| RaftRequest::Snapshot { reply }).await?;
+    if !done {
+        return Err(Status::timeout());
+    }
+    tracing::info!("finished defragment");
+    let raft = ask_raft(ctx).await?;
+    let mvcc = ask_mvcc(ctx).await?;
+    Ok(pb::DefragmentResponse {
+        header: header(ctx, &raft, &mvcc),
     })
 }
 

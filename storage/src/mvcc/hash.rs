@@ -24,7 +24,7 @@ use prost::Message;
 use super::{Event, LogView, Revision};
 
 /// etcd's bucket key for a version: `main` `_` `sub`, `t` for a tombstone.
-fn bucket_key(rev: Revision, tombstone: bool) -> ([u8; 18], usize) {
+pub(crate) fn bucket_key(rev: Revision, tombstone: bool) -> ([u8; 18], usize) {
     let mut k = [0u8; 18];
     k[..8].copy_from_slice(&rev.main.to_be_bytes());
     k[8] = b'_';
@@ -38,7 +38,7 @@ fn bucket_key(rev: Revision, tombstone: bool) -> ([u8; 18], usize) {
 }
 
 /// The `mvccpb.KeyValue` etcd stores for a version.
-fn stored_value(e: &Event) -> Vec<u8> {
+pub(crate) fn stored_value(e: &Event) -> Vec<u8> {
     let kv = if e.is_delete() {
         mvccpb::KeyValue {
             key: e.key.clone(),

@@ -145,11 +145,7 @@ impl KvStore {
                 auth.role_get(role)?
                     .perms
                     .iter()
-                    .map(|p| authpb::Permission {
-                        perm_type: p.kind as i32,
-                        key: p.key.clone().into(),
-                        range_end: p.range_end.clone().into(),
-                    })
+                    .map(crate::auth::Permission::to_pb)
                     .collect(),
             ),
             ArchivedAuthCmd::RoleList => AuthAnswer::Names(auth.roles().keys().cloned().collect()),
