@@ -7,8 +7,16 @@ mod snapshot_cli;
 use clap::Parser;
 
 fn main() {
-    if std::env::args().nth(1).as_deref() == Some("snapshot") {
-        std::process::exit(snapshot_cli::main(std::env::args().skip(1)));
+    match std::env::args().nth(1).as_deref() {
+        Some("snapshot") => std::process::exit(snapshot_cli::main(std::env::args().skip(1))),
+        // etcd's `--version` (any spelling) and etcdutl-style `version`.
+        Some("version" | "--version" | "-version" | "-V") => {
+            println!("keel Version: {}", env!("CARGO_PKG_VERSION"));
+            println!("etcd API Version: {}", keel_actors::API_VERSION);
+            println!("etcd Cluster Version: {}", keel_actors::CLUSTER_VERSION);
+            return;
+        }
+        _ => {}
     }
     let flags = config::Flags::parse();
     let level = if flags.debug {

@@ -25,9 +25,25 @@ async fn http_endpoints_and_metrics() {
         http_get(s.port, "/health").unwrap(),
         (200, r#"{"health":"true"}"#.to_string())
     );
+    // One etcd version everywhere it is reported.
     let (code, body) = http_get(s.port, "/version").unwrap();
     assert_eq!(code, 200);
-    assert!(body.contains(r#""etcdserver":"3.6.0""#), "{body}");
+    assert_eq!(body, r#"{"etcdserver":"3.6.0","etcdcluster":"3.6.0"}"#);
+    assert_eq!(c.status().await.unwrap().version(), "3.6.0");
+    let (_, metrics) = http_get(s.port, "/metrics").unwrap();
+    assert!(metrics.contains(r#"etcd_server_version{server_version="3.6.0"} 1"#));
+    assert!(metrics.contains(r#"etcd_cluster_version{cluster_version="3.6.0"} 1"#));
+    for arg in ["--version", "version"] {
+        let mut cmd = keel();
+        cmd.arg(arg);
+        let (code, out) = common::run_to_exit(cmd, Duration::from_secs(10));
+        assert_eq!(code, Some(0), "{out}");
+        assert!(
+            out.contains(concat!("keel Version: ", env!("CARGO_PKG_VERSION"))),
+            "{out}"
+        );
+        assert!(out.contains("etcd API Version: 3.6.0"), "{out}");
+    }
     assert_eq!(http_get(s.port, "/livez").unwrap().0, 200);
     assert_eq!(http_get(s.port, "/readyz").unwrap().0, 200);
     assert_eq!(http_get(s.port, "/nope").unwrap().0, 404);

@@ -20,8 +20,15 @@ pub mod tls;
 pub mod wal_writer;
 pub mod watch;
 
-/// The etcd API level keel reports (Status.version, `/version`).
+/// The etcd API level keel reports (Status.version, `/version`,
+/// `etcd_server_version`): the newest etcd whose API and behaviour keel
+/// implements (Kubernetes gates features on it).
 pub const API_VERSION: &str = "3.6.0";
+
+/// The cluster version keel reports (`/version`'s `etcdcluster`,
+/// `etcd_cluster_version`): etcd's is the members' lowest server version
+/// cut to major.minor.0; all of keel's members speak `API_VERSION`.
+pub const CLUSTER_VERSION: &str = "3.6.0";
 
 /// Stops the process after an error that makes continuing unsafe (a failed
 /// fsync, an unreadable log entry). Nothing unacknowledged is lost by

@@ -39,6 +39,7 @@ pub struct Metrics {
     pub grpc_handled: IntCounterVec,
     pub placement: GaugeVec,
     pub server_version: GaugeVec,
+    pub cluster_version: GaugeVec,
     pub lease_granted: IntCounter,
     pub lease_revoked: IntCounter,
     pub lease_renewed: IntCounter,
@@ -255,6 +256,17 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            cluster_version: reg(
+                &r,
+                GaugeVec::new(
+                    Opts::new(
+                        "etcd_cluster_version",
+                        "Which version is running. 1 for 'cluster_version' label with current cluster version",
+                    ),
+                    &["cluster_version"],
+                )
+                .expect("valid metric"),
+            ),
             lease_granted: ic("etcd_debugging_lease_granted_total", "The total number of granted leases."),
             lease_revoked: ic("etcd_debugging_lease_revoked_total", "The total number of revoked leases."),
             lease_renewed: ic("etcd_debugging_lease_renewed_total", "The number of renewed leases seen by the leader."),
@@ -295,6 +307,9 @@ impl Metrics {
         };
         m.server_version
             .with_label_values(&[crate::API_VERSION])
+            .set(1.0);
+        m.cluster_version
+            .with_label_values(&[crate::CLUSTER_VERSION])
             .set(1.0);
         m
     }

@@ -30,7 +30,10 @@ use crate::mvcc::hash::{bucket_key, stored_value};
 use crate::mvcc::snapshot::StoreImage;
 use crate::mvcc::{Event, KeyVersion, KvStore, LeaseRecord, Revision};
 
-/// The cluster version keel reports (the etcd API it implements).
+/// The cluster version snapshots carry: the lowest etcd that restores
+/// them. keel reports 3.6.0 elsewhere, but etcd 3.5 refuses to start on a
+/// backend whose cluster version is above its own ("cluster cannot be
+/// downgraded"), and the format written is etcd 3.4's.
 pub const CLUSTER_VERSION: &str = "3.4.0";
 
 /// A member as etcd's membership store keeps it.

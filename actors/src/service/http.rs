@@ -156,8 +156,9 @@ pub async fn handle<B>(req: http::Request<B>, ctx: &ServerCtx) -> Response<Respo
             StatusCode::OK,
             "application/json",
             format!(
-                r#"{{"etcdserver":"{v}","etcdcluster":"{v}"}}"#,
-                v = crate::API_VERSION
+                r#"{{"etcdserver":"{}","etcdcluster":"{}"}}"#,
+                crate::API_VERSION,
+                crate::CLUSTER_VERSION
             ),
         ),
         _ => not_found(),
