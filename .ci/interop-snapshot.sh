@@ -13,11 +13,7 @@ source "$(dirname "$0")/lib.sh"
 PIDS=()
 trap stop_all EXIT
 
-fail() {
-  echo "FAIL: $*" >&2
-  for log in "$WORK"/*.log; do echo "--- $log ---" >&2; tail -30 "$log" >&2 || true; done
-  exit 1
-}
+fail() { fail_with_logs "$@"; }
 
 # start BINARY NAME DATA_DIR CLIENT_URL PEER_URL TOKEN: one member of its own.
 start() {

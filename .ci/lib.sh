@@ -44,3 +44,11 @@ stop_all() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   rm -rf "$WORK"
 }
+
+# fail_with_logs MESSAGE: reports a failure with the end of every log in
+# WORK, and exits.
+fail_with_logs() {
+  echo "FAIL: $*" >&2
+  for log in "$WORK"/*.log; do echo "--- $log ---" >&2; tail -30 "$log" >&2 || true; done
+  exit 1
+}

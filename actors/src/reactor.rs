@@ -18,6 +18,8 @@ use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite};
 use glommio::net::{TcpListener, TcpStream};
 use http::{header, HeaderMap, HeaderValue, Response};
 use hyper::body::Incoming;
+
+use crate::grpc::body::RequestBody;
 use hyper::service::service_fn;
 use keel_proto::method::{Method, MethodKind};
 
@@ -27,7 +29,8 @@ use crate::grpc::io::{HyperIo, LocalExec};
 use crate::grpc::status::{Code, Status};
 use crate::metrics::metrics;
 use crate::service::{
-    auth, cluster, election, http as http_service, kv, lease, maintenance, watch, ServerCtx,
+    auth, cluster, election, gateway, http as http_service, kv, lease, maintenance, watch,
+    ServerCtx,
 };
 use crate::tls::ServerTls;
 
@@ -184,7 +187,7 @@ where
             let ctx = ctx.clone();
             async move {
                 Ok::<_, Infallible>(match surface {
-                    Surface::Clients => http_service::handle(req, &ctx).await,
+                    Surface::Clients => handle_http(req, &ctx).await,
                     Surface::Metrics => http_service::handle_metrics(req, &ctx).await,
                 })
             }
@@ -258,8 +261,26 @@ async fn handle_http2(req: http::Request<Incoming>, ctx: Rc<ServerCtx>) -> Respo
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/grpc"));
     if !is_grpc {
-        return http_service::handle(req, &ctx).await;
+        return handle_http(req, &ctx).await;
     }
+    serve_grpc(req.map(RequestBody::Http2), ctx).await
+}
+
+/// Plain HTTP on the client port: the JSON gateway, health, metrics, version.
+async fn handle_http(req: http::Request<Incoming>, ctx: &Rc<ServerCtx>) -> Response<ResponseBody> {
+    if gateway::is_gateway_path(req.uri().path()) {
+        gateway::handle(req, ctx).await
+    } else {
+        http_service::handle(req, ctx).await
+    }
+}
+
+/// Serves one gRPC call: from a client's HTTP/2 stream, or made by the
+/// JSON gateway from an HTTP request.
+pub(crate) async fn serve_grpc(
+    req: http::Request<RequestBody>,
+    ctx: Rc<ServerCtx>,
+) -> Response<ResponseBody> {
     let path = req.uri().path().to_string();
     let Some(method) = Method::from_path(&path) else {
         let (service, name) = path
@@ -340,7 +361,7 @@ async fn handle_http2(req: http::Request<Incoming>, ctx: Rc<ServerCtx>) -> Respo
 
 /// Reads a unary request, runs `f`, and encodes its answer.
 async fn unary<Req, Resp, Fut>(
-    body: Incoming,
+    body: RequestBody,
     ctx: &Rc<ServerCtx>,
     f: impl FnOnce(Rc<ServerCtx>, Req, usize) -> Fut,
 ) -> Result<Bytes, Status>
@@ -356,7 +377,7 @@ where
 
 /// Reads and decodes a unary request; returns it with its encoded size.
 async fn read_request<Req: prost::Message + Default>(
-    body: Incoming,
+    body: RequestBody,
     ctx: &Rc<ServerCtx>,
 ) -> Result<(Req, usize), Status> {
     // A client that stops sending its request holds nothing for long.
@@ -376,7 +397,7 @@ async fn read_request<Req: prost::Message + Default>(
 /// Range, whose answer can hold millions of keys: encoding those takes
 /// hundreds of milliseconds, so a large one is encoded on the executor's
 /// blocking thread and the core (raft's, for core 0) goes on meanwhile.
-async fn range(body: Incoming, ctx: &Rc<ServerCtx>) -> Result<Bytes, Status> {
+async fn range(body: RequestBody, ctx: &Rc<ServerCtx>) -> Result<Bytes, Status> {
     let (req, _) = read_request(body, ctx).await?;
     let resp = kv::range(ctx, req).await?;
     if resp.kvs.len() <= crate::mvcc_actor::RANGE_STEP_KEYS {
@@ -404,7 +425,7 @@ macro_rules! unary {
     };
 }
 
-async fn dispatch(method: Method, body: Incoming, ctx: &Rc<ServerCtx>) -> Result<Bytes, Status> {
+async fn dispatch(method: Method, body: RequestBody, ctx: &Rc<ServerCtx>) -> Result<Bytes, Status> {
     // A learner serves only Status and serializable ranges (checked in kv::range).
     if crate::raft::actor::is_learner() && !matches!(method, Method::Range | Method::Status) {
         return Err(Status::learner_unsupported());

@@ -40,3 +40,15 @@ pub mod v3electionpb {
 pub mod grpc_health_v1 {
     include!(concat!(env!("OUT_DIR"), "/grpc.health.v1.rs"));
 }
+
+/// The descriptors of every message and service above (the JSON gateway
+/// converts between proto3 JSON and protobuf with them).
+pub fn descriptor_pool() -> &'static prost_reflect::DescriptorPool {
+    static POOL: std::sync::OnceLock<prost_reflect::DescriptorPool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        prost_reflect::DescriptorPool::decode(
+            &include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"))[..],
+        )
+        .expect("the build wrote valid descriptors")
+    })
+}

@@ -102,3 +102,39 @@ impl http_body::Body for ResponseBody {
         }
     }
 }
+
+/// A gRPC request body: a client's HTTP/2 stream, or the framed messages
+/// the JSON gateway made from a client's JSON.
+pub enum RequestBody {
+    Http2(hyper::body::Incoming),
+    Gateway(tokio::sync::mpsc::Receiver<Bytes>),
+}
+
+/// Why a request body could not be read.
+#[derive(Debug)]
+pub struct RequestBodyError(String);
+
+impl std::fmt::Display for RequestBodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RequestBodyError {}
+
+impl http_body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = RequestBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
+        match self.get_mut() {
+            RequestBody::Http2(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(|e| RequestBodyError(e.to_string())))),
+            RequestBody::Gateway(rx) => rx.poll_recv(cx).map(|m| m.map(|b| Ok(Frame::data(b)))),
+        }
+    }
+}

@@ -6,7 +6,7 @@
 use keel_proto::etcdserverpb as pb;
 use tokio::sync::oneshot;
 
-use super::maintenance::{ask_mvcc, ask_raft, header, member_of, members_of};
+use super::maintenance::{ask_mvcc, ask_raft, cluster_header, header, member_of, members_of};
 use super::ServerCtx;
 use crate::grpc::status::{Code, Status};
 use crate::mvcc_actor::MvccMsg;
@@ -87,7 +87,7 @@ async fn change(ctx: &ServerCtx, change: MemberChange) -> Result<Changed, Status
             _ => ask_raft(ctx).await?,
         };
     Ok(Changed {
-        header: header_now(ctx, &raft).await?,
+        header: cluster_header(ctx, &raft),
         members: members_of(&raft),
     })
 }

@@ -9,8 +9,8 @@
 
 use std::rc::Rc;
 
+use crate::grpc::body::RequestBody;
 use bytes::Bytes;
-use hyper::body::Incoming;
 use keel_proto::etcdserverpb as pb;
 use keel_proto::{mvccpb, v3electionpb as epb, v3lockpb as lpb};
 use tokio::sync::mpsc;
@@ -429,7 +429,7 @@ pub async fn leader(
 
 /// Observe: the current leader, then every change of leader or of its
 /// proclaimed value, until the client goes away.
-pub async fn observe(body: Incoming, ctx: Rc<ServerCtx>, out: mpsc::Sender<StreamItem>) {
+pub async fn observe(body: RequestBody, ctx: Rc<ServerCtx>, out: mpsc::Sender<StreamItem>) {
     let status = match observe_loop(body, &ctx, &out).await {
         Ok(()) => return,
         Err(s) => s,
@@ -440,7 +440,7 @@ pub async fn observe(body: Incoming, ctx: Rc<ServerCtx>, out: mpsc::Sender<Strea
 }
 
 async fn observe_loop(
-    body: Incoming,
+    body: RequestBody,
     ctx: &ServerCtx,
     out: &mpsc::Sender<StreamItem>,
 ) -> Result<(), Status> {

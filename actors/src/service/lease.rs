@@ -5,7 +5,7 @@
 
 use std::rc::Rc;
 
-use hyper::body::Incoming;
+use crate::grpc::body::RequestBody;
 use keel_proto::command::{Command, LeaseGrantCmd, LeaseRevokeCmd};
 use keel_proto::etcdserverpb as pb;
 use keel_storage::mvcc::lease::MAX_LEASE_TTL;
@@ -145,7 +145,7 @@ pub async fn leases(
 }
 
 /// One LeaseKeepAlive stream: a renewal per request, answered in order.
-pub async fn keep_alive(body: Incoming, ctx: Rc<ServerCtx>, out: mpsc::Sender<StreamItem>) {
+pub async fn keep_alive(body: RequestBody, ctx: Rc<ServerCtx>, out: mpsc::Sender<StreamItem>) {
     let mut reader = MessageReader::new(body, ctx.cfg.max_recv_bytes());
     let end = loop {
         let bytes = match reader.next().await {

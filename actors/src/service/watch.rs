@@ -10,7 +10,7 @@
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use hyper::body::Incoming;
+use crate::grpc::body::RequestBody;
 use keel_proto::etcdserverpb as pb;
 use keel_storage::auth::{AuthError, AuthInfo};
 use tokio::sync::mpsc;
@@ -58,7 +58,7 @@ async fn leader_lost(election_timeout: std::time::Duration) {
 /// with a status if the request stream breaks, or with `etcdserver: no
 /// leader` if `require_leader` and this member lost its leader.
 pub async fn serve(
-    body: Incoming,
+    body: RequestBody,
     ctx: Rc<ServerCtx>,
     out: mpsc::Sender<StreamItem>,
     require_leader: bool,
