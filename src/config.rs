@@ -376,6 +376,45 @@ pub struct Flags {
     /// Specify bcrypt algorithm cost factor for auth password hashing.
     #[arg(long, env = "ETCD_BCRYPT_COST", default_value_t = 10)]
     pub bcrypt_cost: u32,
+
+    /// Path to the dedicated wal directory [default: <data-dir>/member/wal].
+    #[arg(long, env = "ETCD_WAL_DIR")]
+    pub wal_dir: Option<PathBuf>,
+
+    /// Maximum number of snapshot files to retain (0 is unlimited) [default:
+    /// 2; etcd's 5 counts files that hold no data, keel's each hold the store].
+    #[arg(long, env = "ETCD_MAX_SNAPSHOTS")]
+    pub max_snapshots: Option<usize>,
+
+    /// Comma-separated whitelist of origins for CORS (cross-origin resource sharing).
+    #[arg(long, env = "ETCD_CORS", default_value = "*")]
+    pub cors: String,
+
+    /// Comma-separated acceptable hostnames from HTTP client requests, if
+    /// the server is not secure (empty means allow all).
+    #[arg(long, env = "ETCD_HOST_WHITELIST", default_value = "*")]
+    pub host_whitelist: String,
+
+    /// Set level of detail for exported metrics, specify 'extensive' to
+    /// include server side grpc histogram metrics.
+    #[arg(long, env = "ETCD_METRICS", default_value = "basic", value_parser = ["basic", "extensive"])]
+    pub metrics: String,
+
+    /// Warning is generated if requests take more time than this duration.
+    #[arg(
+        long = "experimental-warning-apply-duration",
+        env = "ETCD_EXPERIMENTAL_WARNING_APPLY_DURATION",
+        default_value = "100ms"
+    )]
+    pub warning_apply_duration: String,
+
+    /// Path to the server configuration file (etcd's YAML keys). Other
+    /// flags and environment variables are then ignored, as by etcd.
+    #[arg(long, env = "ETCD_CONFIG_FILE")]
+    pub config_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub compat: crate::compat::CompatFlags,
 }
 
 /// `--auth-token`: `simple` (None), or `jwt` with its comma-separated
@@ -694,8 +733,24 @@ impl Flags {
             );
             10
         };
+        self.compat.check()?;
+        let warning_apply_duration =
+            parse_duration(&self.warning_apply_duration).ok_or_else(|| {
+                format!(
+                    "--experimental-warning-apply-duration={}: expected a duration like 100ms",
+                    self.warning_apply_duration
+                )
+            })?;
         Ok(NodeConfig {
             name: self.name,
+            wal_dir: self.wal_dir,
+            max_snapshots: self
+                .max_snapshots
+                .unwrap_or(keel_storage::mvcc::snapshot::SNAPSHOTS_KEPT),
+            cors: split(&self.cors),
+            host_whitelist: split(&self.host_whitelist),
+            metrics_extensive: self.metrics == "extensive",
+            warning_apply_duration,
             data_dir,
             listen_client: listen,
             listen_metrics,
@@ -937,6 +992,138 @@ impl Flags {
     }
 }
 
+/// The long names of every flag keel takes.
+fn long_flags() -> Vec<String> {
+    use clap::CommandFactory;
+    Flags::command()
+        .get_arguments()
+        .filter_map(|a| a.get_long().map(String::from))
+        .collect()
+}
+
+/// Go's flag syntax, which etcd's users and unit files use: `-name x` and
+/// `-name=x` as well as `--name x`. A single-dash argument that names one of
+/// keel's long flags gets its second dash; everything else is left alone.
+pub fn go_style(args: Vec<String>) -> Vec<String> {
+    let known = long_flags();
+    let mut out = Vec::with_capacity(args.len());
+    let mut rest = false;
+    for a in args {
+        if rest || a == "--" {
+            rest = true;
+            out.push(a);
+            continue;
+        }
+        let converted = a
+            .strip_prefix('-')
+            .filter(|r| !r.starts_with('-'))
+            .filter(|r| {
+                let name = r.split_once('=').map_or(*r, |(n, _)| n);
+                name.len() > 1 && known.iter().any(|k| k == name)
+            })
+            .map(|r| format!("--{r}"));
+        out.push(converted.unwrap_or(a));
+    }
+    out
+}
+
+/// The flag a key of a `*-transport-security` section of etcd's
+/// configuration file stands for.
+fn transport_flag(section: &str, key: &str) -> String {
+    let peer = section == "peer-transport-security";
+    match (peer, key) {
+        (false, "crl-file") => "client-crl-file".into(),
+        (false, "allowed-hostname") => "client-cert-allowed-hostname".into(),
+        (true, "allowed-cn") => "peer-cert-allowed-cn".into(),
+        (true, "allowed-hostname") => "peer-cert-allowed-hostname".into(),
+        (true, k) => format!("peer-{k}"),
+        (false, k) => k.into(),
+    }
+}
+
+fn yaml_value(v: &serde_yaml::Value) -> Option<String> {
+    use serde_yaml::Value;
+    match v {
+        Value::Null => None,
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::String(s) if s.is_empty() => None,
+        Value::String(s) => Some(s.clone()),
+        Value::Sequence(items) => {
+            let items: Vec<String> = items.iter().filter_map(yaml_value).collect();
+            (!items.is_empty()).then(|| items.join(","))
+        }
+        Value::Mapping(_) | Value::Tagged(_) => None,
+    }
+}
+
+/// The flags an etcd configuration file (`--config-file`) sets, as
+/// `--key=value` arguments, and the keys keel does not know (etcd ignores
+/// unknown keys too). Empty values leave a flag at its default.
+pub fn config_file_args(yaml: &str) -> Result<(Vec<String>, Vec<String>), String> {
+    let doc: serde_yaml::Value =
+        serde_yaml::from_str(yaml).map_err(|e| format!("--config-file: {e}"))?;
+    let known = long_flags();
+    let mut args = Vec::new();
+    let mut unknown = Vec::new();
+    let mut push = |flag: String, value: &serde_yaml::Value| {
+        if flag == "config-file" {
+            return;
+        }
+        if !known.contains(&flag) {
+            unknown.push(flag);
+        } else if let Some(v) = yaml_value(value) {
+            args.push(format!("--{flag}={v}"));
+        }
+    };
+    let serde_yaml::Value::Mapping(map) = doc else {
+        return if doc.is_null() {
+            Ok((args, unknown))
+        } else {
+            Err("--config-file: expected a YAML mapping of etcd's configuration keys".into())
+        };
+    };
+    for (k, v) in &map {
+        let key = k.as_str().unwrap_or_default().to_string();
+        match (key.as_str(), v) {
+            (
+                "client-transport-security" | "peer-transport-security",
+                serde_yaml::Value::Mapping(sub),
+            ) => {
+                for (sk, sv) in sub {
+                    push(transport_flag(&key, sk.as_str().unwrap_or_default()), sv);
+                }
+            }
+            _ => push(key, v),
+        }
+    }
+    Ok((args, unknown))
+}
+
+/// etcd's precedence: with `--config-file` (or `ETCD_CONFIG_FILE`), the
+/// file's settings are the configuration and other flags and `ETCD_*`
+/// variables are ignored. Returns the arguments to parse, and the keys of
+/// the file keel does not know; the caller clears the `ETCD_*` variables.
+pub fn with_config_file(args: Vec<String>) -> Result<(Vec<String>, Option<Vec<String>>), String> {
+    let mut file = std::env::var("ETCD_CONFIG_FILE").ok();
+    let mut it = args.iter().skip(1);
+    while let Some(a) = it.next() {
+        if let Some(v) = a.strip_prefix("--config-file=") {
+            file = Some(v.to_string());
+        } else if a == "--config-file" {
+            file = it.next().cloned();
+        }
+    }
+    let Some(file) = file.filter(|f| !f.is_empty()) else {
+        return Ok((args, None));
+    };
+    let text = std::fs::read_to_string(&file).map_err(|e| format!("--config-file={file}: {e}"))?;
+    let (from_file, unknown) = config_file_args(&text)?;
+    let mut out = vec![args[0].clone(), format!("--config-file={file}")];
+    out.extend(from_file);
+    Ok((out, Some(unknown)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1026,5 +1213,90 @@ mod tests {
         assert!(check_own_entry(&m, "b", &["http://h:9".into()])
             .unwrap_err()
             .contains("--initial-advertise-peer-urls"));
+    }
+
+    #[test]
+    fn go_style_single_dash_flags_get_their_second_dash() {
+        let args: Vec<String> = [
+            "keel",
+            "-name",
+            "m1",
+            "-data-dir=/d",
+            "--debug",
+            "-x",
+            "-1",
+            "--",
+            "-name",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(
+            go_style(args),
+            [
+                "keel",
+                "--name",
+                "m1",
+                "--data-dir=/d",
+                "--debug",
+                "-x",
+                "-1",
+                "--",
+                "-name"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_configuration_file_becomes_flags() {
+        let yaml = r#"
+name: 'm1'
+data-dir:
+snapshot-count: 10000
+listen-client-urls: http://localhost:2379
+max-snapshots: 5
+cors:
+initial-cluster-state: 'new'
+strict-reconfig-check: false
+log-outputs: [stderr]
+cipher-suites: [
+  TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+  TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384
+]
+client-transport-security:
+  cert-file: /c.crt
+  client-cert-auth: false
+  auto-tls: false
+peer-transport-security:
+  cert-file: /p.crt
+  client-cert-auth: true
+  allowed-cn: etcd
+self-signed-cert-validity: 1
+"#;
+        let (args, unknown) = config_file_args(yaml).unwrap();
+        assert_eq!(
+            args,
+            [
+                "--name=m1",
+                "--snapshot-count=10000",
+                "--listen-client-urls=http://localhost:2379",
+                "--max-snapshots=5",
+                "--initial-cluster-state=new",
+                "--strict-reconfig-check=false",
+                "--log-outputs=stderr",
+                "--cipher-suites=TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+                "--cert-file=/c.crt",
+                "--client-cert-auth=false",
+                "--auto-tls=false",
+                "--peer-cert-file=/p.crt",
+                "--peer-client-cert-auth=true",
+                "--peer-cert-allowed-cn=etcd",
+            ]
+        );
+        assert_eq!(unknown, ["self-signed-cert-validity"]);
+        let mut all = vec!["keel".to_string()];
+        all.extend(args);
+        assert!(Flags::try_parse_from(all).is_ok());
+        assert!(config_file_args("- a list").is_err());
     }
 }

@@ -156,6 +156,9 @@ fn bad_flags_are_clear_startup_errors() {
             ],
             "--initial-cluster-state=existing: no member of --initial-cluster answered",
         ),
+        (&["--force-new-cluster"], "--force-new-cluster is not supported"),
+        (&["--proxy", "on"], "keel has no v2 proxy mode"),
+        (&["--discovery-srv", "example.com"], "keel bootstraps from --initial-cluster only"),
     ];
     for (args, want) in cases {
         let mut cmd = keel();
@@ -187,6 +190,191 @@ fn bad_flags_are_clear_startup_errors() {
     ] {
         assert!(out.contains(flag), "--help lacks {flag}");
     }
+}
+
+/// Story: 60 of etcd 3.4's flags were refused, there was no
+/// `--config-file` and no Go-style `-flag`, so kubeadm's manifest and
+/// typical unit files did not start keel. Now: a configuration file with
+/// etcd's keys (its sample's, with etcd's precedence: the file wins over
+/// flags), Go-style flags, and etcd's tuning flags for its bbolt backend,
+/// profiler and v2 API all start it, the meaningless ones with a warning.
+#[tokio::test]
+async fn etcd_command_lines_and_configuration_files_start_keel() {
+    // etcd's sample configuration, with this test's ports and directory.
+    let mut server = Server::new(vec!["--name".into(), "ignored-flag".into()]);
+    let config = server.dir.with_file_name("etcd.conf.yml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+name: 'from-file'
+data-dir: {dir}
+wal-dir:
+snapshot-count: 10000
+heartbeat-interval: 100
+election-timeout: 1000
+quota-backend-bytes: 0
+listen-peer-urls: {peer}
+listen-client-urls: {client}
+max-snapshots: 5
+max-wals: 5
+cors:
+initial-advertise-peer-urls: {peer}
+advertise-client-urls: {client}
+discovery:
+discovery-fallback: 'proxy'
+discovery-proxy:
+discovery-srv:
+initial-cluster:
+initial-cluster-token: 'etcd-cluster'
+initial-cluster-state: 'new'
+strict-reconfig-check: false
+enable-v2: true
+enable-pprof: true
+proxy: 'off'
+proxy-failure-wait: 5000
+proxy-refresh-interval: 30000
+proxy-dial-timeout: 1000
+proxy-write-timeout: 5000
+proxy-read-timeout: 0
+client-transport-security:
+  cert-file:
+  key-file:
+  client-cert-auth: false
+  trusted-ca-file:
+  auto-tls: false
+peer-transport-security:
+  cert-file:
+  key-file:
+  client-cert-auth: false
+  trusted-ca-file:
+  auto-tls: false
+self-signed-cert-validity: 1
+debug: false
+log-level: info
+logger: zap
+log-outputs: [stderr]
+force-new-cluster: false
+auto-compaction-mode: periodic
+auto-compaction-retention: "1"
+"#,
+            dir = server.dir.display(),
+            peer = server.peer_url(),
+            client = server.endpoint(),
+        ),
+    )
+    .unwrap();
+    server
+        .args
+        .extend(["--config-file".into(), config.display().to_string()]);
+    server.env.push(("ETCD_NAME".into(), "ignored-env".into()));
+    server.spawn();
+    server.wait_healthy();
+    let mut c = server.client().await;
+    assert_eq!(
+        c.member_list().await.unwrap().members()[0].name(),
+        "from-file"
+    );
+    let logs = server.logs();
+    assert!(logs.contains("loaded server configuration"), "{logs}");
+    assert!(logs.contains("--enable-pprof is ignored"), "{logs}");
+    assert!(
+        logs.contains("self-signed-cert-validity is not a setting keel knows"),
+        "{logs}"
+    );
+    // `--logger zap`: JSON lines.
+    assert!(logs.lines().any(|l| l.starts_with("{\"level\":")), "{logs}");
+    drop(c);
+    server.kill9();
+
+    // Go-style flags, etcd's storage tuning flags, and --wal-dir.
+    let wal = server.dir.with_file_name("wal-elsewhere");
+    let mut go = Server::new(
+        [
+            "-name",
+            "go-style",
+            "-wal-dir",
+            wal.to_str().unwrap(),
+            "-backend-batch-limit=10000",
+            "-backend-batch-interval",
+            "10ms",
+            "-experimental-backend-bbolt-freelist-type=map",
+            "-experimental-compaction-batch-limit",
+            "1000",
+            "-initial-election-tick-advance=false",
+            "-pre-vote",
+            "-metrics",
+            "extensive",
+            "-max-snapshots",
+            "3",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+    );
+    go.spawn();
+    go.wait_healthy();
+    let mut c = go.client().await;
+    assert_eq!(
+        c.member_list().await.unwrap().members()[0].name(),
+        "go-style"
+    );
+    c.put("k", "v", None).await.unwrap();
+    assert!(
+        go.logs().contains("--backend-batch-limit=10000 is ignored"),
+        "{}",
+        go.logs()
+    );
+    let segments = std::fs::read_dir(&wal).unwrap().count();
+    assert!(segments > 0, "no WAL segment in --wal-dir");
+    assert_eq!(std::fs::read_dir(go.wal_dir()).unwrap().count(), 0);
+    drop(c);
+    go.restart();
+    let mut c = go.client().await;
+    assert_eq!(c.get("k", None).await.unwrap().kvs()[0].value(), b"v");
+}
+
+/// `--host-whitelist` and `--cors`, as etcd's access controller applies
+/// them to plain HTTP.
+#[test]
+fn host_whitelist_and_cors_guard_plain_http() {
+    use std::io::{Read, Write};
+    let s = Server::start(&[
+        "--host-whitelist",
+        "good.example,127.0.0.1",
+        "--cors",
+        "http://app.example",
+    ]);
+    let get = |host: &str, origin: &str| {
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            conn,
+            "GET /version HTTP/1.1\r\nHost: {host}\r\nOrigin: {origin}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        conn.read_to_string(&mut out).unwrap();
+        out
+    };
+    let refused = get("evil.example:2379", "http://app.example");
+    assert!(refused.starts_with("HTTP/1.1 421"), "{refused}");
+    assert!(
+        refused.contains("etcd --host-whitelist \"evil.example\""),
+        "{refused}"
+    );
+    let ok = get("good.example:2379", "http://app.example");
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    assert!(
+        ok.to_lowercase()
+            .contains("access-control-allow-origin: http://app.example"),
+        "{ok}"
+    );
+    let other = get("good.example", "http://other.example");
+    assert!(
+        !other.to_lowercase().contains("access-control-allow-origin"),
+        "{other}"
+    );
 }
 
 #[tokio::test]

@@ -50,6 +50,20 @@ pub struct Metrics {
     pub peer_sent_bytes: IntCounterVec,
     pub peer_received_bytes: IntCounterVec,
     pub peer_round_trip_seconds: HistogramVec,
+    pub peer_sent_failures: IntCounterVec,
+    pub heartbeat_send_failures: IntCounter,
+    pub read_indexes_failed: IntCounter,
+    pub slow_apply: IntCounter,
+    pub backend_commit_seconds: Histogram,
+    pub client_grpc_received_bytes: IntCounter,
+    pub client_grpc_sent_bytes: IntCounter,
+    pub client_requests: IntCounterVec,
+    pub server_id: GaugeVec,
+    pub is_learner: IntGauge,
+    pub snap_db_save_seconds: Histogram,
+    /// `--metrics extensive`: gRPC handling time by method.
+    pub grpc_handling_seconds: HistogramVec,
+    extensive: std::sync::atomic::AtomicBool,
     process: ProcessMetrics,
 }
 
@@ -185,8 +199,9 @@ impl Metrics {
                         "etcd_disk_wal_fsync_duration_seconds",
                         "The latency distributions of fsync called by WAL.",
                     )
-                    // From 10 µs (etcd starts at 1 ms): fast disks fsync in tens of µs.
-                    .buckets(exponential_buckets(0.00001, 2.0, 20).expect("valid buckets")),
+                    // etcd's buckets, so that alert thresholds on `le` match
+                    // (the mean, from _sum and _count, shows faster disks).
+                    .buckets(exponential_buckets(0.001, 2.0, 14).expect("valid buckets")),
                 )
                 .expect("valid metric"),
             ),
@@ -302,6 +317,74 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            peer_sent_failures: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("etcd_network_peer_sent_failures_total", "The total number of send failures from peers."),
+                    &["To"],
+                )
+                .expect("valid metric"),
+            ),
+            heartbeat_send_failures: ic(
+                "etcd_server_heartbeat_send_failures_total",
+                "The total number of leader heartbeat send failures (likely overloaded from slow disk).",
+            ),
+            read_indexes_failed: ic("etcd_server_read_indexes_failed_total", "The total number of failed read indexes seen."),
+            slow_apply: ic("etcd_server_slow_apply_total", "The total number of slow apply requests (likely overloaded from slow disk)."),
+            backend_commit_seconds: reg(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "etcd_disk_backend_commit_duration_seconds",
+                        "The latency distributions of commit called by backend.",
+                    )
+                    .buckets(exponential_buckets(0.001, 2.0, 14).expect("valid buckets")),
+                )
+                .expect("valid metric"),
+            ),
+            client_grpc_received_bytes: ic(
+                "etcd_network_client_grpc_received_bytes_total",
+                "The total number of bytes received from grpc clients.",
+            ),
+            client_grpc_sent_bytes: ic("etcd_network_client_grpc_sent_bytes_total", "The total number of bytes sent to grpc clients."),
+            client_requests: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("etcd_server_client_requests_total", "The total number of client requests per client version."),
+                    &["type", "client_api_version"],
+                )
+                .expect("valid metric"),
+            ),
+            server_id: reg(
+                &r,
+                GaugeVec::new(
+                    Opts::new("etcd_server_id", "Server or member ID in hexadecimal format. 1 for 'server_id' label with current ID."),
+                    &["server_id"],
+                )
+                .expect("valid metric"),
+            ),
+            is_learner: ig("etcd_server_is_learner", "Whether or not this member is a learner. 1 if is, 0 otherwise."),
+            snap_db_save_seconds: reg(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "etcd_snap_db_save_total_duration_seconds",
+                        "The total latency distributions of v3 snapshot save",
+                    )
+                    .buckets(exponential_buckets(0.1, 2.0, 10).expect("valid buckets")),
+                )
+                .expect("valid metric"),
+            ),
+            grpc_handling_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "grpc_server_handling_seconds",
+                    "Histogram of response latency (seconds) of gRPC that had been application-level handled by the server.",
+                )
+                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+                &grpc_labels,
+            )
+            .expect("valid metric"),
+            extensive: std::sync::atomic::AtomicBool::new(false),
             process: ProcessMetrics::new(&r),
             registry: r,
         };
@@ -314,9 +397,32 @@ impl Metrics {
         m
     }
 
+    /// `--metrics extensive`: gRPC handling-time histograms too.
+    pub fn enable_extensive(&self) {
+        if !self
+            .extensive
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            let _ = self
+                .registry
+                .register(Box::new(self.grpc_handling_seconds.clone()));
+        }
+    }
+
+    /// Records how long a gRPC call took, with `--metrics extensive`.
+    pub fn observe_handling(&self, labels: &[&str; 3], started: std::time::Instant) {
+        if self.extensive.load(std::sync::atomic::Ordering::Relaxed) {
+            self.grpc_handling_seconds
+                .with_label_values(labels)
+                .observe(started.elapsed().as_secs_f64());
+        }
+    }
+
     /// The registry in Prometheus text format.
     pub fn render(&self) -> String {
         self.process.refresh();
+        self.is_learner
+            .set(i64::from(crate::raft::actor::is_learner()));
         let mut out = Vec::new();
         // Encoding gathered families into a Vec cannot fail.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);

@@ -302,6 +302,9 @@ pub struct MvccTiming {
     pub progress_every: Duration,
     /// How often the leader checkpoints leases' remaining TTLs.
     pub lease_checkpoint_every: Duration,
+    /// An entry that takes longer to apply is logged and counted
+    /// (`--experimental-warning-apply-duration`, `etcd_server_slow_apply_total`).
+    pub warn_apply_after: Duration,
 }
 
 impl MvccActor {
@@ -789,6 +792,7 @@ impl MvccActor {
                     Vec::new()
                 }
                 ApplyPayload::Normal(batch) => {
+                    let started = std::time::Instant::now();
                     // The bytes were validated when proposed and are covered
                     // by WAL checksums since; failing here means a bug or
                     // undetected corruption, and applying past it would make
@@ -842,6 +846,20 @@ impl MvccActor {
                             *h = Some(self.header(h.as_ref().map_or(0, |h| h.revision)));
                         }
                         outcomes.push(outcome);
+                    }
+                    let took = started.elapsed();
+                    // keel's "backend commit": the entry's requests applied
+                    // to the store (its durability is the WAL's fsync).
+                    metrics().backend_commit_seconds.observe(took.as_secs_f64());
+                    if took > self.timing.warn_apply_after {
+                        metrics().slow_apply.inc();
+                        tracing::warn!(
+                            took = ?took,
+                            expected_duration = ?self.timing.warn_apply_after,
+                            index = e.log_id.index,
+                            requests = outcomes.len(),
+                            "apply request took too long"
+                        );
                     }
                     outcomes
                 }
@@ -1025,6 +1043,7 @@ mod tests {
         let timing = MvccTiming {
             progress_every: Duration::from_secs(600),
             lease_checkpoint_every: Duration::from_secs(300),
+            warn_apply_after: Duration::from_millis(100),
         };
         let restored = Restored {
             store: KvStore::default(),

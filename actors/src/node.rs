@@ -66,6 +66,20 @@ const JOIN_WARN_EVERY: Duration = Duration::from_secs(5);
 pub struct NodeConfig {
     pub name: String,
     pub data_dir: PathBuf,
+    /// `--wal-dir`: the WAL somewhere else than `<data-dir>/member/wal`.
+    pub wal_dir: Option<PathBuf>,
+    /// `--max-snapshots`: snapshot files kept (0: all).
+    pub max_snapshots: usize,
+    /// `--cors`: origins the HTTP answers allow (`*`: any).
+    pub cors: Vec<String>,
+    /// `--host-whitelist`: Host headers plain HTTP requests may carry
+    /// (`*` or empty: any).
+    pub host_whitelist: Vec<String>,
+    /// `--metrics extensive`: also gRPC handling-time histograms.
+    pub metrics_extensive: bool,
+    /// `--experimental-warning-apply-duration`: an apply slower than this
+    /// is logged and counted.
+    pub warning_apply_duration: Duration,
     pub listen_client: Vec<ListenUrl>,
     /// `--listen-metrics-urls`: /metrics and the health endpoints only
     /// (https ones with the client TLS settings, as etcd).
@@ -365,7 +379,12 @@ fn etcd_files_in(data_dir: &Path) -> Option<PathBuf> {
     if db.exists() {
         return Some(db);
     }
-    std::fs::read_dir(data_dir.join("member/wal"))
+    etcd_wal_file_in(&data_dir.join("member/wal"))
+}
+
+/// A WAL file of etcd's in `dir`, if there is one.
+fn etcd_wal_file_in(dir: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(dir)
         .ok()?
         .filter_map(|e| e.ok())
         .map(|e| e.path())
@@ -680,6 +699,9 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
     // grpc-go's keepalive enforcement, as etcd's gRPC server applies it
     // (`--grpc-keepalive-min-time`): process-wide in keel's patched h2.
     h2::server::enforce_ping_min_time(Some(cfg.grpc_keepalive.min_time));
+    if cfg.metrics_extensive {
+        crate::metrics::metrics().enable_extensive();
+    }
     // Key files are read before the data dir is touched.
     let jwt = match &cfg.jwt {
         Some(settings) => Some(crate::auth::JwtKeys::load(settings).map_err(StartError::Config)?),
@@ -689,7 +711,9 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
         dir: cfg.data_dir.clone(),
         msg: e.to_string(),
     };
-    if let Some(found) = etcd_files_in(&cfg.data_dir) {
+    let etcd_files = etcd_files_in(&cfg.data_dir)
+        .or_else(|| cfg.wal_dir.as_deref().and_then(etcd_wal_file_in));
+    if let Some(found) = etcd_files {
         return Err(StartError::DataDir {
             dir: cfg.data_dir.clone(),
             msg: format!(
@@ -706,6 +730,19 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
     for dir in ["member", "member/wal", "member/snap"] {
         keel_storage::create_dir_durably(&cfg.data_dir.join(dir)).map_err(data_dir_err)?;
     }
+    // `--wal-dir`: the WAL on a device of its own, as etcd's.
+    let wal_dir = match &cfg.wal_dir {
+        Some(dir) => {
+            let err = |e: std::io::Error| StartError::DataDir {
+                dir: dir.clone(),
+                msg: e.to_string(),
+            };
+            keel_storage::create_dir_durably(dir).map_err(err)?;
+            Some(std::fs::canonicalize(dir).map_err(err)?)
+        }
+        None => None,
+    };
+    keel_storage::mvcc::snapshot::set_snapshots_kept(cfg.max_snapshots);
     // Absolute from here on: glommio's directory handles refuse relative
     // paths (EBADF), and the default data dir is relative (`default.keel`).
     let member_dir = std::fs::canonicalize(cfg.data_dir.join("member")).map_err(data_dir_err)?;
@@ -722,7 +759,11 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
     let peer_addrs: Vec<SocketAddr> = cfg.listen_peer.iter().map(|l| l.addr).collect();
     let peer_sockets = Arc::new(bind_listeners(&peer_addrs, "peers")?);
     let ids = identity(&member_dir, &cfg, peer_tls.as_ref())?;
-    let wal_dir = member_dir.join("wal");
+    metrics()
+        .server_id
+        .with_label_values(&[&format!("{:x}", ids.member_id)])
+        .set(1.0);
+    let wal_dir = wal_dir.unwrap_or_else(|| member_dir.join("wal"));
     let snap_dir = member_dir.join("snap");
 
     let recovered = recover(&wal_dir)?;
@@ -813,6 +854,8 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
         keepalive: cfg.grpc_keepalive,
         bcrypt_cost: cfg.bcrypt_cost,
         snap_dir: snap_dir.clone(),
+        cors: cfg.cors.clone(),
+        host_whitelist: cfg.host_whitelist.clone(),
     });
     let space = Arc::new(SpaceGauge::default());
     let auth = Arc::new(crate::auth::AuthShared::new(cfg.auth_token_ttl, jwt));
@@ -855,6 +898,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
                     let timing = MvccTiming {
                         progress_every: cfg.watch_progress_notify_interval,
                         lease_checkpoint_every: cfg.lease_checkpoint_interval,
+                        warn_apply_after: cfg.warning_apply_duration,
                     };
                     let actor = MvccActor::new(
                         restored,
@@ -958,6 +1002,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
                                 auth: check_auth,
                                 caller: None,
                                 cert_user: None,
+                                secure: false,
                             });
                             glommio::spawn_local(crate::corrupt::monitor(
                                 every,
@@ -993,6 +1038,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
                     auth,
                     caller: None,
                     cert_user: None,
+                    secure: false,
                 });
                 let tasks: Vec<_> = listeners
                     .into_iter()

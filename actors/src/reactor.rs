@@ -19,7 +19,7 @@ use glommio::net::{TcpListener, TcpStream};
 use http::{header, HeaderMap, HeaderValue, Response};
 use hyper::body::Incoming;
 
-use crate::grpc::body::RequestBody;
+use crate::grpc::body::{GrpcCall, RequestBody};
 use hyper::service::service_fn;
 use keel_proto::method::{Method, MethodKind};
 
@@ -127,13 +127,11 @@ async fn serve_connection(
                 .peer_certificates()
                 .and_then(|chain| chain.first())
                 .and_then(|cert| crate::tls::common_name(cert));
-            let ctx = match cert_user {
-                Some(user) => Rc::new(ServerCtx {
-                    cert_user: Some(user),
-                    ..(*ctx).clone()
-                }),
-                None => ctx,
-            };
+            let ctx = Rc::new(ServerCtx {
+                cert_user,
+                secure: true,
+                ..(*ctx).clone()
+            });
             serve_stream(stream, surface, ctx).await
         }
         Ok(Err(e)) => tracing::debug!("TLS handshake failed: {e}"),
@@ -231,8 +229,9 @@ fn error_response(s: &Status) -> Response<ResponseBody> {
     resp
 }
 
-/// Starts a streaming handler and answers with its stream of messages.
-fn streaming_response<F, Fut>(handler: F) -> Response<ResponseBody>
+/// Starts a streaming handler and answers with its stream of messages;
+/// the call is counted as handled when the stream ends.
+fn streaming_response<F, Fut>(call: GrpcCall, handler: F) -> Response<ResponseBody>
 where
     F: FnOnce(tokio::sync::mpsc::Sender<StreamItem>) -> Fut,
     Fut: Future<Output = ()> + 'static,
@@ -241,7 +240,7 @@ where
     glommio::spawn_local(handler(tx)).detach();
     let lost = status_trailers(&Status::stopped());
     grpc_headers(Response::builder())
-        .body(ResponseBody::stream(rx, lost))
+        .body(ResponseBody::grpc_stream(rx, lost, call))
         .expect("static response parts are valid")
 }
 
@@ -266,13 +265,28 @@ async fn handle_http2(req: http::Request<Incoming>, ctx: Rc<ServerCtx>) -> Respo
     serve_grpc(req.map(RequestBody::Http2), ctx).await
 }
 
-/// Plain HTTP on the client port: the JSON gateway, health, metrics, version.
+/// Plain HTTP on the client port: the JSON gateway, health, metrics,
+/// version; behind etcd's access control (Host whitelist, CORS).
 async fn handle_http(req: http::Request<Incoming>, ctx: &Rc<ServerCtx>) -> Response<ResponseBody> {
-    if gateway::is_gateway_path(req.uri().path()) {
+    if !ctx.secure {
+        if let Some(refused) = http_service::check_host(&req, &ctx.cfg.host_whitelist) {
+            return refused;
+        }
+    }
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let mut resp = if req.method() == http::Method::OPTIONS {
+        // A CORS preflight, answered as etcd's access controller does.
+        Response::builder()
+            .status(200)
+            .body(ResponseBody::empty())
+            .expect("static response parts are valid")
+    } else if gateway::is_gateway_path(req.uri().path()) {
         gateway::handle(req, ctx).await
     } else {
         http_service::handle(req, ctx).await
-    }
+    };
+    http_service::add_cors(&mut resp, &ctx.cfg.cors, origin.as_ref());
+    resp
 }
 
 /// Serves one gRPC call: from a client's HTTP/2 stream, or made by the
@@ -299,6 +313,21 @@ pub(crate) async fn serve_grpc(
     };
     let labels = [grpc_type, method.service(), method.name()];
     metrics().grpc_started.with_label_values(&labels).inc();
+    let client_api_version = req
+        .headers()
+        .get("client-api-version")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("unknown");
+    let request_type = if method.kind() == MethodKind::Unary {
+        "unary"
+    } else {
+        "stream"
+    };
+    metrics()
+        .client_requests
+        .with_label_values(&[request_type, client_api_version])
+        .inc();
+    let call = GrpcCall::new(labels);
     // A request with credentials is served with a context naming its
     // caller (proposals carry it; reads and administration check it).
     let ctx = match auth::caller(&ctx, req.headers()).await {
@@ -307,14 +336,14 @@ pub(crate) async fn serve_grpc(
             caller: Some(caller),
             ..(*ctx).clone()
         }),
-        Err(s) => return error_response(&s),
+        Err(s) => return refuse(call, &s),
     };
     if matches!(
         method,
         Method::Watch | Method::LeaseKeepAlive | Method::Observe
     ) {
         if crate::raft::actor::is_learner() {
-            return error_response(&Status::learner_unsupported());
+            return refuse(call, &Status::learner_unsupported());
         }
         // clientv3's WithRequireLeader (kube-apiserver sets it on watches):
         // refused without a leader, and a watch stream ends when its member
@@ -324,13 +353,17 @@ pub(crate) async fn serve_grpc(
             .get(REQUIRE_LEADER_KEY)
             .is_some_and(|v| v == "true");
         if require_leader && !crate::raft::actor::has_leader() {
-            return error_response(&Status::no_leader());
+            return refuse(call, &Status::no_leader());
         }
         let body = req.into_body();
         return match method {
-            Method::Watch => streaming_response(|out| watch::serve(body, ctx, out, require_leader)),
-            Method::LeaseKeepAlive => streaming_response(|out| lease::keep_alive(body, ctx, out)),
-            _ => streaming_response(|out| election::observe(body, ctx, out)),
+            Method::Watch => {
+                streaming_response(call, |out| watch::serve(body, ctx, out, require_leader))
+            }
+            Method::LeaseKeepAlive => {
+                streaming_response(call, |out| lease::keep_alive(body, ctx, out))
+            }
+            _ => streaming_response(call, |out| election::observe(body, ctx, out)),
         };
     }
     if method == Method::Snapshot {
@@ -343,20 +376,26 @@ pub(crate) async fn serve_grpc(
             ctx.check_admin()
         };
         return match checked.await {
-            Ok(()) => streaming_response(|out| maintenance::snapshot(ctx, out)),
-            Err(s) => error_response(&s),
+            Ok(()) => streaming_response(call, |out| maintenance::snapshot(ctx, out)),
+            Err(s) => refuse(call, &s),
         };
     }
-    let result = dispatch(method, req.into_body(), &ctx).await;
-    let code = result.as_ref().err().map_or(Code::Ok, |s| s.code);
-    metrics()
-        .grpc_handled
-        .with_label_values(&[grpc_type, method.service(), method.name(), code.name()])
-        .inc();
-    match result {
-        Ok(message) => ok_response(message),
-        Err(s) => error_response(&s),
+    match dispatch(method, req.into_body(), &ctx).await {
+        Ok(message) => {
+            call.finish(Code::Ok);
+            metrics()
+                .client_grpc_sent_bytes
+                .inc_by(message.len() as u64);
+            ok_response(message)
+        }
+        Err(s) => refuse(call, &s),
     }
+}
+
+/// Answers a call with an error status, counting it as handled.
+fn refuse(call: GrpcCall, s: &Status) -> Response<ResponseBody> {
+    call.finish(s.code);
+    error_response(s)
 }
 
 /// Reads a unary request, runs `f`, and encodes its answer.

@@ -24,6 +24,65 @@ pub struct ResponseBody {
     data: Option<Bytes>,
     trailers: Option<HeaderMap>,
     stream: Option<tokio::sync::mpsc::Receiver<StreamItem>>,
+    /// A gRPC stream: counted in `grpc_server_handled_total` when it ends
+    /// (Canceled when the client goes first), its messages in
+    /// `etcd_network_client_grpc_sent_bytes_total`.
+    call: Option<GrpcCall>,
+}
+
+/// A gRPC call being served, for its metrics: counted as handled when
+/// finished, or as Canceled when dropped first (the client went away).
+#[derive(Debug)]
+pub struct GrpcCall {
+    /// grpc_type, grpc_service, grpc_method.
+    pub labels: [&'static str; 3],
+    pub started: std::time::Instant,
+    pub finished: bool,
+}
+
+impl GrpcCall {
+    pub fn new(labels: [&'static str; 3]) -> GrpcCall {
+        GrpcCall {
+            labels,
+            started: std::time::Instant::now(),
+            finished: false,
+        }
+    }
+
+    fn record(&self, code: crate::grpc::status::Code) {
+        let m = crate::metrics::metrics();
+        let [kind, service, method] = self.labels;
+        m.grpc_handled
+            .with_label_values(&[kind, service, method, code.name()])
+            .inc();
+        m.observe_handling(&self.labels, self.started);
+    }
+
+    /// Counts the call as handled with `code`.
+    pub fn finish(mut self, code: crate::grpc::status::Code) {
+        self.record(code);
+        self.finished = true;
+    }
+}
+
+impl Drop for GrpcCall {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.record(crate::grpc::status::Code::Cancelled);
+        }
+    }
+}
+
+/// The gRPC status code in trailers (Unknown when there is none).
+fn code_of(trailers: &HeaderMap) -> crate::grpc::status::Code {
+    trailers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u8>().ok())
+        .map_or(
+            crate::grpc::status::Code::Unknown,
+            crate::grpc::status::Code::from_u8,
+        )
 }
 
 impl ResponseBody {
@@ -34,8 +93,7 @@ impl ResponseBody {
     pub fn bytes(data: Bytes) -> ResponseBody {
         ResponseBody {
             data: Some(data),
-            trailers: None,
-            stream: None,
+            ..ResponseBody::default()
         }
     }
 
@@ -43,7 +101,7 @@ impl ResponseBody {
         ResponseBody {
             data: Some(data),
             trailers: Some(trailers),
-            stream: None,
+            ..ResponseBody::default()
         }
     }
 
@@ -51,9 +109,28 @@ impl ResponseBody {
     /// without ending the stream, `lost` ends it.
     pub fn stream(rx: tokio::sync::mpsc::Receiver<StreamItem>, lost: HeaderMap) -> ResponseBody {
         ResponseBody {
-            data: None,
             trailers: Some(lost),
             stream: Some(rx),
+            ..ResponseBody::default()
+        }
+    }
+
+    /// As [`stream`](Self::stream), for a gRPC call whose end and sent
+    /// bytes are counted.
+    pub fn grpc_stream(
+        rx: tokio::sync::mpsc::Receiver<StreamItem>,
+        lost: HeaderMap,
+        call: GrpcCall,
+    ) -> ResponseBody {
+        ResponseBody {
+            call: Some(call),
+            ..ResponseBody::stream(rx, lost)
+        }
+    }
+
+    fn end(&mut self, trailers: &HeaderMap) {
+        if let Some(call) = self.call.take() {
+            call.finish(code_of(trailers));
         }
     }
 }
@@ -70,11 +147,17 @@ impl http_body::Body for ResponseBody {
             match rx.poll_recv(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(StreamItem::Message(m))) => {
-                    return Poll::Ready(Some(Ok(Frame::data(m))))
+                    if self.call.is_some() {
+                        crate::metrics::metrics()
+                            .client_grpc_sent_bytes
+                            .inc_by(m.len() as u64);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(m))));
                 }
                 Poll::Ready(Some(StreamItem::End(t))) => {
                     self.stream = None;
                     self.trailers = None;
+                    self.end(&t);
                     return Poll::Ready(Some(Ok(Frame::trailers(t))));
                 }
                 Poll::Ready(None) => self.stream = None,
@@ -84,6 +167,7 @@ impl http_body::Body for ResponseBody {
             return Poll::Ready(Some(Ok(Frame::data(d))));
         }
         if let Some(t) = self.trailers.take() {
+            self.end(&t);
             return Poll::Ready(Some(Ok(Frame::trailers(t))));
         }
         Poll::Ready(None)

@@ -96,6 +96,9 @@ where
             }
             if let Some(len) = self.want {
                 if self.buf.len() >= PREFIX_BYTES + len {
+                    crate::metrics::metrics()
+                        .client_grpc_received_bytes
+                        .inc_by((PREFIX_BYTES + len) as u64);
                     self.buf.advance(PREFIX_BYTES);
                     self.want = None;
                     return Ok(Some(self.buf.split_to(len).freeze()));

@@ -266,9 +266,19 @@ pub struct PeerConn {
 
 impl PeerConn {
     pub async fn send(&mut self, frame: &[u8]) -> io::Result<()> {
-        self.stream.write_all(frame).await?;
-        // TLS holds records until flushed.
-        self.stream.flush().await?;
+        let sent = async {
+            self.stream.write_all(frame).await?;
+            // TLS holds records until flushed.
+            self.stream.flush().await
+        }
+        .await;
+        if let Err(e) = sent {
+            metrics()
+                .peer_sent_failures
+                .with_label_values(&[&self.label])
+                .inc();
+            return Err(e);
+        }
         metrics()
             .peer_sent_bytes
             .with_label_values(&[&self.label])
@@ -406,9 +416,13 @@ impl PeerClients {
                                 continue;
                             }
                         };
+                        let label = format!("{target:x}");
+                        // The peer's failure series exists from the first
+                        // connection on, at 0, as alert expressions expect.
+                        metrics().peer_sent_failures.with_label_values(&[&label]);
                         let mut conn = PeerConn {
                             target,
-                            label: format!("{target:x}"),
+                            label,
                             stream,
                         };
                         return self.greet(&mut conn).await.map(|()| conn);

@@ -126,13 +126,19 @@ impl RaftNetwork<TypeConfig> for PeerLink {
         // Sending a prefix is answered as a partial success: openraft then
         // continues from the last entry the follower got.
         let prefix_end = (n < wire.len()).then(|| rpc.entries[n - 1].log_id);
+        // An AppendEntries without entries is the leader's heartbeat.
+        let heartbeat = wire.is_empty();
         let req = PeerRequest::AppendEntries {
             vote: vote_to_wire(&rpc.vote),
             prev_log_id: rpc.prev_log_id.as_ref().map(log_id_to_wire),
             leader_commit: rpc.leader_commit.as_ref().map(log_id_to_wire),
             entries: wire.into_iter().take(n).collect(),
         };
-        match self.call(&req, option.hard_ttl()).await? {
+        let answer = self.call(&req, option.hard_ttl()).await;
+        if heartbeat && answer.is_err() {
+            crate::metrics::metrics().heartbeat_send_failures.inc();
+        }
+        match answer? {
             PeerResponse::AppendEntries(r) => Ok(match (append_from_wire(&r), prefix_end) {
                 (AppendEntriesResponse::Success, Some(last)) => {
                     AppendEntriesResponse::PartialSuccess(Some(last))

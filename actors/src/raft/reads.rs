@@ -106,6 +106,9 @@ pub(super) async fn read_index_rounds(h: RaftHandles, mut rx: mpsc::Receiver<Rea
             .iter()
             .all(|w| matches!(w, ReadWaiter::Index(Origin::Peer, _)));
         let index = read_index(&h, !only_peers).await;
+        if index.is_err() {
+            crate::metrics::metrics().read_indexes_failed.inc();
+        }
         let am_leader = h.leader() == Leader::Me;
         for w in batch {
             match w {

@@ -219,6 +219,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.wal_barrier().await?;
         let dir = self.snap_dir.clone();
         let from = snapshot.path.clone();
+        let started = std::time::Instant::now();
         let loaded = glommio::executor()
             .spawn_blocking(move || -> Result<_, String> {
                 let f = std::fs::File::open(&from).map_err(|e| e.to_string())?;
@@ -230,6 +231,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             })
             .await
             .map_err(|e| sm_err(&format!("installing snapshot: {e}")))?;
+        // etcd's figure for a snapshot received from the leader and saved.
+        crate::metrics::metrics()
+            .snap_db_save_seconds
+            .observe(started.elapsed().as_secs_f64());
         let (app, store, path) = loaded;
         // From here a restart loads this snapshot; the log store may let the
         // WAL forget what it covers.

@@ -13,6 +13,77 @@ use super::ServerCtx;
 use crate::grpc::body::ResponseBody;
 use crate::metrics::metrics;
 
+/// etcd's access control for plain HTTP (`--host-whitelist`): a request
+/// whose Host is not listed gets 421 and etcd's explanation. `*` or an
+/// empty list allows every host.
+pub fn check_host<B>(
+    req: &http::Request<B>,
+    whitelist: &[String],
+) -> Option<Response<ResponseBody>> {
+    if whitelist.is_empty() || whitelist.iter().any(|h| h == "*") {
+        return None;
+    }
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .unwrap_or_default();
+    // The whitelist names hosts; a port after them does not matter.
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    if whitelist.iter().any(|h| h == name || h == host) {
+        return None;
+    }
+    let body = format!(
+        r#"
+etcd received your request, but the Host header was unrecognized.
+
+To fix this, choose one of the following options:
+- Enable TLS, then any HTTP request will be accepted.
+- Add the hostname you want to use to the whitelist in settings.
+  - e.g. etcd --host-whitelist {name:?}
+
+This requirement has been added to help prevent "DNS Rebinding" attacks (CVE-2018-5702).
+"#
+    );
+    Some(reply(
+        StatusCode::MISDIRECTED_REQUEST,
+        "text/plain; charset=utf-8",
+        body,
+    ))
+}
+
+/// etcd's CORS headers (`--cors`): for any origin with `*`, else for a
+/// request whose Origin is listed.
+pub fn add_cors(
+    resp: &mut Response<ResponseBody>,
+    cors: &[String],
+    origin: Option<&http::HeaderValue>,
+) {
+    let allowed = if cors.iter().any(|c| c == "*") {
+        Some(http::HeaderValue::from_static("*"))
+    } else {
+        origin
+            .filter(|o| cors.iter().any(|c| o.as_bytes() == c.as_bytes()))
+            .cloned()
+    };
+    if let Some(allowed) = allowed {
+        let h = resp.headers_mut();
+        h.insert("Access-Control-Allow-Origin", allowed);
+        h.insert(
+            "Access-Control-Allow-Methods",
+            http::HeaderValue::from_static("POST, GET, OPTIONS, PUT, DELETE"),
+        );
+        h.insert(
+            "Access-Control-Allow-Headers",
+            http::HeaderValue::from_static("accept, content-type, authorization"),
+        );
+    }
+}
+
 /// `/health` gives up after this long.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 

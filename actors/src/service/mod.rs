@@ -42,6 +42,11 @@ pub struct ServeConfig {
     /// Where Maintenance.Snapshot writes the database it streams (an
     /// unlinked file, gone when the stream ends or the process dies).
     pub snap_dir: std::path::PathBuf,
+    /// `--cors`: origins HTTP answers allow (`*`: any).
+    pub cors: Vec<String>,
+    /// `--host-whitelist`: Host headers plain HTTP requests may carry
+    /// (`*` or none: any).
+    pub host_whitelist: Vec<String>,
 }
 
 /// HTTP/2 keepalive on client connections (`--grpc-keepalive-interval` and
@@ -97,6 +102,8 @@ pub struct ServerCtx {
     /// The common name of the connection's verified client certificate:
     /// the user of its requests that carry no token.
     pub cert_user: Option<String>,
+    /// The connection is TLS (the Host whitelist guards plain HTTP only).
+    pub secure: bool,
 }
 
 impl ServerCtx {

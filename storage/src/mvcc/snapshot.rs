@@ -43,8 +43,24 @@ const FRAME_TARGET_BYTES: usize = 1 << 20;
 /// Larger frames are rejected on read: a corrupt length must not make us
 /// allocate gigabytes.
 const FRAME_MAX_BYTES: usize = 256 << 20;
-/// Snapshots kept on disk; older ones are removed after a new one is durable.
+/// Snapshots kept on disk by default; older ones are removed after a new
+/// one is durable.
 pub const SNAPSHOTS_KEPT: usize = 2;
+
+/// Snapshots kept on disk (`--max-snapshots`; 0 keeps all): process-wide,
+/// set once at start.
+static KEPT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(SNAPSHOTS_KEPT);
+
+/// Sets how many snapshot files are kept (0: all). At least the newest is
+/// always kept.
+pub fn set_snapshots_kept(n: usize) {
+    let n = if n == 0 { usize::MAX } else { n };
+    KEPT.store(n, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn snapshots_kept() -> usize {
+    KEPT.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 const KIND_META: u8 = 1;
 const KIND_EVENTS: u8 = 2;
@@ -364,7 +380,7 @@ fn snapshot_files(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
 }
 
 /// Writes a snapshot file for raft index `index` atomically, then removes
-/// snapshots beyond the newest [`SNAPSHOTS_KEPT`]. Returns the path and size.
+/// snapshots beyond the newest kept (`--max-snapshots`). Returns the path and size.
 pub fn save_snapshot_file(
     dir: &Path,
     index: u64,
@@ -388,7 +404,7 @@ pub fn save_snapshot_file(
 
 /// Makes `from`, a complete and synced snapshot file for raft index
 /// `index`, the snapshot a restart loads: renames it into place, syncs the
-/// directory, then removes snapshots beyond the newest [`SNAPSHOTS_KEPT`].
+/// directory, then removes snapshots beyond the newest kept (`--max-snapshots`).
 /// Returns its new path.
 pub fn place_snapshot_file(dir: &Path, from: &Path, index: u64) -> io::Result<PathBuf> {
     use crate::power_loss::{self, Step};
@@ -407,8 +423,9 @@ pub fn place_snapshot_file(dir: &Path, from: &Path, index: u64) -> io::Result<Pa
     }
     crate::sync_dir(dir)?;
     let files = snapshot_files(dir)?;
-    if files.len() > SNAPSHOTS_KEPT {
-        for (_, old) in &files[..files.len() - SNAPSHOTS_KEPT] {
+    let kept = snapshots_kept();
+    if files.len() > kept {
+        for (_, old) in &files[..files.len() - kept] {
             if *old != path {
                 fs::remove_file(old)?;
             }
