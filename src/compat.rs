@@ -17,11 +17,19 @@ pub struct CompatFlags {
     #[arg(long, env = "ETCD_BACKEND_BATCH_LIMIT")]
     pub backend_batch_limit: Option<String>,
     /// bbolt's freelist type (etcd's backend).
-    #[arg(long, env = "ETCD_EXPERIMENTAL_BACKEND_BBOLT_FREELIST_TYPE")]
+    #[arg(
+        long,
+        alias = "backend-bbolt-freelist-type",
+        env = "ETCD_EXPERIMENTAL_BACKEND_BBOLT_FREELIST_TYPE"
+    )]
     pub experimental_backend_bbolt_freelist_type: Option<String>,
     /// Keys deleted per compaction batch in bbolt (keel compacts in steps
     /// of its own).
-    #[arg(long, env = "ETCD_EXPERIMENTAL_COMPACTION_BATCH_LIMIT")]
+    #[arg(
+        long,
+        alias = "compaction-batch-limit",
+        env = "ETCD_EXPERIMENTAL_COMPACTION_BATCH_LIMIT"
+    )]
     pub experimental_compaction_batch_limit: Option<String>,
     /// capnslog's per-package levels (use --log-level).
     #[arg(long, env = "ETCD_LOG_PACKAGE_LEVELS")]
@@ -91,6 +99,7 @@ pub struct CompatFlags {
     /// peers' client certificates against the CA, not their SANs).
     #[arg(
         long,
+        alias = "peer-skip-client-san-verification",
         env = "ETCD_EXPERIMENTAL_PEER_SKIP_CLIENT_SAN_VERIFICATION",
         default_value_t = false,
         action = clap::ArgAction::Set,

@@ -128,6 +128,7 @@ pub struct Flags {
     /// Duration of periodic watch progress notifications ('10m', '5s').
     #[arg(
         long = "experimental-watch-progress-notify-interval",
+        alias = "watch-progress-notify-interval",
         env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL",
         default_value = "10m"
     )]
@@ -213,6 +214,7 @@ pub struct Flags {
     /// Raft entries kept after a snapshot for slow followers (etcd's --experimental-snapshot-catchup-entries).
     #[arg(
         long = "experimental-snapshot-catchup-entries",
+        alias = "snapshot-catchup-entries",
         env = "ETCD_EXPERIMENTAL_SNAPSHOT_CATCHUP_ENTRIES",
         default_value_t = 5000
     )]
@@ -351,6 +353,7 @@ pub struct Flags {
     /// Duration of time between cluster corruption check passes (0: none).
     #[arg(
         long,
+        alias = "corrupt-check-time",
         env = "ETCD_EXPERIMENTAL_CORRUPT_CHECK_TIME",
         default_value = "0s"
     )]
@@ -403,6 +406,7 @@ pub struct Flags {
     /// Warning is generated if requests take more time than this duration.
     #[arg(
         long = "experimental-warning-apply-duration",
+        alias = "warning-apply-duration",
         env = "ETCD_EXPERIMENTAL_WARNING_APPLY_DURATION",
         default_value = "100ms"
     )]
@@ -995,10 +999,13 @@ impl Flags {
 /// The long names of every flag keel takes.
 fn long_flags() -> Vec<String> {
     use clap::CommandFactory;
-    Flags::command()
-        .get_arguments()
-        .filter_map(|a| a.get_long().map(String::from))
-        .collect()
+    let cmd = Flags::command();
+    let mut names = Vec::new();
+    for a in cmd.get_arguments() {
+        names.extend(a.get_long().map(String::from));
+        names.extend(a.get_all_aliases().into_iter().flatten().map(String::from));
+    }
+    names
 }
 
 /// Go's flag syntax, which etcd's users and unit files use: `-name x` and

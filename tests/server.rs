@@ -307,6 +307,10 @@ auto-compaction-retention: "1"
             "extensive",
             "-max-snapshots",
             "3",
+            // etcd 3.6's names for experimental flags.
+            "-watch-progress-notify-interval=5s",
+            "--snapshot-catchup-entries",
+            "100",
         ]
         .iter()
         .map(|s| s.to_string())

@@ -711,8 +711,8 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
         dir: cfg.data_dir.clone(),
         msg: e.to_string(),
     };
-    let etcd_files = etcd_files_in(&cfg.data_dir)
-        .or_else(|| cfg.wal_dir.as_deref().and_then(etcd_wal_file_in));
+    let etcd_files =
+        etcd_files_in(&cfg.data_dir).or_else(|| cfg.wal_dir.as_deref().and_then(etcd_wal_file_in));
     if let Some(found) = etcd_files {
         return Err(StartError::DataDir {
             dir: cfg.data_dir.clone(),
