@@ -484,11 +484,16 @@ pub fn log_filter(level: &str) -> String {
         "panic" | "fatal" => "error",
         l => l,
     };
-    // openraft narrates every snapshot and election at info.
+    // openraft narrates every snapshot and election at info, and logs a
+    // peer that is down on every retry (twice a second, with decimal ids);
+    // keel logs elections, snapshots and unreachable peers itself, the
+    // last at most every 30 s per peer with its id in hex.
     if level == "debug" {
         "debug".into()
     } else {
-        format!("{level},openraft=warn")
+        format!(
+            "{level},openraft=warn,openraft::replication=off,openraft::engine::handler::replication_handler=off"
+        )
     }
 }
 

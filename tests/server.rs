@@ -338,6 +338,51 @@ auto-compaction-retention: "1"
     assert_eq!(c.get("k", None).await.unwrap().kvs()[0].value(), b"v");
 }
 
+/// Story: the log said nothing of compactions or membership, tools that
+/// wait for etcd's start-up lines never saw them, and a peer that was down
+/// was logged twice a second with decimal ids. Now: the start-up
+/// configuration, etcd's "published", "enabled capabilities" and "ready"
+/// lines, compactions, members added (ids in hex), and an unreachable peer
+/// at most every 30 s.
+#[tokio::test]
+async fn the_log_says_what_operators_and_tools_wait_for() {
+    let s = Server::start(&[]);
+    let mut c = s.client().await;
+    c.put("a", "1", None).await.unwrap();
+    c.put("a", "2", None).await.unwrap();
+    c.compact(2, None).await.unwrap();
+    let added = c
+        .member_add(
+            ["http://127.0.0.1:9"],
+            Some(etcd_client::MemberAddOptions::new().with_is_learner()),
+        )
+        .await
+        .unwrap();
+    let id = added.member().unwrap().id();
+    // Two seconds of failing to reach the learner.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let logs = s.logs();
+    for line in [
+        "starting an etcd server",
+        "published local member to cluster through raft",
+        "enabled capabilities for version 3.6",
+        "ready to serve client requests",
+        "store.index: compact compact_revision=2",
+    ] {
+        assert!(logs.contains(line), "{line:?} not in:\n{logs}");
+    }
+    assert!(
+        logs.contains(&format!("added member added_member_id=\"{id:x}\"")),
+        "{logs}"
+    );
+    let unreachable = logs.matches("peer unreachable").count();
+    assert_eq!(unreachable, 1, "{logs}");
+    assert!(
+        !logs.contains(&id.to_string()),
+        "a decimal member id: {logs}"
+    );
+}
+
 /// `--host-whitelist` and `--cors`, as etcd's access controller applies
 /// them to plain HTTP.
 #[test]

@@ -776,9 +776,21 @@ impl MvccActor {
                         .nodes()
                         .map(|(id, _)| *id)
                         .collect();
-                    for id in before {
-                        if m.get_node(&id).is_none() {
-                            self.app.removed.insert(id);
+                    for id in &before {
+                        if m.get_node(id).is_none() {
+                            self.app.removed.insert(*id);
+                            tracing::info!(removed_member_id = format!("{id:x}"), "removed member");
+                        }
+                    }
+                    for (id, node) in m.nodes() {
+                        if !before.contains(id) {
+                            tracing::info!(
+                                added_member_id = format!("{id:x}"),
+                                name = %node.name,
+                                peer_urls = %node.peer_urls.join(","),
+                                learner = !m.voter_ids().any(|v| v == *id),
+                                "added member"
+                            );
                         }
                     }
                     self.app.membership = StoredMembership::new(Some(e.log_id), m);
@@ -840,6 +852,12 @@ impl MvccActor {
                             }
                             outcome
                         };
+                        if let (ArchivedCommand::Compact(_), Ok(_)) = (inner, &outcome) {
+                            tracing::info!(
+                                compact_revision = self.store.compact_rev(),
+                                "store.index: compact"
+                            );
+                        }
                         if let Ok(resp) = &mut outcome {
                             count_ops(resp);
                             let h = header_of(resp);

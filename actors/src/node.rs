@@ -371,6 +371,41 @@ fn identity(
     Ok(ids)
 }
 
+/// The start-up configuration, as etcd logs it when it starts a server.
+fn log_configuration(cfg: &NodeConfig) {
+    let urls = |l: &[ListenUrl]| {
+        l.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let cluster: Vec<String> = cfg
+        .initial_cluster
+        .iter()
+        .map(|(name, urls)| format!("{name}={}", urls.join(",")))
+        .collect();
+    tracing::info!(
+        name = %cfg.name,
+        data_dir = %cfg.data_dir.display(),
+        wal_dir = %cfg.wal_dir.as_deref().map_or_else(String::new, |d| d.display().to_string()),
+        listen_client_urls = %urls(&cfg.listen_client),
+        advertise_client_urls = %cfg.advertise_client_urls.join(","),
+        listen_peer_urls = %urls(&cfg.listen_peer),
+        initial_advertise_peer_urls = %cfg.initial_advertise_peer_urls.join(","),
+        initial_cluster = %cluster.join(","),
+        initial_cluster_state = ?cfg.initial_cluster_state,
+        initial_cluster_token = %cfg.initial_cluster_token,
+        heartbeat_interval_ms = cfg.heartbeat_interval_ms,
+        election_timeout_ms = cfg.election_timeout_ms,
+        snapshot_count = cfg.snapshot_count,
+        quota_backend_bytes = cfg.quota_backend_bytes,
+        auto_compaction = ?cfg.auto_compaction,
+        max_request_bytes = cfg.max_request_bytes,
+        cores = cfg.cores,
+        "starting an etcd server"
+    );
+}
+
 /// An etcd data directory's mark, if `data_dir` is one: its bbolt
 /// database (`member/snap/db`) or a WAL file named as etcd names them
 /// (`<seq>-<index>.wal`; keel's are `<seq>.wal`).
@@ -695,6 +730,7 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
         )));
     }
     let placement = plan(cfg.cores, cfg.actor_placement);
+    log_configuration(&cfg);
     warn_plain_urls(&cfg);
     // grpc-go's keepalive enforcement, as etcd's gRPC server applies it
     // (`--grpc-keepalive-min-time`): process-wide in keel's patched h2.
@@ -1056,6 +1092,11 @@ pub fn run(cfg: NodeConfig) -> Result<(), StartError> {
                 if core == 0 {
                     let urls: Vec<String> =
                         cfg.listen_client.iter().map(ToString::to_string).collect();
+                    tracing::info!(
+                        cluster_version = crate::CLUSTER_VERSION,
+                        "enabled capabilities for version {}",
+                        &crate::CLUSTER_VERSION[..crate::CLUSTER_VERSION.rfind('.').unwrap_or(0)]
+                    );
                     tracing::info!(urls = %urls.join(","), "ready to serve client requests");
                     for url in cfg.listen_client.iter().filter(|u| !u.tls) {
                         tracing::info!(
@@ -1346,7 +1387,16 @@ async fn join_cluster(
             return;
         }
         match rx.await {
-            Ok(Ok(())) => break,
+            Ok(Ok(())) => {
+                tracing::info!(
+                    local_member_id = format!("{:x}", ids.member_id),
+                    cluster_id = format!("{:x}", ids.cluster_id),
+                    name = %cfg.name,
+                    client_urls = %cfg.advertise_client_urls.join(","),
+                    "published local member to cluster through raft"
+                );
+                break;
+            }
             Ok(Err(e)) if e == MemberError::not_found() => {
                 crate::fatal("this member is not in the cluster's membership (was it removed?)")
             }

@@ -317,7 +317,12 @@ pub type OnRejected = Box<dyn Fn(NodeId, &str)>;
 struct Backoff {
     until: Option<Instant>,
     delay: Duration,
+    /// When this peer's being unreachable was last logged.
+    warned: Option<Instant>,
 }
+
+/// A peer that stays unreachable is logged at most this often.
+const UNREACHABLE_WARN_EVERY: Duration = Duration::from_secs(30);
 
 /// The dialing side of the peer transport, shared by everything on the
 /// raft core that talks to other members.
@@ -359,9 +364,19 @@ impl PeerClients {
             .is_some_and(|u| Instant::now() < u)
     }
 
-    fn failed(&self, target: NodeId) {
+    fn failed(&self, target: NodeId, why: &PeerError) {
         let mut map = self.backoff.borrow_mut();
         let b = map.entry(target).or_default();
+        if b.warned
+            .is_none_or(|w| w.elapsed() >= UNREACHABLE_WARN_EVERY)
+        {
+            b.warned = Some(Instant::now());
+            tracing::warn!(
+                remote_peer_id = format!("{target:x}"),
+                "peer unreachable (logged at most every {}s): {why}",
+                UNREACHABLE_WARN_EVERY.as_secs()
+            );
+        }
         b.delay = (b.delay * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
         b.until = Some(Instant::now() + b.delay);
         self.idle.borrow_mut().remove(&target);
@@ -387,8 +402,8 @@ impl PeerClients {
             return Err(PeerError::Unreachable(target, "backing off".into()));
         }
         let conn = self.dial(target, node).await;
-        if conn.is_err() {
-            self.failed(target);
+        if let Err(e) = &conn {
+            self.failed(target, e);
         }
         conn
     }
@@ -481,11 +496,9 @@ impl PeerClients {
         let dialed =
             glommio::timer::timeout(timeout, async { Ok(self.connect(target, node).await) }).await;
         dialed.unwrap_or_else(|_| {
-            self.failed(target);
-            Err(PeerError::Unreachable(
-                target,
-                format!("no greeting within {timeout:?}"),
-            ))
+            let e = PeerError::Unreachable(target, format!("no greeting within {timeout:?}"));
+            self.failed(target, &e);
+            Err(e)
         })
     }
 
@@ -530,8 +543,9 @@ impl PeerClients {
         match result {
             Err(_) => Err(PeerError::Timeout(target, timeout)),
             Ok(Err(e)) => {
-                self.failed(target);
-                Err(PeerError::Io(target, e.to_string()))
+                let e = PeerError::Io(target, e.to_string());
+                self.failed(target, &e);
+                Err(e)
             }
             Ok(Ok(PeerResponse::Rejected { reason })) => {
                 (self.on_rejected)(target, &reason);
