@@ -211,10 +211,14 @@ impl BoltWriter {
     /// Writes the root bucket and the meta pages and syncs the file; the
     /// database's size in bytes.
     pub fn finish(self) -> io::Result<u64> {
-        Ok(self.finish_file()?.0)
+        let (size, file) = self.finish_file()?;
+        file.sync_all()?;
+        Ok(size)
     }
 
-    /// As [`finish`](Self::finish), and hands back the file.
+    /// Writes the root bucket and the meta pages and hands back the size
+    /// and the file, not synced (a file only read back, such as the
+    /// unlinked one a snapshot is streamed from, needs no fsync).
     pub fn finish_file(mut self) -> io::Result<(u64, File)> {
         let mut buckets = std::mem::take(&mut self.buckets);
         buckets.sort();
@@ -251,7 +255,6 @@ impl BoltWriter {
             file.seek(SeekFrom::Start(i * PAGE_SIZE as u64))?;
             file.write_all(&page)?;
         }
-        file.sync_all()?;
         Ok((high_water * PAGE_SIZE as u64, file))
     }
 }

@@ -115,10 +115,14 @@ fn member_json(m: &DbMember) -> String {
 /// Writes `image` with `meta` as an etcd backend database at `path`; its
 /// size in bytes.
 pub fn write_db(path: &Path, image: &StoreImage, meta: &DbMeta) -> io::Result<u64> {
-    Ok(write_db_to(File::create(path)?, image, meta)?.0)
+    let (size, file) = write_db_to(File::create(path)?, image, meta)?;
+    file.sync_all()?;
+    Ok(size)
 }
 
-/// As [`write_db`], into an empty `file`; the size and the file, synced.
+/// As [`write_db`], into an empty `file`; the size and the file, not
+/// synced (Snapshot streams it from an unlinked file and never needs it
+/// durable).
 pub fn write_db_to(file: File, image: &StoreImage, meta: &DbMeta) -> io::Result<(u64, File)> {
     let mut w = BoltWriter::new(file)?;
     for (name, items) in buckets(image, meta) {
