@@ -102,11 +102,7 @@ fn message_types(method: Method) -> Option<(MessageDescriptor, MessageDescriptor
 }
 
 fn text(code: StatusCode, body: &'static str) -> Response<ResponseBody> {
-    Response::builder()
-        .status(code)
-        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-        .body(ResponseBody::bytes(Bytes::from_static(body.as_bytes())))
-        .expect("static response parts are valid")
+    super::http::reply(code, "text/plain; charset=utf-8", body)
 }
 
 /// grpc-gateway's HTTP status for a gRPC code.

@@ -87,7 +87,11 @@ pub fn add_cors(
 /// `/health` gives up after this long.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 
-fn reply(code: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<ResponseBody> {
+pub(crate) fn reply(
+    code: StatusCode,
+    content_type: &str,
+    body: impl Into<Bytes>,
+) -> Response<ResponseBody> {
     Response::builder()
         .status(code)
         .header(header::CONTENT_TYPE, content_type)

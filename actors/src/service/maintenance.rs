@@ -32,11 +32,17 @@ async fn ask_raft_for<T>(
     ctx: &ServerCtx,
     make: impl FnOnce(oneshot::Sender<T>) -> RaftRequest,
 ) -> Result<T, Status> {
+    ask(&ctx.raft, make).await
+}
+
+/// Sends an actor a request carrying a reply channel and waits for the
+/// answer; a stopped actor is etcd's "server stopped".
+async fn ask<M, T>(
+    actor: &mpsc::Sender<M>,
+    make: impl FnOnce(oneshot::Sender<T>) -> M,
+) -> Result<T, Status> {
     let (tx, rx) = oneshot::channel();
-    ctx.raft
-        .send(make(tx))
-        .await
-        .map_err(|_| Status::stopped())?;
+    actor.send(make(tx)).await.map_err(|_| Status::stopped())?;
     rx.await.map_err(|_| Status::stopped())
 }
 
@@ -45,12 +51,7 @@ async fn ask_mvcc_for<T>(
     ctx: &ServerCtx,
     make: impl FnOnce(oneshot::Sender<T>) -> MvccMsg,
 ) -> Result<T, Status> {
-    let (tx, rx) = oneshot::channel();
-    ctx.mvcc
-        .send(make(tx))
-        .await
-        .map_err(|_| Status::stopped())?;
-    rx.await.map_err(|_| Status::stopped())
+    ask(&ctx.mvcc, make).await
 }
 
 pub async fn ask_mvcc(ctx: &ServerCtx) -> Result<MvccStatus, Status> {
@@ -236,12 +237,7 @@ fn db_meta(view: &SnapshotView, term: u64) -> DbMeta {
             })
             .collect(),
         removed: view.app.removed.iter().copied().collect(),
-        alarms: view
-            .app
-            .alarms
-            .iter()
-            .map(|&(id, alarm)| (id, alarm))
-            .collect(),
+        alarms: view.app.alarms.iter().copied().collect(),
     }
 }
 
