@@ -3,8 +3,9 @@
 //! process needs (bbolt's batching and freelist, Go's profiler, the v2
 //! API), or for what keel always does. Each is accepted; a value that
 //! would change etcd's behaviour is logged with what keel does instead, and
-//! the few keel cannot honour at all (`--force-new-cluster`, proxy and
-//! discovery modes) stop the start with a clear error.
+//! the few keel cannot honour at all (proxy and discovery modes) stop the
+//! start with a clear error. `--force-new-cluster` is here for its clap
+//! definition only; the node honours it.
 
 use clap::Args;
 
@@ -156,14 +157,6 @@ impl CompatFlags {
     /// Refuses what keel cannot do; logs what it does instead of what
     /// was asked. Runs once logging is set up.
     pub fn check(&self) -> Result<(), String> {
-        if self.force_new_cluster {
-            return Err(
-                "--force-new-cluster is not supported: to start one member from this \
-                        member's data, take a snapshot (`etcdctl snapshot save`) and restore it \
-                        with `keel snapshot restore` as a new one-member cluster"
-                    .into(),
-            );
-        }
         if self.proxy != "off" {
             return Err(format!(
                 "--proxy={}: keel has no v2 proxy mode; point clients at the members",

@@ -827,6 +827,7 @@ impl Flags {
             jwt,
             bcrypt_cost,
             initial_corrupt_check: self.experimental_initial_corrupt_check,
+            force_new_cluster: self.compat.force_new_cluster,
             corrupt_check_every: parse_duration(&self.experimental_corrupt_check_time)
                 .ok_or_else(|| {
                     format!(

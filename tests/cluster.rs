@@ -966,3 +966,72 @@ async fn a_member_killed_while_installing_a_snapshot_starts_again() {
         .unwrap();
     assert_eq!(r.kvs()[0].value(), value.as_bytes());
 }
+
+/// Story: with two of three members lost for good, etcd's way back is
+/// `--force-new-cluster` on the survivor, which keeps its data and becomes
+/// a one-member cluster; keel refused the flag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_new_cluster_makes_a_survivor_the_only_member() {
+    // Snapshots every few entries: the survivor's log starts past a purge.
+    let flags = [FAST, &["--snapshot-count", "4"]].concat();
+    let mut cluster = Cluster::start(3, &flags);
+    let eps = cluster.endpoints();
+    let leader = cluster.leader().await;
+    let survivor = (leader + 1) % 3;
+    let mut c = client(&eps[leader]).await;
+    for i in 0..20 {
+        c.put(format!("k{i:02}"), format!("v{i}"), None)
+            .await
+            .unwrap();
+    }
+    let lease = c.lease_grant(600, None).await.unwrap().id();
+    let leased = etcd_client::PutOptions::new().with_lease(lease);
+    c.put("leased", "x", Some(leased)).await.unwrap();
+    let before = content(&eps[survivor], "").await;
+    let status = client(&eps[survivor]).await.status().await.unwrap();
+    let (id, cluster_id) = {
+        let h = status.header().unwrap();
+        (h.member_id(), h.cluster_id())
+    };
+    for m in &mut cluster.members {
+        m.kill9();
+    }
+
+    let m = &mut cluster.members[survivor];
+    m.args.push("--force-new-cluster".into());
+    m.spawn();
+    m.wait_healthy();
+    assert!(
+        m.logs()
+            .contains("forcing restart member as the cluster's only one"),
+        "{}",
+        m.logs()
+    );
+    assert_eq!(content(&eps[survivor], "").await, before);
+    let mut c = client(&eps[survivor]).await;
+    let members = c.member_list().await.unwrap();
+    let ids: Vec<u64> = members.members().iter().map(|m| m.id()).collect();
+    assert_eq!(ids, [id]);
+    assert_eq!(members.header().unwrap().cluster_id(), cluster_id);
+    let put = c.put("after", "1", None).await.unwrap();
+    assert_eq!(put.header().unwrap().revision(), before.0 + 1);
+    let keys = etcd_client::LeaseTimeToLiveOptions::new().with_keys();
+    let ttl = c.lease_time_to_live(lease, Some(keys)).await.unwrap();
+    assert!(ttl.ttl() > 0, "{ttl:?}");
+    assert_eq!(ttl.keys(), [b"leased".to_vec()]);
+
+    // Without the flag again, it stays the only member, with its data.
+    m.args.pop();
+    m.restart();
+    let mut c = client(&eps[survivor]).await;
+    assert_eq!(c.member_list().await.unwrap().members().len(), 1);
+    let got = c.get("after", None).await.unwrap();
+    assert_eq!(got.kvs()[0].value(), b"1");
+
+    // A member it left behind, started again, is told it was removed and
+    // stops, as etcd's are.
+    let left = (survivor + 1) % 3;
+    let (code, out) = cluster.members[left].start_expect_exit();
+    assert!(matches!(code, Some(c) if c != 0), "{out}");
+    assert!(out.contains("permanently removed"), "{out}");
+}

@@ -156,7 +156,6 @@ fn bad_flags_are_clear_startup_errors() {
             ],
             "--initial-cluster-state=existing: no member of --initial-cluster answered",
         ),
-        (&["--force-new-cluster"], "--force-new-cluster is not supported"),
         (&["--proxy", "on"], "keel has no v2 proxy mode"),
         (&["--discovery-srv", "example.com"], "keel bootstraps from --initial-cluster only"),
     ];

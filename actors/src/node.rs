@@ -39,7 +39,7 @@ use crate::raft::log_store::{LogReader, LogStore};
 use crate::raft::members::MemberError;
 use crate::raft::network::PeerNetwork;
 use crate::raft::state_machine::{snapshot_id, DurableSnapshot, StateMachine};
-use crate::raft::types::{Node, NodeId, Raft, SnapshotMeta};
+use crate::raft::types::{Node, NodeId, Raft, SnapshotMeta, StorageError};
 use crate::raft::QuietStart;
 use crate::reactor::Surface;
 use crate::service::{ServeConfig, ServerCtx};
@@ -135,6 +135,9 @@ pub struct NodeConfig {
     /// `--experimental-corrupt-check-time`: how often the leader compares
     /// HashKV with its followers' (None: never).
     pub corrupt_check_every: Option<Duration>,
+    /// `--force-new-cluster`: start as the only member of this member's
+    /// cluster, with its data.
+    pub force_new_cluster: bool,
     /// etcd's `--quota-backend-bytes`: 0 for the default, negative for none.
     pub quota_backend_bytes: i64,
     /// `--auth-token-ttl`: a simple token lives this long after its last use.
@@ -1230,6 +1233,7 @@ async fn start_raft(
     .unwrap_or_else(|e| crate::fatal(&format!("opening the WAL for writing: {e}")));
     glommio::spawn_local(writer.run(wal_rx)).detach();
 
+    let snapshot_meta = loaded_meta.as_ref().map(|(meta, _)| meta.clone());
     let snapshot = DurableSnapshot::new(loaded_meta);
     let mut log_store = LogStore::from_recovered(
         &mut recovered,
@@ -1238,6 +1242,11 @@ async fn start_raft(
         snapshot.clone(),
     )
     .unwrap_or_else(|e| crate::fatal(&format!("rebuilding the raft log: {e}")));
+    if cfg.force_new_cluster {
+        force_new_cluster(&mut log_store, snapshot_meta, ids.member_id)
+            .await
+            .unwrap_or_else(|e| crate::fatal(&e));
+    }
     let log = log_store.get_log_reader().await;
     let sm = StateMachine::new(mvcc_tx, wal_tx, snap_dir, snapshot.clone());
     let raft_config = openraft::Config {
@@ -1313,6 +1322,48 @@ async fn start_raft(
         QuietStart::begin(&raft, Duration::from_millis(2 * cfg.election_timeout_ms))
     };
     (raft, peers, quiet_start)
+}
+
+/// `--force-new-cluster`: makes this member the only one of its cluster,
+/// keeping its data, its member id and its cluster id (etcd's recovery
+/// from a lost quorum). Every entry the member holds is kept: keel does not
+/// persist the commit index, so entries past it, which etcd would drop,
+/// commit with the new membership (writes whose clients heard no answer).
+async fn force_new_cluster(
+    log: &mut LogStore,
+    snapshot: Option<SnapshotMeta>,
+    me: NodeId,
+) -> Result<(), String> {
+    let (snapshot_membership, snapshot_last) = match snapshot {
+        Some(s) => (Some(s.last_membership.membership().clone()), s.last_log_id),
+        None => (None, None),
+    };
+    let (Some(membership), Some(last)) = (
+        log.last_membership().or(snapshot_membership),
+        log.last_log_id().max(snapshot_last),
+    ) else {
+        // A new member: there is no cluster to leave yet.
+        return Ok(());
+    };
+    let vote = log.read_vote().await.map_err(|e| e.to_string())?;
+    let Some((vote, entry)) = crate::raft::members::force_sole_member(me, &membership, last, vote)?
+    else {
+        tracing::info!("--force-new-cluster: this member is already the cluster's only one");
+        return Ok(());
+    };
+    let removed: Vec<String> = membership
+        .nodes()
+        .filter(|(id, _)| **id != me)
+        .map(|(id, n)| format!("{id:x}({})", n.name))
+        .collect();
+    let write_err = |e: StorageError| format!("--force-new-cluster: writing the WAL: {e}");
+    log.save_vote(&vote).await.map_err(write_err)?;
+    log.append_before_start(entry).await.map_err(write_err)?;
+    tracing::warn!(
+        removed = removed.join(","),
+        "forcing restart member as the cluster's only one (--force-new-cluster)"
+    );
+    Ok(())
 }
 
 /// How often the log's size since the last snapshot is looked at.

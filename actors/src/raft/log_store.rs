@@ -25,7 +25,7 @@ use super::codec::{
     decode_membership, encode_membership, log_id_from, log_id_record, vote_from, vote_record,
 };
 use super::state_machine::DurableSnapshot;
-use super::types::{Entry, LogId, NodeId, Proposal, StorageError, TypeConfig, Vote};
+use super::types::{Entry, LogId, Membership, NodeId, Proposal, StorageError, TypeConfig, Vote};
 use crate::wal_writer::{WalCmd, WalEntry};
 
 /// `payload_kind` values of WAL entry records.
@@ -256,6 +256,47 @@ impl LogStore {
             vote: r.vote.as_ref().map(|v| restart_vote(vote_from(v), me)),
             snapshot,
         })
+    }
+
+    /// The newest membership the log holds, if an entry after the purge
+    /// point holds one.
+    pub fn last_membership(&self) -> Option<Membership> {
+        self.cache
+            .borrow()
+            .entries
+            .iter()
+            .rev()
+            .find_map(|e| match &e.payload {
+                EntryPayload::Membership(m) => Some(m.clone()),
+                _ => None,
+            })
+    }
+
+    /// The last entry's log id (the purge point's if none is kept).
+    pub fn last_log_id(&self) -> Option<LogId> {
+        self.cache.borrow().last_log_id()
+    }
+
+    /// Appends `entry` and waits until it is durable. For start-up only,
+    /// before raft runs (`--force-new-cluster`): raft's own appends learn
+    /// of durability through its callback instead.
+    pub async fn append_before_start(&mut self, entry: Entry) -> Result<(), StorageError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(WalCmd::Append {
+            entries: vec![to_wal_entry(&entry)],
+            done: Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        })
+        .await?;
+        match rx.await {
+            Ok(Ok(())) => {
+                self.cache.borrow_mut().push_back(entry);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(StorageIOError::write_logs(&e).into()),
+            Err(_) => Err(wal_gone()),
+        }
     }
 
     async fn send(&self, cmd: WalCmd) -> Result<(), StorageError> {

@@ -7,9 +7,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
-use openraft::ChangeMembers;
+use openraft::{ChangeMembers, CommittedLeaderId, EntryPayload};
 
-use super::types::{Membership, Node, NodeId, Raft};
+use super::types::{Entry, LogId, Membership, Node, NodeId, Raft, Vote};
 use crate::grpc::status::{Code, Status};
 use crate::peer::wire::{node_from_wire, MemberChange, PeerResponse};
 
@@ -273,6 +273,42 @@ pub async fn execute(
     }
 }
 
+/// `--force-new-cluster`, decided without I/O: the vote and the entry that
+/// make `me` the cluster's only member, to be written after the log's last
+/// entry `last` before raft starts; `None` if it already is.
+///
+/// etcd appends configuration changes removing every other member in the
+/// current term. Here the entry is a new term's, led by `me` (so no two
+/// entries of one term claim different leaders), and the vote for that
+/// term is written first: raft never sees an entry newer than its vote.
+/// The member then elects itself as the sole voter and commits the entry.
+pub fn force_sole_member(
+    me: NodeId,
+    membership: &Membership,
+    last: LogId,
+    vote: Option<Vote>,
+) -> Result<Option<(Vote, Entry)>, String> {
+    let node = membership.get_node(&me).ok_or_else(|| {
+        format!("--force-new-cluster: member {me:x} is not in the cluster's membership")
+    })?;
+    if membership.voter_ids().eq([me]) && membership.nodes().count() == 1 {
+        return Ok(None);
+    }
+    let term = vote
+        .map_or(0, |v| v.leader_id.term)
+        .max(last.leader_id.term)
+        + 1;
+    let sole = Membership::new(
+        vec![BTreeSet::from([me])],
+        BTreeMap::from([(me, node.clone())]),
+    );
+    let entry = Entry {
+        log_id: LogId::new(CommittedLeaderId::new(term, me), last.index + 1),
+        payload: EntryPayload::Membership(sole),
+    };
+    Ok(Some((Vote::new(term, me), entry)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -404,5 +440,37 @@ mod tests {
         };
         assert_eq!(check(&m, publish("a"), None, 0, &None), Ok(None));
         assert!(check(&m, publish("z"), None, 0, &None).unwrap().is_some());
+    }
+
+    #[test]
+    fn force_new_cluster_leaves_only_this_member() {
+        let m = three_voters_one_learner();
+        let last = LogId::new(CommittedLeaderId::new(7, 2), 41);
+        let (vote, entry) = force_sole_member(3, &m, last, Some(Vote::new_committed(8, 2)))
+            .unwrap()
+            .unwrap();
+        // A term past both the vote's and the last entry's, led by this member.
+        assert_eq!(vote, Vote::new(9, 3));
+        assert_eq!(entry.log_id, LogId::new(CommittedLeaderId::new(9, 3), 42));
+        let EntryPayload::Membership(sole) = &entry.payload else {
+            panic!("{entry:?}")
+        };
+        assert_eq!(sole.voter_ids().collect::<Vec<_>>(), [3]);
+        assert_eq!(sole.nodes().collect::<Vec<_>>(), [(&3, &node("c", 3))]);
+        // Started again with the flag: nothing more to do.
+        assert!(matches!(
+            force_sole_member(3, sole, entry.log_id, Some(vote)),
+            Ok(None)
+        ));
+        // A learner left alone is made the voter.
+        let (_, entry) = force_sole_member(4, &m, last, None).unwrap().unwrap();
+        let EntryPayload::Membership(sole) = &entry.payload else {
+            panic!("{entry:?}")
+        };
+        assert_eq!(sole.voter_ids().collect::<Vec<_>>(), [4]);
+        // A member the membership does not hold has nothing to force.
+        assert!(force_sole_member(9, &m, last, None)
+            .unwrap_err()
+            .contains("member 9 is not in the cluster's membership"));
     }
 }
