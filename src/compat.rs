@@ -3,8 +3,8 @@
 //! process needs (bbolt's batching and freelist, Go's profiler, the v2
 //! API), or for what keel always does. Each is accepted; a value that
 //! would change etcd's behaviour is logged with what keel does instead, and
-//! the few keel cannot honour at all (proxy and discovery modes) stop the
-//! start with a clear error. `--force-new-cluster` is here for its clap
+//! the few keel cannot honour at all (the v2 proxy and etcd's v2
+//! discovery service) stop the start with a clear error. `--force-new-cluster` is here for its clap
 //! definition only; the node honours it.
 
 use clap::Args;
@@ -141,14 +141,14 @@ pub struct CompatFlags {
     pub discovery_fallback: String,
     #[arg(long, env = "ETCD_DISCOVERY_PROXY", default_value = "")]
     pub discovery_proxy: String,
-    /// DNS domain to bootstrap from by SRV records (keel bootstraps from
-    /// --initial-cluster).
+    /// DNS domain to bootstrap from by SRV records (see `srv.rs`).
     #[arg(long, env = "ETCD_DISCOVERY_SRV", default_value = "")]
     pub discovery_srv: String,
     #[arg(long, env = "ETCD_DISCOVERY_SRV_NAME", default_value = "")]
     pub discovery_srv_name: String,
-    /// WAL files etcd keeps beyond what it needs (keel removes a segment
-    /// once a durable snapshot covers it).
+    /// WAL files etcd keeps once snapshots cover them (keel removes a
+    /// segment once a durable snapshot covers it and no lagging follower
+    /// is kept waiting for its entries).
     #[arg(long, env = "ETCD_MAX_WALS")]
     pub max_wals: Option<String>,
 }
@@ -163,15 +163,11 @@ impl CompatFlags {
                 self.proxy
             ));
         }
-        for (flag, value) in [
-            ("discovery", &self.discovery),
-            ("discovery-srv", &self.discovery_srv),
-        ] {
-            if !value.is_empty() {
-                return Err(format!(
-                    "--{flag}={value}: keel bootstraps from --initial-cluster only; list the members there"
-                ));
-            }
+        if !self.discovery.is_empty() {
+            return Err(format!(
+                "--discovery={}: keel has no v2 discovery service client; list the members in --initial-cluster or publish SRV records for --discovery-srv",
+                self.discovery
+            ));
         }
         let storage = [
             ("backend-batch-interval", &self.backend_batch_interval),
@@ -193,7 +189,7 @@ impl CompatFlags {
             }
         }
         if let Some(v) = &self.max_wals {
-            tracing::warn!("--max-wals={v} is ignored: keel removes a WAL segment once a durable snapshot covers it");
+            tracing::warn!("--max-wals={v} is ignored: keel removes a WAL segment once a durable snapshot covers its entries and no lagging follower is kept waiting for them");
         }
         if let Some(v) = &self.log_package_levels {
             tracing::warn!("--log-package-levels={v} is ignored: set --log-level");

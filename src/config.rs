@@ -3,7 +3,7 @@
 //! tunables use `KEEL_*`.
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
@@ -531,6 +531,54 @@ fn parse_listen_url(url: &str) -> Result<(Vec<SocketAddr>, bool), String> {
     Ok((addrs, tls))
 }
 
+/// etcd's words when more than one way to find the founding members is given.
+const CONFLICTING_BOOTSTRAP: &str = "multiple discovery or bootstrap flags are set. Choose one of \"initial-cluster\", \"discovery\" or \"discovery-srv\"";
+
+impl Flags {
+    /// The founding members: `--initial-cluster`, or `--discovery-srv`'s
+    /// SRV records, or this member alone.
+    fn initial_cluster(
+        &self,
+        peer_urls: &[String],
+        data_dir: &Path,
+    ) -> Result<Vec<(String, Vec<String>)>, String> {
+        let domain = &self.compat.discovery_srv;
+        if domain.is_empty() {
+            let members = match &self.initial_cluster {
+                Some(ic) => parse_initial_cluster(ic)?,
+                None => vec![(self.name.clone(), peer_urls.to_vec())],
+            };
+            check_own_entry(&members, &self.name, peer_urls)?;
+            return Ok(members);
+        }
+        if self.initial_cluster.is_some() {
+            return Err(CONFLICTING_BOOTSTRAP.into());
+        }
+        let found = crate::srv::discover(
+            domain,
+            &self.compat.discovery_srv_name,
+            &self.name,
+            peer_urls,
+        );
+        match found {
+            Ok(members) => {
+                let joined: Vec<String> = members.iter().map(|(n, u)| format!("{n}={u}")).collect();
+                parse_initial_cluster(&joined.join(","))
+            }
+            // The founding members matter only at the first start (as in
+            // etcd, which looks them up only then): a member that has an
+            // identity starts without DNS. Should its raft group not exist
+            // yet, bootstrapping from no members fails rather than forming
+            // a cluster of one.
+            Err(e) if data_dir.join("member").join("identity").exists() => {
+                tracing::warn!("--discovery-srv: {e}; this member was bootstrapped before and starts without the records");
+                Ok(Vec::new())
+            }
+            Err(e) => Err(format!("--discovery-srv={domain}: {e}")),
+        }
+    }
+}
+
 /// The host part of a listen URL (what `--auto-tls` signs for).
 fn url_host(url: &str) -> &str {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
@@ -696,11 +744,6 @@ impl Flags {
             listen_peer.extend(addrs.into_iter().map(|addr| ListenUrl { addr, tls }));
         }
         let peer_urls = split(&self.initial_advertise_peer_urls);
-        let initial_cluster = match &self.initial_cluster {
-            Some(ic) => parse_initial_cluster(ic)?,
-            None => vec![(self.name.clone(), peer_urls.clone())],
-        };
-        check_own_entry(&initial_cluster, &self.name, &peer_urls)?;
         let auto_compaction =
             parse_retention(&self.auto_compaction_mode, &self.auto_compaction_retention)?;
         if self.election_timeout < 5 * self.heartbeat_interval {
@@ -723,6 +766,7 @@ impl Flags {
             .data_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from(format!("{}.keel", self.name)));
+        let initial_cluster = self.initial_cluster(&peer_urls, &data_dir)?;
         let (client_tls, client_auto_tls_hosts) =
             self.tls_settings(&self.client_tls_flags(), &data_dir)?;
         let (peer_tls, peer_auto_tls_hosts) =

@@ -4,6 +4,7 @@ mod compat;
 mod config;
 mod logging;
 mod snapshot_cli;
+mod srv;
 
 use clap::Parser;
 

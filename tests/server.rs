@@ -157,7 +157,10 @@ fn bad_flags_are_clear_startup_errors() {
             "--initial-cluster-state=existing: no member of --initial-cluster answered",
         ),
         (&["--proxy", "on"], "keel has no v2 proxy mode"),
-        (&["--discovery-srv", "example.com"], "keel bootstraps from --initial-cluster only"),
+        (
+            &["--discovery", "https://discovery.etcd.io/x"],
+            "keel has no v2 discovery service client",
+        ),
     ];
     for (args, want) in cases {
         let mut cmd = keel();

@@ -355,11 +355,15 @@ fn identity(
     let ids = match cfg.initial_cluster_state {
         ClusterState::New => {
             let members: Vec<NodeId> = bootstrap_members(cfg).into_keys().collect();
+            // Its founding entry's URLs: the advertised ones, or those of
+            // the SRV record that names this member (`--discovery-srv`).
+            let own_urls = cfg
+                .initial_cluster
+                .iter()
+                .find(|(name, _)| *name == cfg.name)
+                .map_or(&cfg.initial_advertise_peer_urls, |(_, urls)| urls);
             HeaderIds {
-                member_id: member_id_of(
-                    &cfg.initial_advertise_peer_urls,
-                    &cfg.initial_cluster_token,
-                ),
+                member_id: member_id_of(own_urls, &cfg.initial_cluster_token),
                 cluster_id: cluster_id_of(&members, &cfg.initial_cluster_token),
             }
         }

@@ -74,6 +74,9 @@ pub struct Server {
     pub open_files: Option<u64>,
     /// Environment variables the server starts with.
     pub env: Vec<(String, String)>,
+    /// A command (and its arguments) that runs the server binary, which
+    /// it is given after them with the server's arguments and execs.
+    pub wrapper: Vec<String>,
 }
 
 /// What keel logs once it serves clients.
@@ -126,6 +129,7 @@ impl Server {
             readies_before_spawn: 0,
             open_files: None,
             env: Vec::new(),
+            wrapper: Vec::new(),
         }
     }
 
@@ -138,7 +142,14 @@ impl Server {
     }
 
     fn command(&self) -> Command {
-        let mut c = Command::new(server_binary());
+        let mut c = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(server_binary());
+                c
+            }
+            None => Command::new(server_binary()),
+        };
         if std::env::var_os(BINARY_VAR).is_some() {
             // etcd refuses --listen-client-urls without it; keel takes it too.
             c.arg("--advertise-client-urls").arg(self.endpoint());
