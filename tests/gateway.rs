@@ -140,3 +140,41 @@ fn a_gateway_watch_streams_events_as_lines() {
     assert_eq!(event["value"], "MQ==");
     assert_eq!(event["mod_revision"], "2");
 }
+
+/// Story: the gateway read a body with serde's rules: a request followed
+/// by anything was refused ("trailing characters"), which etcd's Go decoder
+/// ignores, and malformed JSON got serde's wording, not Go's.
+#[test]
+fn a_body_is_read_as_gos_decoder_reads_it() {
+    let s = Server::start(&[]);
+    let (code, body) = post(
+        s.port,
+        "/v3/kv/put",
+        r#"{"key":"Zm9v","value":"YmFy"}{"x":1}"#,
+        "",
+    );
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = post(s.port, "/v3/kv/range", "null", "");
+    assert_eq!(
+        (code, json(&body)["message"].clone()),
+        (400, json(r#""etcdserver: key is not provided""#))
+    );
+    for (request, message) in [
+        (
+            r#"{"key":"Zm9v",}"#,
+            "invalid character '}' looking for beginning of object key string",
+        ),
+        (r#"{"key":"#, "unexpected EOF"),
+        (
+            "[1]",
+            "json: cannot unmarshal array into Go value of type map[string]json.RawMessage",
+        ),
+    ] {
+        let (code, body) = post(s.port, "/v3/kv/range", request, "");
+        let answer = json(&body);
+        assert_eq!(code, 400, "{request}: {body}");
+        assert_eq!(answer["message"], message, "{request}: {body}");
+        assert_eq!(answer["error"], message, "{request}: {body}");
+        assert_eq!(answer["code"], 3, "{request}: {body}");
+    }
+}

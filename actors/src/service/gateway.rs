@@ -22,7 +22,7 @@ use keel_proto::method::{Method, MethodKind};
 use prost_reflect::{DeserializeOptions, DynamicMessage, MessageDescriptor, SerializeOptions};
 use tokio::sync::mpsc;
 
-use super::ServerCtx;
+use super::{go_json, ServerCtx};
 use crate::grpc::body::{RequestBody, ResponseBody, StreamItem};
 use crate::grpc::frame;
 use crate::grpc::status::{Code, Status};
@@ -173,19 +173,24 @@ fn to_json(desc: &MessageDescriptor, bytes: &[u8]) -> Result<Vec<u8>, Status> {
     Ok(out)
 }
 
-/// A JSON request body as the framed protobuf message gRPC carries; an
-/// empty body is the empty message, as grpc-gateway takes it.
+/// A JSON request body as the framed protobuf message gRPC carries, read
+/// as grpc-gateway reads it with Go's decoder: an empty body (or `null`) is
+/// the empty message, the first value is the request and anything after
+/// it is ignored, and a malformed one gets Go's message.
 fn from_json(desc: &MessageDescriptor, json: &[u8]) -> Result<Bytes, Status> {
-    let msg = if json.iter().all(u8::is_ascii_whitespace) {
-        DynamicMessage::new(desc.clone())
-    } else {
-        let mut de = serde_json::Deserializer::from_slice(json);
-        let opts = DeserializeOptions::new().deny_unknown_fields(false);
-        let msg = DynamicMessage::deserialize_with_options(desc.clone(), &mut de, &opts)
-            .map_err(|e| Status::new(Code::InvalidArgument, e.to_string()))?;
-        de.end()
-            .map_err(|e| Status::new(Code::InvalidArgument, e.to_string()))?;
-        msg
+    let object =
+        go_json::request_object(json).map_err(|m| Status::new(Code::InvalidArgument, m))?;
+    let msg = match object {
+        None => DynamicMessage::new(desc.clone()),
+        Some(object) => {
+            let mut de = serde_json::Deserializer::from_slice(object);
+            let opts = DeserializeOptions::new().deny_unknown_fields(false);
+            let msg = DynamicMessage::deserialize_with_options(desc.clone(), &mut de, &opts)
+                .map_err(|e| Status::new(Code::InvalidArgument, e.to_string()))?;
+            de.end()
+                .map_err(|e| Status::new(Code::InvalidArgument, e.to_string()))?;
+            msg
+        }
     };
     Ok(frame::encode(&msg))
 }

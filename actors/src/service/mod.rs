@@ -5,6 +5,7 @@ pub mod auth;
 pub mod cluster;
 pub mod election;
 pub mod gateway;
+mod go_json;
 pub mod http;
 pub mod kv;
 pub mod lease;
