@@ -223,8 +223,22 @@ async fn a_write_given_up_on_a_leaderless_member_is_never_applied() {
     let health = |path: &str| common::http_get(port, path).unwrap();
     assert_eq!(health("/health").0, 503);
     assert_eq!(health("/health?serializable=true").0, 200);
-    assert_eq!(health("/livez"), (200, "ok".to_string()));
-    assert_eq!(health("/readyz"), (503, "readyz check failed".to_string()));
+    assert_eq!(health("/livez"), (200, "ok\n".to_string()));
+    // etcd 3.6's answer: every check's line, the failed one with its reason.
+    let (code, body) = health("/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.starts_with(
+            "[+]data_corruption ok\n[+]serializable_read ok\n[-]linearizable_read failed: etcdserver: "
+        ) && body.ends_with("\n[+]non_learner ok\n\n"),
+        "{body}"
+    );
+    assert_eq!(
+        health("/readyz?exclude=linearizable_read"),
+        (200, "ok\n".to_string())
+    );
+    assert_eq!(health("/readyz/serializable_read").0, 200);
+    assert_eq!(health("/readyz/linearizable_read").0, 503);
     let mut c = client(&cluster.members[alone].endpoint()).await;
     let given_up =
         tokio::time::timeout(Duration::from_millis(500), c.put("across", "stale", None)).await;

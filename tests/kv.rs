@@ -680,11 +680,15 @@ async fn space_quota_raises_nospace_until_disarmed() {
     // NOSPACE leaves a member alive and ready (reads work).
     assert_eq!(
         common::http_get(s.port, "/livez").unwrap(),
-        (200, "ok".into())
+        (200, "ok\n".into())
     );
     assert_eq!(
-        common::http_get(s.port, "/readyz").unwrap(),
-        (200, "ok".into())
+        common::http_get(s.port, "/readyz?verbose").unwrap(),
+        (
+            200,
+            "[+]data_corruption ok\n[+]serializable_read ok\n[+]linearizable_read ok\n[+]non_learner ok\nok\n"
+                .into()
+        )
     );
     // Refused while the alarm is up, even small writes.
     assert_eq!(

@@ -188,6 +188,18 @@ async fn the_leader_raises_corrupt_for_a_member_whose_history_differs() {
         );
     }
     assert_eq!(c.get("k", None).await.unwrap().kvs()[0].value(), b"v");
+    // Not ready (etcd 3.6's data_corruption check), but alive.
+    let port = cluster.members[leader].port;
+    let (code, body) = common::http_get(port, "/readyz").unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.starts_with("[-]data_corruption failed: alarm activated: CORRUPT\n"),
+        "{body}"
+    );
+    assert_eq!(
+        common::http_get(port, "/livez").unwrap(),
+        (200, "ok\n".into())
+    );
     // With the damaged member gone, the alarm can be disarmed for good.
     cluster.members[victim].kill9();
     let mut opts = AlarmOptions::new();

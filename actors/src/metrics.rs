@@ -33,6 +33,8 @@ pub struct Metrics {
     pub quota_backend_bytes: IntGauge,
     pub health_success: IntCounter,
     pub health_failures: IntCounter,
+    pub healthcheck: GaugeVec,
+    pub healthchecks: IntCounterVec,
     pub mvcc_current_revision: IntGauge,
     pub mvcc_compact_revision: IntGauge,
     pub grpc_started: IntCounterVec,
@@ -234,6 +236,22 @@ impl Metrics {
             quota_backend_bytes: ig("etcd_server_quota_backend_bytes", "Current backend storage quota size in bytes."),
             health_success: ic("etcd_server_health_success", "The total number of successful health checks"),
             health_failures: ic("etcd_server_health_failures", "The total number of failed health checks"),
+            healthcheck: reg(
+                &r,
+                GaugeVec::new(
+                    Opts::new("etcd_server_healthcheck", "The result of each kind of healthcheck."),
+                    &["type", "name"],
+                )
+                .expect("valid metric"),
+            ),
+            healthchecks: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("etcd_server_healthchecks_total", "The total number of each kind of healthcheck."),
+                    &["type", "name", "status"],
+                )
+                .expect("valid metric"),
+            ),
             mvcc_current_revision: ig("etcd_debugging_mvcc_current_revision", "The current revision of store."),
             mvcc_compact_revision: ig("etcd_debugging_mvcc_compact_revision", "The revision of the last compaction in store."),
             grpc_started: reg(

@@ -99,7 +99,15 @@ pub(crate) fn reply(
         .expect("static response parts are valid")
 }
 
-/// What `/health` (and `/livez`, `/readyz`) check, from the request's query
+/// A query string's `name=value` pairs (a bare `name` has value "").
+fn query_pairs(query: Option<&str>) -> impl Iterator<Item = (&str, &str)> {
+    query
+        .unwrap_or_default()
+        .split('&')
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+}
+
+/// What `/health` checks, from the request's query
 /// as etcd reads it: `exclude=NOSPACE` (repeatable) ignores that alarm,
 /// `serializable=true` reads locally instead of through the leader.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -111,8 +119,8 @@ struct HealthQuery {
 impl HealthQuery {
     fn parse(query: Option<&str>) -> HealthQuery {
         let mut q = HealthQuery::default();
-        for pair in query.unwrap_or_default().split('&') {
-            match pair.split_once('=').unwrap_or((pair, "")) {
+        for pair in query_pairs(query) {
+            match pair {
                 ("exclude", alarm) if !alarm.is_empty() => {
                     q.excluded_alarms.push(alarm.to_string())
                 }
@@ -153,10 +161,175 @@ async fn healthy(ctx: &ServerCtx, q: &HealthQuery) -> bool {
     .is_ok_and(|r| r.is_ok())
 }
 
+/// etcd 3.6's probes: `/livez` (the process serves) and `/readyz` (it can
+/// serve consistent reads), each a list of named checks; `/<probe>/<check>`
+/// runs one of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    Livez,
+    Readyz,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// No CORRUPT alarm is raised.
+    DataCorruption,
+    /// This member's apply loop answers a local read.
+    SerializableRead,
+    /// A read through the leader completes: the cluster has a quorum.
+    LinearizableRead,
+    /// This member is a voter.
+    NonLearner,
+}
+
+impl Probe {
+    /// The probe and, for a check's own path, that check.
+    fn of(path: &str) -> Option<(Probe, Option<Check>)> {
+        let (probe, rest) = match path.strip_prefix("/livez") {
+            Some(rest) => (Probe::Livez, rest),
+            None => (Probe::Readyz, path.strip_prefix("/readyz")?),
+        };
+        if rest.is_empty() {
+            return Some((probe, None));
+        }
+        let name = rest.strip_prefix('/')?;
+        let check = probe.checks().iter().find(|c| c.name() == name)?;
+        Some((probe, Some(*check)))
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Probe::Livez => "livez",
+            Probe::Readyz => "readyz",
+        }
+    }
+
+    /// Its checks, in the order they run (etcd's order is its map's).
+    fn checks(self) -> &'static [Check] {
+        match self {
+            Probe::Livez => &[Check::SerializableRead],
+            Probe::Readyz => &[
+                Check::DataCorruption,
+                Check::SerializableRead,
+                Check::LinearizableRead,
+                Check::NonLearner,
+            ],
+        }
+    }
+}
+
+impl Check {
+    fn name(self) -> &'static str {
+        match self {
+            Check::DataCorruption => "data_corruption",
+            Check::SerializableRead => "serializable_read",
+            Check::LinearizableRead => "linearizable_read",
+            Check::NonLearner => "non_learner",
+        }
+    }
+}
+
+/// A probe's query: `exclude=<check>` (repeatable) skips a check;
+/// `verbose` lists every check's result.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct ProbeQuery {
+    excluded: Vec<String>,
+    verbose: bool,
+}
+
+impl ProbeQuery {
+    fn parse(query: Option<&str>) -> ProbeQuery {
+        let mut q = ProbeQuery::default();
+        for pair in query_pairs(query) {
+            match pair {
+                ("exclude", check) if !check.is_empty() => q.excluded.push(check.to_string()),
+                ("verbose", _) => q.verbose = true,
+                _ => {}
+            }
+        }
+        q
+    }
+}
+
+async fn run_check(ctx: &ServerCtx, check: Check) -> Result<(), String> {
+    match check {
+        Check::DataCorruption => {
+            let alarms = super::maintenance::ask_alarms(ctx)
+                .await
+                .map_err(|s| s.message)?;
+            match alarms
+                .iter()
+                .any(|(_, a)| *a == crate::mvcc_actor::ALARM_CORRUPT)
+            {
+                true => Err("alarm activated: CORRUPT".into()),
+                false => Ok(()),
+            }
+        }
+        Check::SerializableRead | Check::LinearizableRead => {
+            let req = pb::RangeRequest {
+                key: Bytes::from_static(b"health"),
+                keys_only: true,
+                limit: 1,
+                serializable: check == Check::SerializableRead,
+                ..Default::default()
+            };
+            let read = glommio::timer::timeout(HEALTH_TIMEOUT, async {
+                Ok(kv::read_unchecked(ctx, req).await)
+            })
+            .await;
+            match read {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(status)) => Err(status.message),
+                Err(_) => Err("etcdserver: request timed out".into()),
+            }
+        }
+        Check::NonLearner => match crate::raft::actor::is_learner() {
+            true => Err("not supported for learner".into()),
+            false => Ok(()),
+        },
+    }
+}
+
+/// `etcd_server_healthcheck` and `etcd_server_healthchecks_total`.
+fn record_check(probe: Probe, check: Check, outcome: &Result<(), String>) {
+    let m = metrics();
+    let labels = [probe.name(), check.name()];
+    m.healthcheck
+        .with_label_values(&labels)
+        .set(if outcome.is_ok() { 1.0 } else { 0.0 });
+    let status = if outcome.is_ok() { "success" } else { "error" };
+    m.healthchecks
+        .with_label_values(&[probe.name(), check.name(), status])
+        .inc();
+}
+
+/// A probe's answer, as etcd writes it: 503 with every check's line when
+/// one failed; else "ok", after the lines with `verbose`.
+fn probe_answer(outcomes: &[(Check, Result<(), String>)], verbose: bool) -> (StatusCode, String) {
+    let mut lines = String::new();
+    for (check, outcome) in outcomes {
+        match outcome {
+            Ok(()) => lines.push_str(&format!("[+]{} ok\n", check.name())),
+            Err(e) => lines.push_str(&format!("[-]{} failed: {e}\n", check.name())),
+        }
+    }
+    if outcomes.iter().any(|(_, o)| o.is_err()) {
+        // Go's http.Error ends the text with a newline of its own.
+        lines.push('\n');
+        return (StatusCode::SERVICE_UNAVAILABLE, lines);
+    }
+    if !verbose {
+        lines.clear();
+    }
+    lines.push_str("ok\n");
+    (StatusCode::OK, lines)
+}
+
 /// A `--listen-metrics-urls` request: metrics and health, nothing else.
 pub async fn handle_metrics<B>(req: http::Request<B>, ctx: &ServerCtx) -> Response<ResponseBody> {
     match req.uri().path() {
-        "/metrics" | "/health" | "/livez" | "/readyz" => handle(req, ctx).await,
+        "/metrics" | "/health" => handle(req, ctx).await,
+        path if Probe::of(path).is_some() => handle(req, ctx).await,
         _ => not_found(),
     }
 }
@@ -172,8 +345,8 @@ pub async fn handle<B>(req: http::Request<B>, ctx: &ServerCtx) -> Response<Respo
             "text/plain; version=0.0.4",
             metrics().render(),
         ),
-        _ if req.method() != http::Method::GET
-            && matches!(req.uri().path(), "/health" | "/livez" | "/readyz") =>
+        path if req.method() != http::Method::GET
+            && (path == "/health" || Probe::of(path).is_some()) =>
         {
             let mut r = reply(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -199,33 +372,31 @@ pub async fn handle<B>(req: http::Request<B>, ctx: &ServerCtx) -> Response<Respo
                 )
             }
         }
-        // Modelled on etcd 3.6: alive while this member's apply loop
-        // answers a local read; ready while it can serve consistent reads
-        // and no CORRUPT alarm is raised. Plain "ok", or "<name> check failed".
-        "/livez" | "/readyz" => {
-            let live = req.uri().path() == "/livez";
-            let q = if live {
-                HealthQuery {
-                    // An alarm does not make a member dead.
-                    excluded_alarms: vec!["NOSPACE".into(), "CORRUPT".into()],
-                    serializable: true,
-                }
-            } else {
-                HealthQuery {
-                    excluded_alarms: vec!["NOSPACE".into()],
-                    serializable: false,
-                }
+        path if Probe::of(path).is_some() => {
+            let (probe, only) = Probe::of(path).expect("matched");
+            let q = ProbeQuery::parse(req.uri().query());
+            let checks: Vec<Check> = match only {
+                Some(check) => vec![check],
+                None => probe
+                    .checks()
+                    .iter()
+                    .copied()
+                    .filter(|c| !q.excluded.iter().any(|x| x == c.name()))
+                    .collect(),
             };
-            if healthy(ctx, &q).await {
-                reply(StatusCode::OK, "text/plain; charset=utf-8", "ok")
-            } else {
-                let name = &req.uri().path()[1..];
-                reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain; charset=utf-8",
-                    format!("{name} check failed"),
-                )
+            let mut outcomes = Vec::with_capacity(checks.len());
+            for check in checks {
+                let outcome = run_check(ctx, check).await;
+                record_check(probe, check, &outcome);
+                outcomes.push((check, outcome));
             }
+            let (code, body) = probe_answer(&outcomes, q.verbose);
+            let mut r = reply(code, "text/plain; charset=utf-8", body);
+            r.headers_mut().insert(
+                "X-Content-Type-Options",
+                http::HeaderValue::from_static("nosniff"),
+            );
+            r
         }
         "/version" => reply(
             StatusCode::OK,
@@ -256,5 +427,52 @@ mod tests {
         assert!(HealthQuery::parse(Some("exclude="))
             .excluded_alarms
             .is_empty());
+    }
+
+    #[test]
+    fn probes_as_etcd_3_6_answers_them() {
+        assert_eq!(Probe::of("/livez"), Some((Probe::Livez, None)));
+        assert_eq!(
+            Probe::of("/readyz/non_learner"),
+            Some((Probe::Readyz, Some(Check::NonLearner)))
+        );
+        // A check of the other probe, or none, is not a path.
+        assert_eq!(Probe::of("/livez/non_learner"), None);
+        assert_eq!(Probe::of("/readyz/"), None);
+        assert_eq!(Probe::of("/readyzz"), None);
+        let q = ProbeQuery::parse(Some("exclude=linearizable_read&verbose&exclude=x"));
+        assert_eq!(q.excluded, ["linearizable_read", "x"]);
+        assert!(q.verbose);
+        assert!(!ProbeQuery::parse(Some("verbosee=1")).verbose);
+
+        let ok = [
+            (Check::DataCorruption, Ok(())),
+            (Check::SerializableRead, Ok(())),
+        ];
+        assert_eq!(probe_answer(&ok, false), (StatusCode::OK, "ok\n".into()));
+        assert_eq!(
+            probe_answer(&ok, true),
+            (
+                StatusCode::OK,
+                "[+]data_corruption ok\n[+]serializable_read ok\nok\n".into()
+            )
+        );
+        let failed = [
+            (
+                Check::DataCorruption,
+                Err("alarm activated: CORRUPT".into()),
+            ),
+            (Check::SerializableRead, Ok(())),
+        ];
+        assert_eq!(
+            probe_answer(&failed, false),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "[-]data_corruption failed: alarm activated: CORRUPT\n[+]serializable_read ok\n\n"
+                    .into()
+            )
+        );
+        // Every check excluded: nothing failed.
+        assert_eq!(probe_answer(&[], true), (StatusCode::OK, "ok\n".into()));
     }
 }
