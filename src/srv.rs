@@ -13,7 +13,8 @@
 //!
 //! The lookup is a small DNS client over UDP (TCP when the answer is
 //! truncated) to the name servers of `/etc/resolv.conf`, with its search
-//! domains; the targets' addresses come from the system's resolver.
+//! domains and its `timeout:` and `attempts:` options; the targets'
+//! addresses come from the system's resolver.
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
@@ -34,14 +35,21 @@ pub struct SrvTarget {
 pub struct ResolvConf {
     pub nameservers: Vec<IpAddr>,
     pub search: Vec<String>,
+    /// How long one name server gets for one attempt (`options timeout:`).
+    pub timeout: Duration,
+    /// Attempts per name server (`options attempts:`).
+    pub attempts: usize,
 }
 
-/// Parses resolv.conf's `nameserver`, `search` and `domain` lines; with no
+/// Parses resolv.conf's `nameserver`, `search`, `domain` and `options
+/// timeout:/attempts:` lines, with Go's defaults (5 s, 2 attempts); with no
 /// name server it uses 127.0.0.1, as Go's and glibc's resolvers do.
 pub fn parse_resolv_conf(text: &str) -> ResolvConf {
     let mut conf = ResolvConf {
         nameservers: Vec::new(),
         search: Vec::new(),
+        timeout: Duration::from_secs(5),
+        attempts: 2,
     };
     for line in text.lines() {
         let mut words = line.split_whitespace();
@@ -54,6 +62,21 @@ pub fn parse_resolv_conf(text: &str) -> ResolvConf {
             Some("search") | Some("domain") => {
                 conf.search = words.map(|w| w.trim_end_matches('.').to_string()).collect();
             }
+            Some("options") => {
+                for option in words {
+                    let number = |prefix| {
+                        option
+                            .strip_prefix(prefix)
+                            .and_then(|n: &str| n.parse::<u64>().ok())
+                            .map(|n| n.max(1))
+                    };
+                    if let Some(n) = number("timeout:") {
+                        conf.timeout = Duration::from_secs(n);
+                    } else if let Some(n) = number("attempts:") {
+                        conf.attempts = n as usize;
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -65,10 +88,6 @@ pub fn parse_resolv_conf(text: &str) -> ResolvConf {
 
 const TYPE_SRV: u16 = 33;
 const CLASS_IN: u16 = 1;
-/// How long one name server gets for one attempt, and how many attempts
-/// (Go's defaults).
-const TIMEOUT: Duration = Duration::from_secs(5);
-const ATTEMPTS: usize = 2;
 
 /// A DNS query for `name`'s SRV records with id `id` (recursion desired).
 pub fn encode_query(id: u16, name: &str) -> Result<Vec<u8>, String> {
@@ -219,7 +238,7 @@ fn query_id() -> u16 {
         .finish() as u16
 }
 
-fn ask_udp(server: SocketAddr, query: &[u8], id: u16) -> io::Result<Answer> {
+fn ask_udp(server: SocketAddr, query: &[u8], id: u16, timeout: Duration) -> io::Result<Answer> {
     let local: SocketAddr = match server {
         SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
         SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
@@ -227,7 +246,7 @@ fn ask_udp(server: SocketAddr, query: &[u8], id: u16) -> io::Result<Answer> {
     let sock = UdpSocket::bind(local)?;
     sock.connect(server)?;
     sock.send(query)?;
-    let deadline = Instant::now() + TIMEOUT;
+    let deadline = Instant::now() + timeout;
     let mut buf = [0u8; 1232];
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -244,10 +263,10 @@ fn ask_udp(server: SocketAddr, query: &[u8], id: u16) -> io::Result<Answer> {
     }
 }
 
-fn ask_tcp(server: SocketAddr, query: &[u8], id: u16) -> io::Result<Answer> {
-    let mut s = TcpStream::connect_timeout(&server, TIMEOUT)?;
-    s.set_read_timeout(Some(TIMEOUT))?;
-    s.set_write_timeout(Some(TIMEOUT))?;
+fn ask_tcp(server: SocketAddr, query: &[u8], id: u16, timeout: Duration) -> io::Result<Answer> {
+    let mut s = TcpStream::connect_timeout(&server, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
     let mut framed = (query.len() as u16).to_be_bytes().to_vec();
     framed.extend_from_slice(query);
     s.write_all(&framed)?;
@@ -272,9 +291,9 @@ pub fn lookup_srv(conf: &ResolvConf, name: &str) -> Result<Vec<SrvTarget>, Strin
         let query = encode_query(id, fqdn)?;
         'servers: for ip in &conf.nameservers {
             let server = SocketAddr::new(*ip, 53);
-            for _ in 0..ATTEMPTS {
-                let answer = match ask_udp(server, &query, id) {
-                    Ok(Answer::Truncated) => ask_tcp(server, &query, id),
+            for _ in 0..conf.attempts {
+                let answer = match ask_udp(server, &query, id, conf.timeout) {
+                    Ok(Answer::Truncated) => ask_tcp(server, &query, id, conf.timeout),
                     other => other,
                 };
                 let why = match answer {
@@ -423,8 +442,9 @@ mod tests {
     #[test]
     fn resolv_conf() {
         let c = parse_resolv_conf(
-            "# comment\nnameserver 10.0.0.2\nnameserver ::1\nsearch a.example b.example.\noptions ndots:2\n",
+            "# comment\nnameserver 10.0.0.2\nnameserver ::1\nsearch a.example b.example.\noptions ndots:2 timeout:1 attempts:0\n",
         );
+        assert_eq!((c.timeout, c.attempts), (Duration::from_secs(1), 1));
         assert_eq!(
             c.nameservers,
             [
@@ -433,9 +453,11 @@ mod tests {
             ]
         );
         assert_eq!(c.search, ["a.example", "b.example"]);
+        let default = parse_resolv_conf("");
+        assert_eq!(default.nameservers, [IpAddr::V4(Ipv4Addr::LOCALHOST)]);
         assert_eq!(
-            parse_resolv_conf("").nameservers,
-            [IpAddr::V4(Ipv4Addr::LOCALHOST)]
+            (default.timeout, default.attempts),
+            (Duration::from_secs(5), 2)
         );
     }
 
