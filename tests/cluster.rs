@@ -1034,4 +1034,17 @@ async fn force_new_cluster_makes_a_survivor_the_only_member() {
     let (code, out) = cluster.members[left].start_expect_exit();
     assert!(matches!(code, Some(c) if c != 0), "{out}");
     assert!(out.contains("permanently removed"), "{out}");
+
+    // The cluster grows again: a new member joins and gets everything.
+    let joiner = cluster.prepare_joiner(FAST);
+    let url = cluster.members[joiner].peer_url();
+    c.member_add([url.as_str()], None).await.unwrap();
+    cluster.members[joiner].spawn();
+    cluster.members[joiner].wait_healthy();
+    let after = content(&eps[survivor], "").await;
+    assert_eq!(
+        content(&cluster.members[joiner].endpoint(), "").await,
+        after
+    );
+    assert_eq!(c.member_list().await.unwrap().members().len(), 2);
 }

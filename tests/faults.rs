@@ -510,6 +510,40 @@ async fn member_add_of_an_unstarted_voter_answers_once_committed() {
 /// quorum of running members). etcd (`--strict-reconfig-check`, on by
 /// default) refuses with `etcdserver: unhealthy cluster`; removing the
 /// member that is down stays allowed.
+/// Story: on a one-member cluster, `member add` of a voter timed out
+/// after 5 s (though the member was added): openraft's joint consensus
+/// needed the new member's acknowledgement, and the member is started only
+/// after the answer (kubeadm grows a cluster from one member so). etcd
+/// answers at once; so does keel now, once the change is durable. As in
+/// etcd, the cluster then waits for the new member before it writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_add_on_a_one_member_cluster_answers_at_once() {
+    let mut cluster = Cluster::start(1, FAST);
+    let mut c = client(&cluster.members[0].endpoint()).await;
+    c.put("before", "1", None).await.unwrap();
+    let joiner = cluster.prepare_joiner(FAST);
+    let url = cluster.members[joiner].peer_url();
+    let started = Instant::now();
+    let added = c.member_add([url.as_str()], None).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(added.member_list().len(), 2);
+    let new = added.member().unwrap();
+    assert!(!new.is_learner());
+    cluster.members[joiner].spawn();
+    cluster.members[joiner].wait_healthy();
+    c.put("after", "2", None).await.unwrap();
+    let mut j = client(&cluster.members[joiner].endpoint()).await;
+    let got = j.get("before", None).await.unwrap();
+    assert_eq!(got.kvs()[0].value(), b"1");
+    let list = j.member_list().await.unwrap();
+    assert_eq!(list.members().len(), 2);
+    assert!(list.members().iter().all(|m| !m.is_learner()));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strict_reconfiguration_refuses_changes_that_would_lose_quorum() {
     let mut cluster = Cluster::start(3, FAST);

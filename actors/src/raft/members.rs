@@ -70,6 +70,10 @@ impl MemberError {
         MemberError::new(Code::Unavailable, "etcdserver: no leader")
     }
 
+    pub fn stopped() -> MemberError {
+        MemberError::new(Code::Unavailable, "etcdserver: server stopped")
+    }
+
     pub fn not_leader_for_transfer() -> MemberError {
         MemberError::new(Code::FailedPrecondition, "etcdserver: not leader")
     }
@@ -252,9 +256,29 @@ pub async fn execute(
             m.last_log_index.unwrap_or(0),
         )
     };
+    let sole_voter_adds = match &change {
+        MemberChange::Add {
+            id, learner: false, ..
+        } => {
+            let me = raft.metrics().borrow().id;
+            membership.voter_ids().eq([me]).then_some((me, *id))
+        }
+        _ => None,
+    };
     let Some(changes) = check(&membership, change, matched, last, running)? else {
         return Ok(());
     };
+    match sole_voter_adds {
+        Some((me, added)) => add_to_sole_voter(raft, changes, me, added).await,
+        None => change_membership(raft, changes).await,
+    }
+}
+
+/// Runs an openraft membership change; answers once it is committed.
+async fn change_membership(
+    raft: &Raft,
+    changes: ChangeMembers<NodeId, Node>,
+) -> Result<(), MemberError> {
     match raft.change_membership(changes, false).await {
         Ok(_) => Ok(()),
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
@@ -266,11 +290,58 @@ pub async fn execute(
                 MemberError::unhealthy()
             }
         }),
-        Err(RaftError::Fatal(_)) => Err(MemberError::new(
-            Code::Unavailable,
-            "etcdserver: server stopped",
-        )),
+        Err(RaftError::Fatal(_)) => Err(MemberError::stopped()),
     }
+}
+
+/// A voter added to a cluster whose only voter is this member (`me`).
+///
+/// etcd adds a voter in one step, committed by the voters it had: the
+/// answer comes at once, and the cluster then waits for the new member to
+/// start. openraft's joint consensus needs the new member's acknowledgement
+/// to commit the change, so the answer would wait for the member to start,
+/// which it usually does only after the answer (kubeadm, etcdctl users).
+/// Here the answer comes once the change is durable on this member: it can
+/// then never be lost, since every election needs this member's vote and
+/// it votes only for a log that holds the change. The change itself
+/// commits, and the cluster serves again, once the new member runs.
+async fn add_to_sole_voter(
+    raft: &Raft,
+    changes: ChangeMembers<NodeId, Node>,
+    me: NodeId,
+    added: NodeId,
+) -> Result<(), MemberError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let r = raft.clone();
+    glommio::spawn_local(async move {
+        let _ = tx.send(change_membership(&r, changes).await);
+    })
+    .detach();
+    let mut metrics = raft.metrics();
+    let durable_here = async {
+        loop {
+            {
+                let m = metrics.borrow_and_update();
+                let config = &m.membership_config;
+                let flushed = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&me).cloned().flatten());
+                if config.membership().voter_ids().any(|v| v == added)
+                    && config.log_id().is_some()
+                    && flushed >= *config.log_id()
+                {
+                    return Ok(());
+                }
+            }
+            if metrics.changed().await.is_err() {
+                // Raft stopped; the change's own answer says how.
+                return futures_lite::future::pending().await;
+            }
+        }
+    };
+    let answered = async { rx.await.unwrap_or(Err(MemberError::stopped())) };
+    futures_lite::future::or(answered, durable_here).await
 }
 
 /// `--force-new-cluster`, decided without I/O: the vote and the entry that
