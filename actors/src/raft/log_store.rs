@@ -421,8 +421,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 /// never past the durable snapshot, which is what a restart starts from.
 /// openraft purges as soon as it queues a received snapshot's install,
 /// while the file is still being checked and renamed into place; what is
-/// held back then goes with a later purge (or at start-up, where openraft
-/// purges the log up to the snapshot it finds applied).
+/// held back then is purged by the install once the file is durable
+/// (`state_machine::install_snapshot`).
 fn durable_purge_point(wanted: LogId, snapshot: Option<LogId>) -> Option<LogId> {
     let snapshot = snapshot?;
     Some(if snapshot.index < wanted.index {

@@ -22,7 +22,7 @@ use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use tokio::sync::{mpsc, oneshot};
 
-use super::codec::{decode_snapshot_app, encode_snapshot_app};
+use super::codec::{decode_snapshot_app, encode_snapshot_app, log_id_record};
 use super::types::{
     AppliedResult, Entry, LogId, SnapshotFile, SnapshotMeta, StorageError, StoredMembership,
     TypeConfig,
@@ -236,9 +236,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .snap_db_save_seconds
             .observe(started.elapsed().as_secs_f64());
         let (app, store, path) = loaded;
-        // From here a restart loads this snapshot; the log store may let the
-        // WAL forget what it covers.
+        // From here a restart loads this snapshot, and the WAL forgets what
+        // it covers: openraft's purge for this install came while the file
+        // was not yet durable and was held back (`log_store::purge`). The
+        // purge goes before any entry that follows the snapshot, which
+        // openraft appends only after this install; without it the WAL
+        // would hold those entries right after older ones, a gap recovery
+        // refuses.
         self.current.set(meta.clone(), path);
+        if let Some(last) = meta.last_log_id {
+            self.wal
+                .send(WalCmd::Purge {
+                    log_id: log_id_record(&last),
+                })
+                .await
+                .map_err(|_| sm_err("installing snapshot: the WAL writer stopped"))?;
+        }
         self.ask(|reply| MvccMsg::Install {
             restored: Box::new(Restored { store, app }),
             reply,
