@@ -554,28 +554,24 @@ impl Flags {
         if self.initial_cluster.is_some() {
             return Err(CONFLICTING_BOOTSTRAP.into());
         }
-        let found = crate::srv::discover(
+        // The founding members matter only at the first start, and etcd
+        // looks them up only then: a member that has its identity starts
+        // without DNS (which may be what is down). Should its raft group not
+        // exist yet (a first start cut short), bootstrapping from no
+        // members stops with the reason rather than forming a cluster of one.
+        if data_dir.join("member").join("identity").exists() {
+            tracing::info!("--discovery-srv: this member was bootstrapped before; its SRV records are not looked up");
+            return Ok(Vec::new());
+        }
+        let members = crate::srv::discover(
             domain,
             &self.compat.discovery_srv_name,
             &self.name,
             peer_urls,
-        );
-        match found {
-            Ok(members) => {
-                let joined: Vec<String> = members.iter().map(|(n, u)| format!("{n}={u}")).collect();
-                parse_initial_cluster(&joined.join(","))
-            }
-            // The founding members matter only at the first start (as in
-            // etcd, which looks them up only then): a member that has an
-            // identity starts without DNS. Should its raft group not exist
-            // yet, bootstrapping from no members fails rather than forming
-            // a cluster of one.
-            Err(e) if data_dir.join("member").join("identity").exists() => {
-                tracing::warn!("--discovery-srv: {e}; this member was bootstrapped before and starts without the records");
-                Ok(Vec::new())
-            }
-            Err(e) => Err(format!("--discovery-srv={domain}: {e}")),
-        }
+        )
+        .map_err(|e| format!("--discovery-srv={domain}: {e}"))?;
+        let joined: Vec<String> = members.iter().map(|(n, u)| format!("{n}={u}")).collect();
+        parse_initial_cluster(&joined.join(","))
     }
 }
 

@@ -39,10 +39,14 @@ pub struct ResolvConf {
     pub timeout: Duration,
     /// Attempts per name server (`options attempts:`).
     pub attempts: usize,
+    /// Dots a name needs to be asked for as it is before the search
+    /// domains (`options ndots:`).
+    pub ndots: usize,
 }
 
 /// Parses resolv.conf's `nameserver`, `search`, `domain` and `options
-/// timeout:/attempts:` lines, with Go's defaults (5 s, 2 attempts); with no
+/// timeout:/attempts:/ndots:` lines, with Go's defaults (5 s, 2 attempts,
+/// 1 dot); with no
 /// name server it uses 127.0.0.1, as Go's and glibc's resolvers do.
 pub fn parse_resolv_conf(text: &str) -> ResolvConf {
     let mut conf = ResolvConf {
@@ -50,6 +54,7 @@ pub fn parse_resolv_conf(text: &str) -> ResolvConf {
         search: Vec::new(),
         timeout: Duration::from_secs(5),
         attempts: 2,
+        ndots: 1,
     };
     for line in text.lines() {
         let mut words = line.split_whitespace();
@@ -74,6 +79,11 @@ pub fn parse_resolv_conf(text: &str) -> ResolvConf {
                         conf.timeout = Duration::from_secs(n);
                     } else if let Some(n) = number("attempts:") {
                         conf.attempts = n as usize;
+                    } else if let Some(n) = option
+                        .strip_prefix("ndots:")
+                        .and_then(|n| n.parse::<usize>().ok())
+                    {
+                        conf.ndots = n.min(15);
                     }
                 }
             }
@@ -103,7 +113,7 @@ pub fn encode_query(id: u16, name: &str) -> Result<Vec<u8>, String> {
         q.extend_from_slice(label.as_bytes());
     }
     q.push(0);
-    if q.len() > 12 + 255 + 4 {
+    if q.len() > 12 + 255 {
         return Err(format!("{name:?} is too long for DNS"));
     }
     q.extend_from_slice(&TYPE_SRV.to_be_bytes());
@@ -162,13 +172,22 @@ fn read_name(m: &[u8], mut at: usize) -> Option<(String, usize)> {
     None
 }
 
-/// Reads a reply to the query with id `id`; `None` if it is not one.
-pub fn decode_reply(m: &[u8], id: u16) -> Option<Answer> {
-    if u16_at(m, 0)? != id {
+/// Reads a reply to `query`; `None` if it is not one (another id or
+/// another question, or not a reply).
+pub fn decode_reply(m: &[u8], query: &[u8]) -> Option<Answer> {
+    if m.get(..2)? != query.get(..2)? {
         return None;
     }
     let flags = u16_at(m, 2)?;
     if flags & 0x8000 == 0 {
+        return None;
+    }
+    let question = query.get(12..)?;
+    if u16_at(m, 4)? != 1
+        || !m
+            .get(12..12 + question.len())?
+            .eq_ignore_ascii_case(question)
+    {
         return None;
     }
     if flags & 0x0200 != 0 {
@@ -179,11 +198,8 @@ pub fn decode_reply(m: &[u8], id: u16) -> Option<Answer> {
         3 => return Some(Answer::NoSuchHost),
         _ => return Some(Answer::Misbehaving),
     }
-    let (qd, an) = (u16_at(m, 4)?, u16_at(m, 6)?);
-    let mut at = 12;
-    for _ in 0..qd {
-        at = read_name(m, at)?.1 + 4;
-    }
+    let an = u16_at(m, 6)?;
+    let mut at = 12 + question.len();
     let mut records = Vec::new();
     for _ in 0..an {
         let Some((_, after)) = read_name(m, at) else {
@@ -238,7 +254,7 @@ fn query_id() -> u16 {
         .finish() as u16
 }
 
-fn ask_udp(server: SocketAddr, query: &[u8], id: u16, timeout: Duration) -> io::Result<Answer> {
+fn ask_udp(server: SocketAddr, query: &[u8], timeout: Duration) -> io::Result<Answer> {
     let local: SocketAddr = match server {
         SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
         SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
@@ -257,13 +273,13 @@ fn ask_udp(server: SocketAddr, query: &[u8], id: u16, timeout: Duration) -> io::
         let n = sock.recv(&mut buf)?;
         // Anything else on the socket (a late reply to another query) is
         // not an answer to this one.
-        if let Some(answer) = decode_reply(&buf[..n], id) {
+        if let Some(answer) = decode_reply(&buf[..n], query) {
             return Ok(answer);
         }
     }
 }
 
-fn ask_tcp(server: SocketAddr, query: &[u8], id: u16, timeout: Duration) -> io::Result<Answer> {
+fn ask_tcp(server: SocketAddr, query: &[u8], timeout: Duration) -> io::Result<Answer> {
     let mut s = TcpStream::connect_timeout(&server, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
@@ -274,26 +290,24 @@ fn ask_tcp(server: SocketAddr, query: &[u8], id: u16, timeout: Duration) -> io::
     s.read_exact(&mut len)?;
     let mut reply = vec![0u8; u16::from_be_bytes(len) as usize];
     s.read_exact(&mut reply)?;
-    decode_reply(&reply, id).ok_or_else(|| io::Error::other("a reply to another query"))
+    decode_reply(&reply, query).ok_or_else(|| io::Error::other("a reply to another query"))
 }
 
 /// Looks up `name`'s SRV records (`name` as given, then with each search
 /// domain), asking each name server in turn.
 pub fn lookup_srv(conf: &ResolvConf, name: &str) -> Result<Vec<SrvTarget>, String> {
-    let bare = name.trim_end_matches('.');
-    let mut names = vec![bare.to_string()];
-    if !name.ends_with('.') {
-        names.extend(conf.search.iter().map(|s| format!("{bare}.{s}")));
-    }
     let mut last = String::new();
-    for fqdn in &names {
-        let id = query_id();
-        let query = encode_query(id, fqdn)?;
-        'servers: for ip in &conf.nameservers {
-            let server = SocketAddr::new(*ip, 53);
-            for _ in 0..conf.attempts {
-                let answer = match ask_udp(server, &query, id, conf.timeout) {
-                    Ok(Answer::Truncated) => ask_tcp(server, &query, id, conf.timeout),
+    for fqdn in search_names(conf, name) {
+        // A name too long with a search domain is skipped, as Go skips it.
+        let Ok(query) = encode_query(query_id(), &fqdn) else {
+            continue;
+        };
+        // As Go: each attempt asks every server in turn.
+        'attempts: for _ in 0..conf.attempts {
+            for ip in &conf.nameservers {
+                let server = SocketAddr::new(*ip, 53);
+                let answer = match ask_udp(server, &query, conf.timeout) {
+                    Ok(Answer::Truncated) => ask_tcp(server, &query, conf.timeout),
                     other => other,
                 };
                 let why = match answer {
@@ -301,7 +315,7 @@ pub fn lookup_srv(conf: &ResolvConf, name: &str) -> Result<Vec<SrvTarget>, Strin
                     // An authoritative "no": the next search name.
                     Ok(Answer::NoSuchHost) => {
                         last = format!("lookup {name} on {server}: no such host");
-                        break 'servers;
+                        break 'attempts;
                     }
                     Ok(Answer::Truncated) | Ok(Answer::Misbehaving) => "server misbehaving".into(),
                     Err(e) if e.kind() == io::ErrorKind::TimedOut => "i/o timeout".into(),
@@ -312,7 +326,26 @@ pub fn lookup_srv(conf: &ResolvConf, name: &str) -> Result<Vec<SrvTarget>, Strin
             }
         }
     }
+    if last.is_empty() {
+        last = format!("{name:?} is not a valid DNS name");
+    }
     Err(last)
+}
+
+/// The names to ask for, in Go's order: a rooted name (ending in a dot) as
+/// it is; otherwise with each search domain, and as it is first when it
+/// has at least `ndots` dots, last when it has fewer.
+fn search_names(conf: &ResolvConf, name: &str) -> Vec<String> {
+    let bare = name.trim_end_matches('.');
+    if name.ends_with('.') {
+        return vec![bare.to_string()];
+    }
+    let searched = conf.search.iter().map(|s| format!("{bare}.{s}"));
+    if bare.matches('.').count() >= conf.ndots {
+        std::iter::once(bare.to_string()).chain(searched).collect()
+    } else {
+        searched.chain(std::iter::once(bare.to_string())).collect()
+    }
 }
 
 /// The host and port of a URL (`http://host:port/...`).
@@ -346,8 +379,10 @@ pub fn cluster_from_srv(
     };
     let mut members = Vec::new();
     let mut errors = Vec::new();
-    let mut placeholder = 0;
     for (service, scheme) in [("etcd-server-ssl", "https"), ("etcd-server", "http")] {
+        // Numbered per service, as etcd's: a member listed in both gets the
+        // same placeholder twice, so its two URLs make one member.
+        let mut placeholder = 0;
         let service = format!("{service}{suffix}");
         let records = match lookup(&format!("_{service}._tcp.{domain}")) {
             Ok(r) => r,
@@ -444,7 +479,24 @@ mod tests {
         let c = parse_resolv_conf(
             "# comment\nnameserver 10.0.0.2\nnameserver ::1\nsearch a.example b.example.\noptions ndots:2 timeout:1 attempts:0\n",
         );
-        assert_eq!((c.timeout, c.attempts), (Duration::from_secs(1), 1));
+        assert_eq!(
+            (c.timeout, c.attempts, c.ndots),
+            (Duration::from_secs(1), 1, 2)
+        );
+        // Go's order of names: as given first when it has enough dots.
+        assert_eq!(
+            search_names(&c, "_s._tcp.example.com"),
+            [
+                "_s._tcp.example.com",
+                "_s._tcp.example.com.a.example",
+                "_s._tcp.example.com.b.example"
+            ]
+        );
+        assert_eq!(
+            search_names(&c, "_s.local"),
+            ["_s.local.a.example", "_s.local.b.example", "_s.local"]
+        );
+        assert_eq!(search_names(&c, "x.y.z."), ["x.y.z"]);
         assert_eq!(
             c.nameservers,
             [
@@ -470,37 +522,48 @@ mod tests {
             name,
             &[(2380, "b.example.com"), (2381, "a.example.com")],
         );
-        let Some(Answer::Records(r)) = decode_reply(&m, 7) else {
-            panic!("{:?}", decode_reply(&m, 7))
+        let q = encode_query(7, name).unwrap();
+        let Some(Answer::Records(r)) = decode_reply(&m, &q) else {
+            panic!("{:?}", decode_reply(&m, &q))
         };
         let targets: Vec<(&str, u16)> = r.iter().map(|r| (r.target.as_str(), r.port)).collect();
         assert_eq!(targets, [("a.example.com", 2381), ("b.example.com", 2380)]);
-        // Another query's reply, NXDOMAIN, no records, SERVFAIL, truncated.
-        assert_eq!(decode_reply(&m, 8), None);
+        // Another query's reply (another id, another name), NXDOMAIN, no
+        // records, SERVFAIL, truncated.
+        assert_eq!(decode_reply(&m, &encode_query(8, name).unwrap()), None);
         assert_eq!(
-            decode_reply(&reply(7, 3, name, &[]), 7),
+            decode_reply(
+                &m,
+                &encode_query(7, "_etcd-server._tcp.example.org").unwrap()
+            ),
+            None
+        );
+        let upper = encode_query(7, &name.to_uppercase()).unwrap();
+        assert!(matches!(decode_reply(&m, &upper), Some(Answer::Records(_))));
+        assert_eq!(
+            decode_reply(&reply(7, 3, name, &[]), &q),
             Some(Answer::NoSuchHost)
         );
         assert_eq!(
-            decode_reply(&reply(7, 0, name, &[]), 7),
+            decode_reply(&reply(7, 0, name, &[]), &q),
             Some(Answer::NoSuchHost)
         );
         assert_eq!(
-            decode_reply(&reply(7, 2, name, &[]), 7),
+            decode_reply(&reply(7, 2, name, &[]), &q),
             Some(Answer::Misbehaving)
         );
         let mut tc = reply(7, 0, name, &[]);
         tc[2] |= 0x02;
-        assert_eq!(decode_reply(&tc, 7), Some(Answer::Truncated));
+        assert_eq!(decode_reply(&tc, &q), Some(Answer::Truncated));
         // Cut short anywhere, or a pointer loop: never a panic.
         for n in 0..m.len() {
-            let _ = decode_reply(&m[..n], 7);
+            let _ = decode_reply(&m[..n], &q);
         }
         let mut looped = m.clone();
         let at = looped.len() - 2;
         looped[at] = 0xC0;
         looped[at + 1] = at as u8;
-        assert_eq!(decode_reply(&looped, 7), Some(Answer::Misbehaving));
+        assert_eq!(decode_reply(&looped, &q), Some(Answer::Misbehaving));
         assert!(encode_query(1, "a..b").is_err());
     }
 

@@ -1308,6 +1308,12 @@ async fn start_raft(
         .await
         .unwrap_or_else(|e| crate::fatal(&format!("starting raft: {e}")));
     if !initialized && cfg.initial_cluster_state == ClusterState::New {
+        if cfg.initial_cluster.is_empty() {
+            crate::fatal(
+                "this member has an identity but no raft log (its first start was cut short); \
+                 remove its data directory and start it again",
+            );
+        }
         raft.initialize(bootstrap_members(cfg))
             .await
             .unwrap_or_else(|e| crate::fatal(&format!("bootstrapping the raft group: {e}")));
@@ -1338,10 +1344,18 @@ async fn force_new_cluster(
     snapshot: Option<SnapshotMeta>,
     me: NodeId,
 ) -> Result<(), String> {
+    let write_err = |e: StorageError| format!("--force-new-cluster: writing the WAL: {e}");
     let (snapshot_membership, snapshot_last) = match snapshot {
         Some(s) => (Some(s.last_membership.membership().clone()), s.last_log_id),
         None => (None, None),
     };
+    // A snapshot newer than the log (a crash right after one was received)
+    // covers the log: forget it first, as openraft would at start-up, so
+    // that the new entry follows the snapshot without a gap and the
+    // membership is the newer one.
+    if let Some(covered) = snapshot_last.filter(|s| log.last_log_id() < Some(*s)) {
+        log.purge(covered).await.map_err(write_err)?;
+    }
     let (Some(membership), Some(last)) = (
         log.last_membership().or(snapshot_membership),
         log.last_log_id().max(snapshot_last),
@@ -1360,7 +1374,6 @@ async fn force_new_cluster(
         .filter(|(id, _)| **id != me)
         .map(|(id, n)| format!("{id:x}({})", n.name))
         .collect();
-    let write_err = |e: StorageError| format!("--force-new-cluster: writing the WAL: {e}");
     log.save_vote(&vote).await.map_err(write_err)?;
     log.append_before_start(entry).await.map_err(write_err)?;
     tracing::warn!(
