@@ -38,6 +38,9 @@ enum Container {
     Array,
 }
 
+/// Go's `maxNestingDepth`: objects and arrays nest at most this deep.
+const MAX_DEPTH: usize = 10_000;
+
 fn is_space(c: u8) -> bool {
     matches!(c, b' ' | b'\t' | b'\r' | b'\n')
 }
@@ -93,6 +96,9 @@ pub fn first_value(body: &[u8]) -> Result<Option<usize>, String> {
             }
             Step::BeginValue | Step::BeginValueOrEmpty => {
                 started = true;
+                if matches!(c, b'{' | b'[') && stack.len() == MAX_DEPTH {
+                    return Err(invalid(c, "exceeded max depth"));
+                }
                 match c {
                     b'{' => {
                         stack.push(Container::ObjectKey);
@@ -340,6 +346,15 @@ mod tests {
             let want = want.map_err(str::to_string);
             assert_eq!(got, want, "{body:?}");
         }
+        let deep = |n: usize| "[".repeat(n) + &"]".repeat(n);
+        assert_eq!(
+            first_value(deep(MAX_DEPTH).as_bytes()),
+            Ok(Some(2 * MAX_DEPTH))
+        );
+        assert_eq!(
+            first_value(deep(MAX_DEPTH + 1).as_bytes()),
+            Err("invalid character '[' exceeded max depth".into())
+        );
     }
 
     #[test]
