@@ -1353,7 +1353,8 @@ async fn force_new_cluster(
     // covers the log: forget it first, as openraft would at start-up, so
     // that the new entry follows the snapshot without a gap and the
     // membership is the newer one.
-    if let Some(covered) = snapshot_last.filter(|s| log.last_log_id() < Some(*s)) {
+    let log_last_index = log.last_log_id().map(|l| l.index);
+    if let Some(covered) = snapshot_last.filter(|s| log_last_index < Some(s.index)) {
         log.purge(covered).await.map_err(write_err)?;
     }
     let (Some(membership), Some(last)) = (
